@@ -1,0 +1,227 @@
+"""The `oodml` command line (SPEC §1): a thin typed layer over library functions (GUIDE §1.13).
+
+Every command forwards to one library function with keyword arguments. Bad input raises `OodmlError`, which becomes
+one `error:` line on stderr and exit code 2 (a traceback only with OODML_DEBUG=1).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from oodml.errors import OodmlError
+
+app = typer.Typer(
+    name="oodml",
+    help="Benchmark deep metric learning under out-of-distribution class shift (ooDML).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    first = " ".join(str(message).split("\n")[0].split())
+    print(f"error: {first}", file=sys.stderr, flush=True)
+    return typer.Exit(code)
+
+
+def user_errors(fn: F) -> F:
+    """Turn OodmlError (and a missing input file) into one `error:` line and exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except OodmlError as e:
+            if os.environ.get("OODML_DEBUG") == "1":
+                raise
+            raise _fail(str(e)) from None
+        except FileNotFoundError as e:
+            if os.environ.get("OODML_DEBUG") == "1":
+                raise
+            raise _fail(f"file not found: {e.filename or e}") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class ListKind(str, Enum):
+    """What `oodml list` lists."""
+
+    datasets = "datasets"
+    backbones = "backbones"
+    methods = "methods"
+
+
+@app.command("list")
+@user_errors
+def list_cmd(
+    kind: Annotated[ListKind, typer.Argument(help="datasets, backbones or methods")],
+    plugin: Annotated[list[str], typer.Option("--plugin", help="import this module to register more methods")] = [],
+) -> None:
+    """List registered names, one per line, with a one-line description."""
+    for name, desc in _registry_listing(kind.value, plugins=tuple(plugin)):
+        typer.echo(f"{name}\t{desc}")
+
+
+def _registry_listing(kind: str, *, plugins: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    if kind == "datasets":
+        from oodml.data import DATASETS as reg
+    elif kind == "backbones":
+        from oodml.features.backbones import BACKBONES as reg  # type: ignore[assignment]
+    else:
+        from oodml.methods import METHODS as reg, load_plugins  # type: ignore[assignment]
+
+        load_plugins(plugins)
+    return [(n, reg.info(n).description) for n in reg.names()]
+
+
+@app.command()
+@user_errors
+def embed(
+    dataset: Annotated[str, typer.Argument(help="registered dataset name (oodml list datasets)")],
+    backbone: Annotated[str, typer.Option(help="registered backbone, or timm:<name>")] = "efficientnet_lite0",
+    data_root: Annotated[Path | None, typer.Option(help="dataset folder or archive location")] = None,
+    classes: Annotated[list[str], typer.Option(help="only classes matching these fnmatch patterns")] = [],
+    out: Annotated[Path | None, typer.Option(help="features file to write (.npz)")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="images per forward pass")] = 64,
+    workers: Annotated[int | None, typer.Option(min=0, help="image-decoding worker processes")] = None,
+) -> None:
+    """Embed every image of a dataset with a pretrained backbone into a features file (SPEC §2)."""
+    from oodml.features.extract import embed_dataset
+
+    path = embed_dataset(dataset=dataset, backbone=backbone, data_root=data_root, classes=tuple(classes),
+                         out=out, batch_size=batch_size, workers=workers)
+    typer.echo(str(path))
+
+
+@app.command("make-splits")
+@user_errors
+def make_splits(
+    dataset: Annotated[str | None, typer.Argument(help="dataset name (optional with --features)")] = None,
+    backbone: Annotated[str, typer.Option(help="backbone whose features define the FID")] = "efficientnet_lite0",
+    data_root: Annotated[Path | None, typer.Option(help="dataset folder or archive location")] = None,
+    features: Annotated[Path | None, typer.Option(help="build from this features file, no images needed")] = None,
+    levels: Annotated[int, typer.Option(min=2, help="number of levels in the ladder")] = 8,
+    k: Annotated[str, typer.Option("--k", help="shots for the episodes, e.g. 2,5,10")] = "2,5,10",
+    episodes: Annotated[int, typer.Option(min=1, help="episodes per k and level")] = 10,
+    ways: Annotated[int | None, typer.Option(min=2, help="classes per episode (n-way); default: all test classes")]
+    = None,
+    seed: Annotated[int, typer.Option(min=0, help="seed for val classes and episodes")] = 0,
+    out: Annotated[Path | None, typer.Option(help="split file (default splits/<dataset>.json)")] = None,
+) -> None:
+    """Build a ladder of train/test class splits with rising FID, plus k-shot episodes (SPEC §3)."""
+    from oodml.ranges import parse_int_list
+    from oodml.splits.generate import make_splits_command
+
+    ks = parse_int_list(k, "--k", minimum=1)
+    assert ks is not None
+    path = make_splits_command(dataset=dataset, backbone=backbone, data_root=data_root, features=features,
+                               levels=levels, ks=ks, episodes=episodes, ways=ways, seed=seed, out=out)
+    typer.echo(str(path))
+
+
+@app.command("import-splits")
+@user_errors
+def import_splits(
+    pickle_file: Annotated[Path, typer.Argument(metavar="PICKLE", help="an ooDML *_splits.pkl file")],
+    dataset: Annotated[str, typer.Option(help="dataset the pickle belongs to (cub200, cars196, sop)")],
+    out: Annotated[Path | None, typer.Option(help="split file (default splits/<dataset>_oodml.json)")] = None,
+) -> None:
+    """Convert a published ooDML split pickle into an oodml split file, without executing pickled code."""
+    from oodml.splits.importer import import_splits_command
+
+    path = import_splits_command(pickle_file=pickle_file, dataset=dataset, out=out)
+    typer.echo(str(path))
+
+
+@app.command()
+@user_errors
+def run(
+    method: Annotated[str | None, typer.Option(help="method names or fnmatch patterns, comma-separated")] = None,
+    dataset: Annotated[str | None, typer.Option(help="dataset (default: from the split file)")] = None,
+    splits: Annotated[Path | None, typer.Option(help="split file (default splits/<dataset>.json)")] = None,
+    features: Annotated[Path | None, typer.Option(help="features file (default: the split file's features)")]
+    = None,
+    shifts: Annotated[str | None, typer.Option(help="levels: 3, 1,3,5, 1..8, all")] = None,
+    k: Annotated[str | None, typer.Option("--k", help="shots: 0 (zero-shot), 2, 5, 10 ...")] = None,
+    seeds: Annotated[str | None, typer.Option(help="seeds: 0..2")] = None,
+    regime: Annotated[str | None, typer.Option(help="head (frozen backbone, cached features) or full")] = None,
+    executor: Annotated[str | None, typer.Option(help="local or ray")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address HOST:PORT")] = None,
+    workers: Annotated[int | None, typer.Option(help="parallel cells (default: CPU count)")] = None,
+    results: Annotated[Path | None, typer.Option(help="results folder")] = None,
+    config: Annotated[Path | None, typer.Option(help="study config YAML with the same option names")] = None,
+    method_param: Annotated[list[str], typer.Option(help="override a hyperparameter: name=value or m.name=value")]
+    = [],
+    plugin: Annotated[list[str], typer.Option(help="import this module to register more methods")] = [],
+    force: Annotated[bool | None, typer.Option("--force/--no-force", help="recompute finished cells")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="dataset root (full regime)")] = None,
+) -> None:
+    """Run methods x shift levels x k x seeds; each cell's result is stored as soon as it finishes."""
+    from oodml.config import build_run_cfg, parse_param_overrides
+
+    options: dict[str, Any] = dict(
+        method=method, dataset=dataset, splits=str(splits) if splits else None,
+        features=str(features) if features else None, shifts=shifts, k=k, seeds=seeds, regime=regime,
+        executor=executor, address=address, workers=workers, results=str(results) if results else None,
+        force=force, device=device, method_params=parse_param_overrides(method_param), plugins=tuple(plugin),
+        data_root=str(data_root) if data_root else None,
+    )
+    cfg = build_run_cfg(options, config)
+    from oodml.runner import run_grid
+
+    raise typer.Exit(run_grid(cfg))
+
+
+@app.command()
+@user_errors
+def report(
+    results: Annotated[Path, typer.Option(help="results folder written by `oodml run`")] = Path("results"),
+    metric: Annotated[str | None, typer.Option(help="leaderboard metric (default recall@1; accuracy for k>0)")]
+    = None,
+) -> None:
+    """Write leaderboards, degradation curves and report.md/html per dataset from a results folder (SPEC §4)."""
+    from oodml.report import build_report
+
+    for path in build_report(results=results, metric=metric):
+        typer.echo(str(path))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: usage errors also become one `error:` line and exit 2."""
+    try:  # typer >= 0.20 vendors click
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError  # type: ignore[import-not-found]
+    except ImportError:  # pragma: no cover
+        from click.exceptions import ClickException, NoArgsIsHelpError  # type: ignore[no-redef]
+
+    command = typer.main.get_command(app)
+    try:
+        rc = command.main(args=argv, prog_name="oodml", standalone_mode=False)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except NoArgsIsHelpError as e:
+        e.show()
+        sys.exit(2)
+    except ClickException as e:
+        first = " ".join(e.format_message().split())
+        print(f"error: {first}; see `oodml {_subcommand(argv)}--help`", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def _subcommand(argv: list[str] | None) -> str:
+    args = sys.argv[1:] if argv is None else argv
+    return f"{args[0]} " if args and not args[0].startswith("-") else ""

@@ -1,0 +1,106 @@
+"""The method protocol (GUIDE §2-3): `fit` on source classes, `adapt` on a k-shot support set, `embed`.
+
+Inputs are abstracted so that one method runs in both regimes:
+- `head`: `FeatureInputs` over cached backbone features (the backbone is frozen; methods train a head);
+- `full`: image inputs (paths + transforms) through a trainable backbone.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from oodml.registry import Registry
+
+FAMILIES = ("reference", "baseline", "transfer", "dml", "fewshot", "adapted")
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """Registry metadata for a method (GUIDE §3)."""
+
+    name: str
+    family: str
+    trains: bool
+    uses_support: bool
+    description: str
+    params: type | None = None  # the method's typed hyperparameter dataclass
+    zero_shot: bool = True      # False: no k=0 cell (stored as skipped), e.g. `baseline`
+
+
+METHODS: Registry[MethodInfo] = Registry("method")
+
+
+class Inputs(Protocol):
+    """Indexable training/evaluation inputs: features (head regime) or images (full regime)."""
+
+    def __len__(self) -> int: ...
+
+    def fetch(self, idx: np.ndarray, *, train: bool = False, view: int = 0) -> torch.Tensor:
+        """A float batch for rows `idx`; `train` turns on augmentation, `view` selects an augmentation stream."""
+        ...
+
+
+@dataclass
+class FeatureInputs:
+    """Head-regime inputs: rows of a precomputed feature matrix."""
+
+    x: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def dim(self) -> int:
+        """Feature dimension."""
+        return int(self.x.shape[1])
+
+    def fetch(self, idx: np.ndarray, *, train: bool = False, view: int = 0) -> torch.Tensor:
+        """Rows `idx` (no augmentation on features; add-ons that need views perturb them themselves)."""
+        return self.x[torch.as_tensor(np.asarray(idx), dtype=torch.long)]
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method factory needs besides its hyperparameters."""
+
+    regime: str = "head"          # "head" or "full"
+    in_dim: int | None = None     # feature dimension in the head regime
+    backbone: str = "efficientnet_lite0"
+    dataset: str = ""
+    device: str = "cpu"
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(ABC):
+    """A benchmark method. `fit` trains on the source; `adapt` returns an adapted copy; `embed` maps inputs."""
+
+    info: MethodInfo
+
+    @abstractmethod
+    def fit(self, x: Inputs, y: np.ndarray) -> None:
+        """Train on the source (train) classes of a level."""
+
+    def adapt(self, x: Inputs, y: np.ndarray) -> Method:
+        """Adapt on a k-shot support set; returns a new Method and leaves `self` (the source state) untouched."""
+        return self
+
+    @abstractmethod
+    def embed(self, x: Inputs) -> np.ndarray:
+        """(N, d) float32 embeddings."""
+
+    def embed_variants(self, x: Inputs) -> dict[str, np.ndarray]:
+        """Named embedding variants to evaluate; '' is the method itself (e.g. dmml adds 'ensemble')."""
+        return {"": self.embed(x)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Trained source state for the fit cache."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""

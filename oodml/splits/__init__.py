@@ -1,0 +1,1 @@
+"""Split ladders: Fréchet distance, greedy class-swap generator, k-shot episodes, ooDML import (SPEC §3)."""
