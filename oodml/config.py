@@ -101,8 +101,18 @@ def parse_param_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
         if "=" not in item:
             raise OodmlError(f"--method-param {item!r} is not NAME=VALUE (e.g. margin=0.2 or triplet.margin=0.2)")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = _scalar(value.strip(), yaml)
     return out
+
+
+def _scalar(text: str, yaml: Any) -> Any:
+    """Parse a CLI value: int, then float (YAML 1.1 reads '1e-4' as a string), then any YAML scalar."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
 
 
 _YAML_KEYS = {

@@ -1,0 +1,50 @@
+from pathlib import Path
+
+import pytest
+
+from oodml.config import RunCfg, build_run_cfg, cfg_hash, parse_param_overrides
+from oodml.errors import OodmlError
+
+
+def test_cli_overrides_yaml(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "study.yaml"
+    cfg_file.write_text("method: [margin, protonet]\nshifts: 1..4\nk: [0, 2]\nseeds: 0..1\nresults: out\n")
+    cfg = build_run_cfg({"shifts": "2", "method": None, "method_params": {}}, cfg_file)
+    assert cfg.methods == ("margin", "protonet")
+    assert cfg.shifts == (2,)
+    assert cfg.ks == (0, 2) and cfg.seeds == (0, 1) and cfg.results == "out"
+
+
+def test_defaults_and_validation() -> None:
+    cfg = build_run_cfg({"method": "pretrained"})
+    assert cfg.shifts is None and cfg.ks == (0, 2, 5, 10) and cfg.seeds == (0, 1, 2)
+    with pytest.raises(OodmlError, match="no method"):
+        build_run_cfg({})
+    with pytest.raises(OodmlError, match="regime"):
+        build_run_cfg({"method": "a", "regime": "half"})
+    with pytest.raises(OodmlError, match="--k"):
+        build_run_cfg({"method": "a", "k": "-1"})
+
+
+def test_yaml_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("methd: margin\n")
+    with pytest.raises(OodmlError, match="unknown keys"):
+        build_run_cfg({}, bad)
+    with pytest.raises(OodmlError, match="does not exist"):
+        build_run_cfg({}, tmp_path / "nope.yaml")
+
+
+def test_hash_and_row_are_stable() -> None:
+    a = RunCfg(methods=("margin",), method_params={"margin": 0.2})
+    b = RunCfg(methods=("margin",), method_params={"margin": 0.2})
+    assert cfg_hash(a) == cfg_hash(b) != cfg_hash(RunCfg(methods=("margin",)))
+    row = a.to_row()
+    assert row["methods"] == "margin" and row["method_params.margin"] == 0.2
+
+
+def test_param_overrides_parse_yaml_scalars() -> None:
+    assert parse_param_overrides(["margin=0.2", "triplet.lr=1e-4", "mlp=true"]) == {
+        "margin": 0.2, "triplet.lr": 1e-4, "mlp": True}
+    with pytest.raises(OodmlError):
+        parse_param_overrides(["margin"])
