@@ -1,0 +1,209 @@
+"""`oodml report`: turn a results folder into per-dataset tables, plots and a report (SPEC §4).
+
+Per dataset, under `<results>/<dataset>/`: `all.csv`, `levels.csv`, `leaderboard_k<k>.csv`, `curves_<metric>.png/.svg`,
+`gain_<metric>.png/.svg` and `.csv` (few-shot gain), `error_reduction.csv`, `report.md`, `report.html`.
+The same store gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from oodml import __version__
+from oodml.progress import log
+from oodml.report import curves, document as doc
+from oodml.report.leaderboard import (ADAPTED_FAMILIES, choose_metrics, error_counts, error_reduction,
+                                      few_shot_gain, leaderboard, level_stats, levels_table, ok_rows, seed_values)
+from oodml.report.store import Store, read_store
+from oodml.schema import ROW_COLUMNS, STATUSES
+
+
+@dataclass(frozen=True)
+class DatasetTables:
+    """Everything aggregated for one dataset (the inputs of its files)."""
+
+    dataset: str
+    rows: pd.DataFrame
+    cells: pd.DataFrame
+    levels: pd.DataFrame
+    stats: pd.DataFrame
+    metric_by_k: dict[int, str]
+    leaderboards: dict[int, pd.DataFrame]
+    gain: pd.DataFrame
+    gain_metric: str | None
+    error_reduction: pd.DataFrame
+
+
+def build_report(*, results: Path, metric: str | None = None) -> list[Path]:
+    """Aggregate `<results>/cells/*.json` and write the SPEC §4 files for every dataset in it.
+
+    Args:
+        results: the folder `oodml run --results` wrote.
+        metric: the leaderboard metric for every k; None: recall@1, or accuracy at a k without recall.
+
+    Returns:
+        Every written path (the report.md and report.html of each dataset last); their folders are also logged.
+
+    Raises:
+        OodmlError: missing/empty results folder (run `oodml run` first), a corrupt cell file, an unknown metric.
+    """
+    store = read_store(Path(results))
+    written: list[Path] = []
+    for dataset in store.datasets:
+        tables = aggregate(store, dataset, metric)
+        written += write_dataset(tables, Path(results) / dataset)
+    reports = [p for p in written if p.name == "report.html"]
+    for p in reports:
+        log(f"report: leaderboards and plots in {p.parent}/ ; open {p}")
+    return written
+
+
+def aggregate(store: Store, dataset: str, metric: str | None) -> DatasetTables:
+    """All tables of one dataset (no files written)."""
+    rows = store.rows[store.rows["dataset"].astype(str) == dataset].reset_index(drop=True)
+    cells = store.cells[store.cells["dataset"].astype(str) == dataset].reset_index(drop=True)
+    levels = levels_table(rows)
+    seeds = seed_values(ok_rows(rows))
+    stats = level_stats(seeds)
+    errors = error_counts(cells)
+    ran = cells[cells["status"].isin(("ok", "error")) & cells["k_shot"].notna()]
+    ks = sorted({int(k) for k in ran["k_shot"]})
+    metric_by_k = choose_metrics(ok_rows(rows), ks, metric)
+    boards: dict[int, pd.DataFrame] = {}
+    for k, m in metric_by_k.items():
+        at_k = ran[ran["k_shot"].astype(int) == k].dropna(subset=["method"])
+        fams = at_k.assign(method_family=at_k["method_family"].fillna("?")).groupby("method")["method_family"].first()
+        boards[k] = leaderboard(stats, seeds, levels, errors, k=k, metric=m,
+                                methods={str(a): str(b) for a, b in fams.items()})
+    gain_metric = metric if metric is not None else metric_by_k.get(0)
+    gain = few_shot_gain(stats, levels, gain_metric) if gain_metric else pd.DataFrame()
+    return DatasetTables(dataset, rows, cells, levels, stats, metric_by_k, boards, gain,
+                         gain_metric if len(gain) else None, error_reduction(stats, levels, metric_by_k))
+
+
+def write_dataset(t: DatasetTables, out: Path) -> list[Path]:
+    """Write one dataset's CSVs, plots, report.md and report.html into `out`; returns the paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = [_csv(t.rows[list(ROW_COLUMNS)], out / "all.csv"), _csv(t.levels, out / "levels.csv")]
+    written += [_csv(board, out / f"leaderboard_k{k}.csv") for k, board in t.leaderboards.items()]
+    written.append(_csv(t.error_reduction, out / "error_reduction.csv"))
+    figures: list[tuple[Path, str]] = []
+    for m in sorted(set(t.metric_by_k.values())):
+        panels = {_panel_title(k): curves.metric_series(t.stats, t.levels, k=k, metric=m)
+                  for k in sorted(t.metric_by_k) if ((t.stats["k_shot"] == k) & (t.stats["metric"] == m)).any()}
+        fig = curves.build_figure(panels, t.levels, ylabel=m, title=f"{t.dataset}: {m} vs. shift (95% band over seeds)")
+        paths = curves.save_figure(fig, out / f"curves_{m}")
+        written += paths
+        figures.append((paths[1], f"{m} vs. FID of the split level, one panel per k, 95% band over seeds"))
+    if t.gain_metric:
+        panels = {_panel_title(int(k)): curves.gain_series(t.gain, k=int(k)) for k in sorted(t.gain["k_shot"].unique())}
+        fig = curves.build_figure(panels, t.levels, ylabel=f"{t.gain_metric} at k minus at k = 0",
+                                  title=f"{t.dataset}: few-shot gain vs. shift", unit_range=False, zero_line=True)
+        paths = curves.save_figure(fig, out / f"gain_{t.gain_metric}")
+        written += [*paths, _csv(t.gain, out / f"gain_{t.gain_metric}.csv")]
+        figures.append((paths[1], f"few-shot gain: {t.gain_metric} at k minus at k = 0, per method, vs. FID"))
+    blocks = report_blocks(t, figures)
+    title = f"oodml report: {t.dataset}"
+    for name, text in (("report.md", doc.render_markdown(title, blocks)), ("report.html", doc.render_html(title, blocks))):
+        (out / name).write_text(text, encoding="utf-8")
+        written.append(out / name)
+    return written
+
+
+def _csv(frame: pd.DataFrame, path: Path) -> Path:
+    frame.to_csv(path, index=False, lineterminator="\n")
+    return path
+
+
+def _panel_title(k: int) -> str:
+    return "k = 0 (zero-shot)" if k == 0 else f"k = {k}"
+
+
+def provenance(t: DatasetTables) -> list[str]:
+    """Bulleted facts about where the numbers come from."""
+    def values(col: str) -> str:
+        vals = sorted({str(v) for v in t.rows[col].dropna().unique() if str(v)})
+        return ", ".join(f"`{v}`" for v in vals) if vals else "—"
+
+    counts = t.cells["status"].value_counts()
+    ladder = "\n".join(f"{int(r.level)}:{r.split_hash}" for r in t.levels.itertuples())
+    created = t.rows["created_at"].dropna().astype(str)
+    return [
+        f"dataset: `{t.dataset}`; backbone: {values('backbone')}; features: {values('feature_hash')}",
+        f"split ladder hash: `{hashlib.sha1(ladder.encode()).hexdigest()[:16]}` over {len(t.levels)} level(s) "
+        "(per-level `split_hash` in levels.csv)",
+        f"results written by oodml {values('oodml_version')} (git {values('git_sha')}), "
+        f"from {created.min() if len(created) else '—'} to {created.max() if len(created) else '—'}; "
+        f"report by oodml `{__version__}`",
+        "cells: " + ", ".join(f"{int(counts.get(s, 0))} {s}" for s in STATUSES) + f"; {len(t.rows)} rows",
+        f"methods: {t.rows['method'].nunique()}; k: {', '.join(map(str, sorted(t.metric_by_k)))}; "
+        f"seeds: {', '.join(map(str, sorted(t.rows['seed'].unique())))}",
+    ]
+
+
+def board_display(board: pd.DataFrame) -> pd.DataFrame:
+    """A leaderboard with formatted cells: `0.512 (n=2)` where a level has fewer seeds than the method's n_seeds."""
+    levels = [c for c in board.columns if c.startswith("L") and c[1:].isdigit()]
+    shown = pd.DataFrame({
+        "rank": board["rank"].astype(object).where(board["rank"].notna(), "—").astype(str),
+        "method": board["method"], "family": board["family"],
+        "mean": board["mean"].map(doc.fmt_number), "auc": board["auc"].map(doc.fmt_number),
+        "n_seeds": board["n_seeds"].astype(str), "errors": board["n_errors"].astype(str),
+    })
+    for c in levels:
+        n, full = board[f"n_{c}"], board["n_seeds"]
+        note = n.where(n < full, 0).map(lambda v: f" (n={v})" if v else "")
+        shown[c] = board[c].map(doc.fmt_number) + note.where(board[c].notna(), "")
+    return shown
+
+
+def reduction_display(red: pd.DataFrame) -> pd.DataFrame:
+    """Error reduction as `k, method, L1..` with cells like `+12.3% (vs proto)`."""
+    if red.empty:
+        return pd.DataFrame()
+    cell = red["error_reduction"].map(doc.fmt_percent) + " (vs " + red["reference_method"].astype(str) + ")"
+    wide = red.assign(cell=cell).pivot(index=["k_shot", "method"], columns="split_level", values="cell")
+    shown = pd.DataFrame({"k": [k for k, _ in wide.index], "method": [m for _, m in wide.index]})
+    for lv in wide.columns:
+        shown[f"L{int(lv)}"] = wide[lv].fillna("—").to_numpy()
+    return shown
+
+
+def report_blocks(t: DatasetTables, figures: list[tuple[Path, str]]) -> list[doc.Block]:
+    """The report's content, shared by report.md and report.html."""
+    blocks = [doc.heading("Provenance"), doc.bullet_list(provenance(t)), doc.heading("Split levels")]
+    levels = t.levels.assign(fid=t.levels["fid"].map(lambda v: doc.fmt_number(v, 2)))
+    blocks.append(doc.table(levels.astype(object).where(levels.notna(), "—")))
+    blocks.append(doc.heading("Leaderboards"))
+    blocks.append(doc.text("Rows sorted by `mean` (over levels of the mean over seeds); equal means share a rank; "
+                           "`auc` is the area under the metric-vs-FID curve divided by the FID range. Error cells "
+                           "are counted in `errors`, never averaged; `(n=..)` marks a level with fewer seeds."))
+    for k, board in t.leaderboards.items():
+        blocks.append(doc.heading(f"{_panel_title(k)}: {t.metric_by_k[k]}", level=3))
+        blocks.append(doc.table(board_display(board), f"`leaderboard_k{k}.csv`, metric `{t.metric_by_k[k]}`"))
+    blocks.append(doc.heading("Degradation curves"))
+    blocks += [doc.figure(svg, caption) for svg, caption in figures]
+    if not t.gain_metric:
+        blocks.append(doc.text("No few-shot gain plot: the metric is not stored both at k = 0 and at some k > 0."))
+    blocks.append(doc.heading("Error reduction of adapted methods (Scott et al. 2018)"))
+    shown = reduction_display(t.error_reduction)
+    if shown.empty:
+        blocks.append(doc.text(f"No adapted methods (families {', '.join(ADAPTED_FAMILIES)}) or no non-adapted "
+                               "method to compare with in these results."))
+    else:
+        blocks.append(doc.table(shown, "Relative reduction of error (1 − metric) versus the best non-adapted method "
+                                       "at the same level and k (positive: the adapted method is better); "
+                                       "`error_reduction.csv`."))
+    errors = t.cells[t.cells["status"] == "error"]
+    if len(errors):
+        blocks.append(doc.heading("Failed cells"))
+        lines = [f"`{r.method}` level {r.split_level} k {r.k_shot} seed {r.seed}: "
+                 f"{(str(r.error).splitlines() or [''])[0][:200]} (`{Path(str(r.file)).name}`)"
+                 for r in errors.head(50).itertuples()]
+        more = [f"... and {len(errors) - 50} more (see all.csv)"] if len(errors) > 50 else []
+        blocks.append(doc.bullet_list(lines + more))
+    return blocks
