@@ -1,0 +1,244 @@
+"""Run one cell: fit the method on the level's source classes once (or load the fit from the cache), then evaluate
+zero-shot retrieval on all test images (k = 0) and k-shot episodes (k > 0).
+
+This is what a worker process or a Ray task executes; it writes nothing but the fit cache and returns a
+`CellResult` (numbers, no provenance) that the parent turns into the cell file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from oodml.runner.grid import Cell, LevelData
+from oodml.seeding import derive_seed, seed_everything
+
+ZERO_SHOT_METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi")
+FEW_SHOT_METRICS = ("accuracy", "recall@1", "recall@2", "recall@4", "recall@8", "map@r")
+RETRIEVAL_KS = (1, 2, 4, 8)
+
+
+@dataclass
+class CellTask:
+    """Everything a worker needs to run one cell besides the features (sent once per worker)."""
+
+    cell: Cell
+    level: LevelData
+    overrides: dict[str, Any]
+    plugins: tuple[str, ...] = ()
+    device: str = "cpu"
+    threads: int = 1
+    fit_cache: str | None = None
+    refit: bool = False
+    data_root: str | None = None
+
+
+@dataclass
+class CellResult:
+    """Aggregated metrics (one dict per variant x k x metric), per-episode values, status and resources."""
+
+    cell_id: str
+    status: str
+    error: str | None = None
+    traceback: str | None = None
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    episodes: list[dict[str, Any]] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    peak_mem_mb: float | None = None
+    fit_cached: bool = False
+
+
+def execute(task: CellTask, features: Any) -> CellResult:
+    """Run one cell on `features` (a FeatureSet); an exception becomes a result with status `error`."""
+    t0 = time.perf_counter()
+    _reset_peak_rss()
+    try:
+        metrics, episodes, cached = _evaluate(task, features)
+        statuses = {m["status"] for m in metrics}
+        status = "skipped" if statuses == {"skipped"} else "ok"
+        result = CellResult(task.cell.cell_id, status, metrics=metrics, episodes=episodes, fit_cached=cached)
+    except Exception as e:  # one failing cell must not stop the grid (GUIDE §1.11)
+        msg = " ".join(f"{type(e).__name__}: {e}".split())
+        result = CellResult(task.cell.cell_id, "error", error=msg, traceback=traceback.format_exc())
+    result.wall_time_s = round(time.perf_counter() - t0, 3)
+    result.peak_mem_mb = _peak_rss_mb()
+    return result
+
+
+def set_threads(n: int) -> None:
+    """Limit torch (and faiss) to `n` threads in this process, so parallel workers don't oversubscribe cores."""
+    import torch
+
+    torch.set_num_threads(max(1, n))
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(max(1, n))
+    except ImportError:  # pragma: no cover - faiss is a declared dependency
+        pass
+
+
+def _contiguous(labels: np.ndarray) -> np.ndarray:
+    """Relabel to 0..C-1 (in sorted label order) for methods that train classifiers or proxies."""
+    return np.unique(labels, return_inverse=True)[1].astype(np.int64)
+
+
+def _evaluate(task: CellTask, fs: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
+    from oodml import methods as api
+    from oodml.methods.base import MethodContext
+
+    api.load_plugins(task.plugins)
+    cell, lv = task.cell, task.level
+    dataset = None
+    if cell.regime == "full":
+        from oodml.data import load_dataset
+
+        dataset = load_dataset(cell.dataset, task.data_root)
+
+    def inputs(rows: np.ndarray) -> Any:
+        return api.make_inputs(cell.regime, features=fs, rows=rows, dataset=dataset, backbone=cell.backbone)
+
+    fit_seed = derive_seed("fit", cell.cell_id)
+    ctx = MethodContext(regime=cell.regime, in_dim=int(fs.features.shape[1]), backbone=cell.backbone,
+                        dataset=cell.dataset, device=task.device, seed=fit_seed % 2**32)
+    seed_everything(fit_seed)
+    method = api.build_method(cell.method, ctx, task.overrides)
+    cached = _fit(method, inputs(lv.train_rows), _contiguous(fs.labels[lv.train_rows]), task)
+    metrics: list[dict[str, Any]] = []
+    episodes: list[dict[str, Any]] = []
+    for k in cell.ks:
+        if k == 0 and not method.info.zero_shot:
+            metrics += [_row("", 0, m, None, status="skipped") for m in ZERO_SHOT_METRICS]
+        elif k == 0:
+            metrics += _zero_shot(method, inputs, fs, lv, cell)
+        else:
+            m, e = _few_shot(method, inputs, fs, lv, cell, k)
+            metrics += m
+            episodes += e
+    return metrics, episodes, cached
+
+
+def _fit(method: Any, x: Any, y: np.ndarray, task: CellTask) -> bool:
+    """Fit, or restore the fitted source state from the cache; returns True when the cache was used."""
+    import torch
+
+    path = Path(task.fit_cache) / f"{task.cell.cell_id}.pt" if task.fit_cache else None
+    if path is not None and path.is_file() and not task.refit:
+        try:
+            # our own cache file (may hold numpy arrays besides tensors), written below by this function
+            state = torch.load(path, map_location=task.device, weights_only=False)
+        except Exception:  # a truncated or stale cache entry: fit again and overwrite it
+            state = None
+        if state is not None:
+            method.load_state_dict(state)
+            return True
+    method.fit(x, y)
+    if path is not None:
+        state = method.state_dict()
+        if state:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            torch.save(state, tmp)
+            os.replace(tmp, path)
+    return False
+
+
+def _row(variant: str, k: int, metric: str, value: float | None, *, std: float | None = None, n_episodes: int = 0,
+         n_queries: int | None = None, knn_k: int | None = None, knn_backend: str | None = None,
+         status: str = "ok") -> dict[str, Any]:
+    return {"variant": variant, "k": k, "metric": metric, "value": value, "episode_std": std,
+            "n_episodes": n_episodes, "n_queries": n_queries, "knn_k": knn_k, "knn_backend": knn_backend,
+            "status": status}
+
+
+def _finite(value: Any, what: str) -> float:
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{what} is {v}; the embeddings contain NaN or inf")
+    return v
+
+
+def _zero_shot(method: Any, inputs: Callable[[np.ndarray], Any], fs: Any, lv: LevelData,
+               cell: Cell) -> list[dict[str, Any]]:
+    from oodml.eval import nmi, retrieval_metrics
+
+    labels = fs.labels[lv.test_rows]
+    out: list[dict[str, Any]] = []
+    for variant, emb in method.embed_variants(inputs(lv.test_rows)).items():
+        r = retrieval_metrics(emb, labels, RETRIEVAL_KS)
+        for m in ZERO_SHOT_METRICS[:-1]:
+            out.append(_row(variant, 0, m, _finite(r[m], f"{m} ({variant or 'base'}, k=0)"),
+                            n_queries=int(r["n_queries"]), knn_k=r.get("knn_k"), knn_backend=r.get("knn_backend")))
+        value = nmi(emb, labels, seed=derive_seed("nmi", cell.cell_id, variant) % 2**32)
+        out.append(_row(variant, 0, "nmi", _finite(value, f"nmi ({variant or 'base'}, k=0)"),
+                        n_queries=len(labels)))
+    return out
+
+
+def _few_shot(method: Any, inputs: Callable[[np.ndarray], Any], fs: Any, lv: LevelData, cell: Cell,
+              k: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    from oodml.eval import prototype_accuracy, retrieval_metrics
+
+    values: dict[tuple[str, str], list[float]] = {}
+    extra: dict[tuple[str, str], dict[str, Any]] = {}
+    n_queries: list[int] = []
+    episodes: list[dict[str, Any]] = []
+    test_labels = fs.labels[lv.test_rows]
+    for e, support in enumerate(lv.supports[k]):
+        s_lab = fs.labels[support]
+        mask = np.isin(test_labels, np.unique(s_lab)) & ~np.isin(lv.test_rows, support)
+        queries = lv.test_rows[mask]
+        q_lab = fs.labels[queries]
+        n_queries.append(len(queries))
+        seed_everything(derive_seed("adapt", cell.cell_id, k, e))
+        model = method.adapt(inputs(support), _contiguous(s_lab)) if method.info.uses_support else method
+        both = model.embed_variants(inputs(np.concatenate([support, queries])))
+        for variant, emb in both.items():
+            s_emb, q_emb = emb[: len(support)], emb[len(support):]
+            r = dict(retrieval_metrics(q_emb, q_lab, RETRIEVAL_KS))
+            r["accuracy"] = prototype_accuracy(s_emb, s_lab, q_emb, q_lab)
+            for m in FEW_SHOT_METRICS:
+                v = _finite(r[m], f"{m} ({variant or 'base'}, k={k}, episode {e})")
+                values.setdefault((variant, m), []).append(v)
+                episodes.append({"variant": variant, "k": k, "episode": e, "metric": m, "value": v})
+                if m != "accuracy":
+                    extra[(variant, m)] = {"knn_k": r.get("knn_k"), "knn_backend": r.get("knn_backend")}
+    rows = []
+    for (variant, m), vals in values.items():
+        arr = np.asarray(vals, dtype=np.float64)
+        rows.append(_row(variant, k, m, float(arr.mean()), std=float(arr.std()), n_episodes=len(vals),
+                         n_queries=int(round(float(np.mean(n_queries)))), **extra.get((variant, m), {})))
+    return rows, episodes
+
+
+def _reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS counter for this process (Linux); elsewhere the lifetime peak is reported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> float | None:
+    """Peak resident memory since `_reset_peak_rss` (VmHWM), else the process's lifetime peak, in MiB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    try:
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    except (OSError, ValueError):  # pragma: no cover
+        return None

@@ -1,0 +1,201 @@
+"""Executors: run cell tasks and hand each result to the parent (the store's single writer) as it arrives.
+
+`local`: `--workers` processes (spawned, each loads the features once); `--workers 1` runs in this process.
+`ray`: the same tasks as Ray tasks, on a local Ray started on demand or on the cluster at `--address`.
+Both keep at most `workers` cells in flight, so "running" in the live view means running.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from oodml.errors import OodmlError
+from oodml.registry import Registry
+from oodml.runner.cell import CellResult, CellTask, execute, set_threads
+
+
+@dataclass(frozen=True)
+class ExecutorInfo:
+    """Registry metadata for an executor."""
+
+    name: str
+    description: str
+
+
+class Sink:
+    """What an executor reports to: a task started, a task finished with its result."""
+
+    def started(self, task: CellTask) -> None:
+        """`task` is now running."""
+
+    def finished(self, task: CellTask, result: CellResult) -> None:
+        """`task` is done; the parent stores `result`."""
+
+
+#: An executor runs `tasks` with `features` (a FeatureSet) and its options, reporting to a Sink.
+ExecutorFn = Callable[..., None]
+EXECUTORS: Registry[ExecutorInfo] = Registry("executor")
+
+
+@dataclass(frozen=True)
+class ExecOptions:
+    """How to execute: parallel cells, torch threads per cell, Ray address."""
+
+    workers: int
+    threads: int
+    features_path: str
+    address: str | None = None
+
+
+def _crashed(task: CellTask, why: str) -> CellResult:
+    return CellResult(task.cell.cell_id, "error", error=why)
+
+
+# --- local -------------------------------------------------------------------------------------------------------
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(features_path: str, threads: int) -> None:
+    from oodml.features.io import FeatureSet
+
+    set_threads(threads)
+    _WORKER["features"] = FeatureSet.load(features_path)
+
+
+def _run_in_worker(task: CellTask) -> CellResult:
+    return execute(task, _WORKER["features"])
+
+
+@EXECUTORS.register(ExecutorInfo("local", "a pool of --workers processes on this machine (1: in this process)"))
+def run_local(tasks: Sequence[CellTask], features: Any, opts: ExecOptions, sink: Sink) -> None:
+    """Run `tasks` in a process pool of `opts.workers` (in this process when 1)."""
+    if opts.workers <= 1 or len(tasks) <= 1:
+        import torch
+
+        before = torch.get_num_threads()
+        set_threads(opts.threads)
+        try:
+            for task in tasks:
+                sink.started(task)
+                sink.finished(task, execute(task, features))
+        finally:
+            set_threads(before)
+        return
+    queue: Iterator[CellTask] = iter(tasks)
+    left = len(tasks)
+    while left:
+        done = _pool_round(queue, opts, sink)
+        left -= done
+
+
+def _pool_round(queue: Iterator[CellTask], opts: ExecOptions, sink: Sink) -> int:
+    """Run tasks from `queue` in a fresh pool until it is empty or a worker dies; returns how many finished."""
+    ctx = mp.get_context("spawn")  # torch and fork don't mix; each worker loads the features once
+    finished = 0
+    with ProcessPoolExecutor(opts.workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(opts.features_path, opts.threads)) as pool:
+        running: dict[Future[CellResult], CellTask] = {}
+
+        def fill() -> None:
+            while len(running) < opts.workers:
+                task = next(queue, None)
+                if task is None:
+                    return
+                running[pool.submit(_run_in_worker, task)] = task
+                sink.started(task)
+
+        fill()
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            broken = False
+            for fut in done:
+                task = running.pop(fut)
+                try:
+                    result = fut.result()
+                except BrokenProcessPool:
+                    broken = True
+                    result = _crashed(task, "worker process died (out of memory or killed?)")
+                except Exception as e:  # unpicklable result and the like
+                    result = _crashed(task, " ".join(f"{type(e).__name__}: {e}".split()))
+                sink.finished(task, result)
+                finished += 1
+            if broken:
+                for task in running.values():
+                    sink.finished(task, _crashed(task, "worker process died (out of memory or killed?)"))
+                    finished += 1
+                running.clear()
+                break
+            fill()
+    return finished
+
+
+# --- ray ---------------------------------------------------------------------------------------------------------
+
+RAY_INSTALL = "pip install 'oodml[ray]'  (or: pip install 'ray>=2.9')"
+
+
+def import_ray() -> ModuleType:
+    """Import Ray; OodmlError with the install command when it is missing."""
+    try:
+        import ray
+    except ImportError:
+        raise OodmlError(f"--executor ray needs Ray, which is not installed; install it with {RAY_INSTALL}, "
+                         f"or use --executor local") from None
+    return ray
+
+
+def _ray_execute(task: CellTask, features: Any, threads: int) -> CellResult:
+    set_threads(threads)
+    return execute(task, features)
+
+
+@EXECUTORS.register(ExecutorInfo("ray", "Ray tasks: a local Ray started on demand, or the cluster at --address"))
+def run_ray(tasks: Sequence[CellTask], features: Any, opts: ExecOptions, sink: Sink) -> None:
+    """Run `tasks` as Ray tasks, at most `opts.workers` at a time; the parent stays the only writer."""
+    ray = import_ray()
+    started_here, temp_dir = False, None
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        if opts.address:
+            ray.init(address=opts.address, **kwargs)
+        else:
+            temp_dir = tempfile.mkdtemp(prefix="oodml-ray-", dir="/tmp")  # short path: Ray's sockets live here
+            ray.init(num_cpus=max(opts.workers, os.cpu_count() or 1), _temp_dir=temp_dir, **kwargs)
+        started_here = True
+    try:
+        remote = ray.remote(num_cpus=1, max_retries=0)(_ray_execute)
+        features_ref = ray.put(features)
+        queue = iter(tasks)
+        running: dict[Any, CellTask] = {}
+        while True:
+            while len(running) < opts.workers:
+                task = next(queue, None)
+                if task is None:
+                    break
+                running[remote.remote(task, features_ref, opts.threads)] = task
+                sink.started(task)
+            if not running:
+                break
+            done, _ = ray.wait(list(running), num_returns=1)
+            for ref in done:
+                task = running.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except Exception as e:  # the task's worker died; execute() itself never raises
+                    result = _crashed(task, " ".join(f"ray task failed: {type(e).__name__}: {e}".split())[:500])
+                sink.finished(task, result)
+    finally:
+        if started_here:
+            ray.shutdown()
+        if temp_dir:
+            shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,0 +1,165 @@
+"""The results store: one JSON file per cell, `<results>/cells/<cell_id>.json`, written atomically (SPEC §4).
+
+The parent process is the only writer. A file appears complete or not at all (temp file in the same folder,
+fsync, rename), so killing a run at any moment loses at most the cells that were running.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import json
+import os
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from oodml.config import canonical_json, cfg_hash
+from oodml.runner.cell import CellResult
+from oodml.runner.grid import Cell, Plan
+from oodml.schema import EPISODE_COLUMNS, ROW_COLUMNS, SCHEMA_VERSION
+
+DONE_STATUSES = ("ok", "skipped")
+#: distributions whose versions every cell records
+LIBRARIES = ("torch", "numpy", "faiss-cpu", "pytorch-metric-learning", "timm", "scipy", "scikit-learn", "ray")
+
+
+class Store:
+    """Cell files under `<root>/cells/`; the fit cache under `<root>/fits/`."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.cells_dir = self.root / "cells"
+        self.fits_dir = self.root / "fits"
+
+    def path(self, cell_id: str) -> Path:
+        """The file of one cell."""
+        return self.cells_dir / f"{cell_id}.json"
+
+    def read(self, cell_id: str) -> dict[str, Any] | None:
+        """A cell file's content, or None when absent or unreadable (an unreadable file is recomputed)."""
+        p = self.path(cell_id)
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def is_done(self, cell: Cell) -> bool:
+        """True when the cell's file finished (`ok`/`skipped`) and covers every k the cell asks for."""
+        data = self.read(cell.cell_id)
+        if data is None or data.get("status") not in DONE_STATUSES:
+            return False
+        have = set((data.get("config") or {}).get("ks") or [])
+        return set(cell.ks) <= have
+
+    def stored_ks(self, cell: Cell) -> tuple[int, ...]:
+        """The k values a finished file of this cell already holds (empty when none)."""
+        data = self.read(cell.cell_id)
+        if data is None or data.get("status") not in DONE_STATUSES:
+            return ()
+        return tuple(int(k) for k in (data.get("config") or {}).get("ks") or [])
+
+    def write(self, payload: dict[str, Any]) -> Path:
+        """Write one cell file atomically (temp file in the same folder, fsync, rename)."""
+        self.cells_dir.mkdir(parents=True, exist_ok=True)
+        final = self.path(payload["cell_id"])
+        text = json.dumps(payload, indent=1, allow_nan=False) + "\n"
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=self.cells_dir)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return final
+
+    def cells(self) -> list[dict[str, Any]]:
+        """Every readable cell file, sorted by cell id."""
+        out = []
+        for p in sorted(self.cells_dir.glob("*.json")):
+            data = self.read(p.stem)
+            if data is not None:
+                out.append(data)
+        return out
+
+
+@functools.lru_cache(maxsize=1)
+def provenance() -> dict[str, Any]:
+    """oodml version, git sha of the source tree (when it is a git checkout) and library versions."""
+    from oodml import __version__
+
+    libs = {}
+    for name in LIBRARIES:
+        try:
+            libs[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return {"oodml_version": __version__, "git_sha": _git_sha(), "libraries": libs}
+
+
+def _git_sha() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = out.stdout.strip()
+    return sha if out.returncode == 0 and len(sha) == 40 else None
+
+
+def cell_payload(plan: Plan, cell: Cell, result: CellResult) -> dict[str, Any]:
+    """The cell file: id, status, error, resolved config, provenance, tidy rows and per-episode rows."""
+    prov = provenance()
+    config = plan.config_for(cell)
+    config_hash = cfg_hash(config)
+    config_json = canonical_json({**config, "libraries": prov["libraries"]})
+    lv = plan.levels[cell.level]
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    base = {
+        "schema_version": SCHEMA_VERSION, "oodml_version": prov["oodml_version"], "git_sha": prov["git_sha"],
+        "created_at": now, "cell_id": cell.cell_id, "dataset": cell.dataset, "backbone": cell.backbone,
+        "feature_hash": cell.feature_hash, "method_family": plan.families[cell.method],
+        "method_params": cell.params_json, "split_level": cell.level, "split_fid": lv.fid,
+        "n_train_classes": lv.n_train_classes, "n_test_classes": lv.n_test_classes, "split_hash": cell.split_hash,
+        "seed": cell.seed, "wall_time_s": result.wall_time_s, "peak_mem_mb": result.peak_mem_mb,
+        "device": plan.device, "config_hash": config_hash, "config_json": config_json,
+    }
+    if result.status == "error":
+        metrics = [{"variant": "", "k": k, "metric": None, "value": None, "episode_std": None, "n_episodes": 0,
+                    "n_queries": None, "knn_k": None, "knn_backend": None, "status": "error"} for k in cell.ks]
+    else:
+        metrics = result.metrics
+    rows = []
+    for m in metrics:
+        row = {**base, "method": method_label(cell.method, m["variant"]), "k_shot": m["k"],
+               "n_episodes": m["n_episodes"], "metric": m["metric"], "value": m["value"],
+               "episode_std": m["episode_std"], "n_queries": m["n_queries"], "knn_k": m["knn_k"],
+               "knn_backend": m["knn_backend"], "status": m["status"],
+               "error": result.error if m["status"] == "error" else None}
+        rows.append({c: row[c] for c in ROW_COLUMNS})
+    episodes = []
+    for e in result.episodes:
+        ep = {"cell_id": cell.cell_id, "method": method_label(cell.method, e["variant"]), "split_level": cell.level,
+              "k_shot": e["k"], "seed": cell.seed, "episode": e["episode"], "metric": e["metric"],
+              "value": e["value"]}
+        episodes.append({c: ep[c] for c in EPISODE_COLUMNS})
+    payload: dict[str, Any] = {
+        "cell_id": cell.cell_id, "status": result.status, "error": result.error, "config": config,
+        "config_hash": config_hash, "provenance": prov, "wall_time_s": result.wall_time_s,
+        "peak_mem_mb": result.peak_mem_mb, "fit_cached": result.fit_cached, "rows": rows, "episodes": episodes,
+    }
+    if result.traceback:
+        payload["traceback"] = result.traceback
+    return payload
+
+
+def method_label(spec: str, variant: str) -> str:
+    """Row `method`: the spec, with `[variant]` appended for a non-empty embedding variant."""
+    return f"{spec}[{variant}]" if variant else spec

@@ -1,0 +1,179 @@
+"""Runner with fake methods, in this process: grid expansion, validation (exit 2, nothing written), the store,
+skip/force/resume, error rows, the fit cache, determinism."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from oodml.config import RunCfg, build_run_cfg
+from oodml.errors import OodmlError
+from oodml.runner import Store, plan_grid, run_grid
+from oodml.runner.store import method_label
+from oodml.schema import EPISODE_COLUMNS, ROW_COLUMNS
+from tests.runner.fakes import FIT_CALLS, fake_methods, write_inputs
+
+VOLATILE = ("created_at", "wall_time_s", "peak_mem_mb", "git_sha")
+
+
+@pytest.fixture
+def fakes(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    with fake_methods(monkeypatch):
+        yield
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[Path, Path]:
+    return write_inputs(tmp_path, ks=(2, 3))
+
+
+def cfg(files: tuple[Path, Path], results: Path, **kw: Any) -> RunCfg:
+    opts: dict[str, Any] = dict(method="fake_proj", features=str(files[0]), splits=str(files[1]), shifts="1..2",
+                                k="0,2", seeds="0..1", results=str(results), workers=1)
+    opts.update(kw)
+    return build_run_cfg(opts)
+
+
+def stable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
+
+
+def all_rows(results: Path) -> list[dict[str, Any]]:
+    return sorted((r for c in Store(results).cells() for r in stable(c["rows"])),
+                  key=lambda r: (r["cell_id"], r["method"], r["k_shot"], str(r["metric"])))
+
+
+def test_grid_counts_one_cell_per_method_level_seed(fakes: None, files: tuple[Path, Path], tmp_path: Path) -> None:
+    plan = plan_grid(cfg(files, tmp_path / "r", method="fake_proj,fake_few*", shifts="all", seeds="0..2"))
+    assert len(plan.cells) == 2 * 3 * 3
+    assert {c.ks for c in plan.cells} == {(0, 2)}
+    assert len({c.cell_id for c in plan.cells}) == 18
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("opts, needle", [
+    ({"shifts": "1..99"}, "levels 1..3"),
+    ({"shifts": "4"}, "levels 1..3"),
+    ({"method": "nosuch"}, "unknown method"),
+    ({"k": "0,5"}, "available k: 0, 2, 3"),
+    ({"dataset": "cars196"}, "not --dataset"),
+])
+def test_bad_input_exits_2_before_writing(fakes: None, files: tuple[Path, Path], tmp_path: Path,
+                                         opts: dict[str, Any], needle: str) -> None:
+    with pytest.raises(OodmlError, match=needle):
+        run_grid(cfg(files, tmp_path / "r", **opts))
+    assert not (tmp_path / "r").exists()
+
+
+def test_split_for_other_features_is_rejected(fakes: None, files: tuple[Path, Path], tmp_path: Path) -> None:
+    other, _ = write_inputs(tmp_path / "other", n_classes=12, per_class=7)
+    with pytest.raises(OodmlError, match="built on features .* --features"):
+        run_grid(cfg((other, files[1]), tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
+
+
+def test_run_writes_ok_cells_with_schema_rows(fakes: None, files: tuple[Path, Path], tmp_path: Path) -> None:
+    assert run_grid(cfg(files, tmp_path / "r")) == 0
+    cells = Store(tmp_path / "r").cells()
+    assert len(cells) == 4 and {c["status"] for c in cells} == {"ok"}
+    c = cells[0]
+    assert set(c) >= {"cell_id", "status", "error", "config", "rows", "episodes", "provenance"}
+    assert all(tuple(r) == ROW_COLUMNS for r in c["rows"])
+    assert all(tuple(e) == EPISODE_COLUMNS for e in c["episodes"])
+    zero = {(r["method"], r["metric"]) for r in c["rows"] if r["k_shot"] == 0}
+    assert zero == {(m, x) for m in ("fake_proj", "fake_proj[raw]")
+                    for x in ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi")}
+    two = [r for r in c["rows"] if r["k_shot"] == 2]
+    assert {r["metric"] for r in two} == {"accuracy", "recall@1", "recall@2", "recall@4", "recall@8", "map@r"}
+    assert all(r["n_episodes"] == 2 and 0 <= r["value"] <= 1 and r["episode_std"] >= 0 for r in two)
+    # mean over the per-episode rows
+    acc = next(r for r in two if r["metric"] == "accuracy" and r["method"] == "fake_proj")
+    eps = [e["value"] for e in c["episodes"] if e["metric"] == "accuracy" and e["method"] == "fake_proj"]
+    assert len(eps) == 2 and acc["value"] == pytest.approx(sum(eps) / 2)
+    r0 = c["rows"][0]
+    assert r0["config_hash"] == c["config_hash"] and json.loads(r0["config_json"])["seeds"] == [r0["seed"]]
+    assert r0["method_family"] == "baseline" and json.loads(r0["method_params"]) == {"dim": 4}
+    assert r0["split_fid"] in (10.0, 20.0) and r0["n_train_classes"] == 6 and r0["wall_time_s"] > 0
+    assert c["provenance"]["oodml_version"] and "torch" in c["provenance"]["libraries"]
+    assert not list((tmp_path / "r" / "cells").glob("*.tmp"))
+
+
+def test_rerun_skips_finished_and_force_recomputes(fakes: None, files: tuple[Path, Path], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    run_grid(cfg(files, tmp_path / "r"))
+    first = all_rows(tmp_path / "r")
+    assert FIT_CALLS["fake_proj"] == 4
+    assert run_grid(cfg(files, tmp_path / "r")) == 0
+    assert "skipped 4 finished, 0 remaining" in capsys.readouterr().err
+    assert FIT_CALLS["fake_proj"] == 4
+    assert run_grid(cfg(files, tmp_path / "r", force=True)) == 0
+    assert "skipped 0 finished, 4 remaining" in capsys.readouterr().err
+    assert FIT_CALLS["fake_proj"] == 8  # --force refits too
+    assert all_rows(tmp_path / "r") == first  # same seeds, same numbers
+
+
+def test_more_k_reuses_the_fit_cache_and_keeps_old_rows(fakes: None, files: tuple[Path, Path],
+                                                        tmp_path: Path) -> None:
+    run_grid(cfg(files, tmp_path / "r", k="0", seeds="0", shifts="1"))
+    before = all_rows(tmp_path / "r")
+    run_grid(cfg(files, tmp_path / "r", k="3", seeds="0", shifts="1"))
+    assert FIT_CALLS["fake_proj"] == 1
+    (cell,) = Store(tmp_path / "r").cells()
+    assert cell["fit_cached"] and cell["config"]["ks"] == [0, 3]
+    after = all_rows(tmp_path / "r")
+    assert [r for r in after if r["k_shot"] == 0] == [{**r, "config_hash": after[0]["config_hash"],
+                                                      "config_json": after[0]["config_json"]} for r in before]
+    # a cell computed from the cache equals one fitted from scratch
+    run_grid(cfg(files, tmp_path / "clean", k="0,3", seeds="0", shifts="1"))
+    assert all_rows(tmp_path / "clean") == after
+
+
+def test_failing_cell_is_stored_as_error_and_grid_goes_on(fakes: None, files: tuple[Path, Path],
+                                                          tmp_path: Path) -> None:
+    assert run_grid(cfg(files, tmp_path / "r", method="fake_boom,fake_proj", seeds="0", shifts="1")) == 1
+    cells = {c["config"]["methods"][0]: c for c in Store(tmp_path / "r").cells()}
+    assert cells["fake_proj"]["status"] == "ok"
+    boom = cells["fake_boom"]
+    assert boom["status"] == "error" and "boom in fit" in boom["error"] and "Traceback" in boom["traceback"]
+    assert {r["status"] for r in boom["rows"]} == {"error"} and {r["k_shot"] for r in boom["rows"]} == {0, 2}
+    assert all(r["error"] == boom["error"] and tuple(r) == ROW_COLUMNS for r in boom["rows"])
+    # error cells are retried on the next run, finished ones skipped
+    assert run_grid(cfg(files, tmp_path / "r", method="fake_boom,fake_proj", seeds="0", shifts="1")) == 1
+    assert FIT_CALLS["fake_proj"] == 1
+
+
+def test_no_zero_shot_method_stores_k0_as_skipped(fakes: None, files: tuple[Path, Path], tmp_path: Path) -> None:
+    assert run_grid(cfg(files, tmp_path / "r", method="fake_fewonly", seeds="0", shifts="1")) == 0
+    (c,) = Store(tmp_path / "r").cells()
+    assert c["status"] == "ok"
+    assert {r["status"] for r in c["rows"] if r["k_shot"] == 0} == {"skipped"}
+    assert {r["status"] for r in c["rows"] if r["k_shot"] == 2} == {"ok"}
+    assert run_grid(cfg(files, tmp_path / "r2", method="fake_fewonly", seeds="0", shifts="1", k="0")) == 0
+    assert Store(tmp_path / "r2").cells()[0]["status"] == "skipped"
+
+
+def test_episode_ids_may_be_basenames(fakes: None, tmp_path: Path) -> None:
+    f, s = write_inputs(tmp_path, basenames=True)
+    assert run_grid(cfg((f, s), tmp_path / "r", seeds="0", shifts="1")) == 0
+    (c,) = Store(tmp_path / "r").cells()
+    assert c["status"] == "ok" and c["episodes"]
+
+
+def test_unknown_episode_id_is_a_clear_error(fakes: None, files: tuple[Path, Path], tmp_path: Path) -> None:
+    doc = json.loads(files[1].read_text())
+    ep = doc["levels"][0]["episodes"]["2"][0]
+    first = sorted(ep)[0]
+    ep[first][0] = "nowhere/missing.png"
+    files[1].write_text(json.dumps(doc))
+    with pytest.raises(OodmlError, match="'nowhere/missing.png' of class .* matches no image"):
+        run_grid(cfg(files, tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
+
+
+def test_method_label() -> None:
+    assert method_label("margin+dmml", "ensemble") == "margin+dmml[ensemble]"
+    assert method_label("margin", "") == "margin"
