@@ -7,6 +7,7 @@ Inputs are abstracted so that one method runs in both regimes:
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -30,6 +31,7 @@ class MethodInfo:
     description: str
     params: type | None = None  # the method's typed hyperparameter dataclass
     zero_shot: bool = True      # False: no k=0 cell (stored as skipped), e.g. `baseline`
+    addons: bool = False        # True: accepts the `+sec` / `+dmml` add-ons (methods built on EmbeddingMethod)
 
 
 METHODS: Registry[MethodInfo] = Registry("method")
@@ -88,7 +90,7 @@ class Method(ABC):
 
     def adapt(self, x: Inputs, y: np.ndarray) -> Method:
         """Adapt on a k-shot support set; returns a new Method and leaves `self` (the source state) untouched."""
-        return self
+        return copy.deepcopy(self)
 
     @abstractmethod
     def embed(self, x: Inputs) -> np.ndarray:

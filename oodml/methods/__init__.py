@@ -1,0 +1,180 @@
+"""Every benchmark method in one registry (`METHODS`), add-ons, hyperparameters and plugins.
+
+Importing this package registers the built-in methods; `load_plugins` adds methods from other packages (entry-point
+group `oodml.methods`, or explicit module names given with `--plugin`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from importlib.metadata import entry_points
+from typing import Any
+
+from oodml.errors import OodmlError
+from oodml.methods import dml, proto, transfer  # noqa: F401  (registers the built-in methods)
+from oodml.methods.addons import ADDONS, AddonInfo, canonical_spec, parse_spec
+from oodml.methods.base import (METHODS, FeatureInputs, Inputs, Method, MethodContext, MethodInfo)
+from oodml.methods.nets import ImageInputs, make_inputs
+from oodml.methods.params import build_params, field_names, to_jsonable
+from oodml.methods.trainer import EmbeddingMethod
+
+__all__ = [
+    "ADDONS", "AddonInfo", "EmbeddingMethod", "FeatureInputs", "ImageInputs", "Inputs", "METHODS", "Method",
+    "MethodContext", "MethodInfo", "build_method", "canonical_spec", "load_plugins", "make_inputs", "method_family",
+    "method_params", "parse_spec", "resolve_methods", "resolve_params", "validate_overrides",
+]
+
+ENTRY_POINT_GROUP = "oodml.methods"
+_entry_points_loaded = False
+
+
+def load_plugins(plugins: Sequence[str] = ()) -> None:
+    """Import methods from other packages: every `oodml.methods` entry point (once), then the named modules.
+
+    Raises OodmlError when a plugin can't be imported.
+    """
+    global _entry_points_loaded
+    if not _entry_points_loaded:
+        _entry_points_loaded = True
+        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            try:
+                ep.load()
+            except Exception as e:  # a broken plugin is a user problem, reported in one line
+                raise OodmlError(f"method plugin {ep.name!r} ({ep.value}) failed to load: {type(e).__name__}: "
+                                 f"{e}; fix or uninstall that package") from None
+    for name in plugins:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            raise OodmlError(f"plugin module {name!r} not found ({e}); pass an importable module path and check "
+                             "that its package is installed or on PYTHONPATH") from None
+
+
+def resolve_methods(patterns: str | Sequence[str]) -> list[str]:
+    """Expand names, aliases and fnmatch patterns (each optionally with `+sec`/`+dmml`) into canonical specs.
+
+    `'adapted_*+sec'` gives every adapted method that takes add-ons, with `+sec`. Order is kept, repeats dropped.
+    Raises OodmlError (with the closest names) for unknown names and patterns that match nothing.
+    """
+    load_plugins()
+    items = patterns.split(",") if isinstance(patterns, str) else list(patterns)
+    out: list[str] = []
+    for raw in items:
+        item = raw.strip()
+        if not item:
+            raise OodmlError(f"empty method name in {patterns!r}; separate names with single commas")
+        base, _, rest = item.partition("+")
+        suffix = f"+{rest}" if rest else ""
+        if any(c in base for c in "*?["):
+            names = METHODS.match([base])
+            if suffix:
+                names = [n for n in names if METHODS.info(n).addons]
+                if not names:
+                    raise OodmlError(f"pattern {base!r} matches no method that takes add-ons ({item!r})")
+            specs = [canonical_spec(n + suffix) for n in names]
+        else:
+            specs = [canonical_spec(item)]
+        out += [s for s in specs if s not in out]
+    return out
+
+
+def method_family(spec: str) -> str:
+    """The family of a method spec (add-ons don't change it)."""
+    return METHODS.info(parse_spec(spec)[0]).family
+
+
+def _all_fields() -> set[str]:
+    names: set[str] = set()
+    for n in METHODS.names():
+        names |= field_names(METHODS.info(n).params)
+    for a in ADDONS.values():
+        names |= field_names(a.params)
+    return names
+
+
+def _targets(key: str) -> str:
+    """The method part of a `method.name` override key, validated."""
+    target = key.rsplit(".", 1)[0]
+    if "+" in target:
+        return canonical_spec(target)
+    return METHODS.resolve(target)
+
+
+def resolve_params(spec: str, overrides: Mapping[str, Any] = {}) -> tuple[Any, dict[str, Any]]:
+    """(method params dataclass or None, {add-on: params}) for `spec` with overrides applied and validated.
+
+    Overrides: `name=value` applies to every method having the field `name` (an error if no method or add-on has
+    it); `method.name=value` applies to that method (name, alias or full spec) only and wins over `name=value`.
+    """
+    name, addons = parse_spec(spec)
+    canonical = "+".join((name, *addons))
+    classes: dict[str, type] = {}
+    info = METHODS.info(name)
+    if info.params is not None:
+        classes[""] = info.params
+    for a in addons:
+        classes[a] = ADDONS[a].params
+    known = set().union(*(field_names(c) for c in classes.values())) if classes else set()
+    bare: dict[str, Any] = {}
+    specific: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if "." in key:
+            target, field = _targets(key), key.rsplit(".", 1)[1]
+            if target not in (name, canonical):
+                continue
+            if field not in known:
+                fields = ", ".join(sorted(known)) or "none"
+                raise OodmlError(f"method {canonical!r} has no hyperparameter {field!r} (--method-param {key}); "
+                                 f"its fields: {fields}")
+            specific[field] = value
+        elif key in known:
+            bare[key] = value
+        elif key not in _all_fields():
+            raise OodmlError(f"no method has a hyperparameter {key!r} (--method-param {key}=...); "
+                             f"`oodml list methods` shows the methods, their fields are in docs/plugins.md")
+    values = {**bare, **specific}
+    built = {k: build_params(c, {f: v for f, v in values.items() if f in field_names(c)}, what=canonical)
+             for k, c in classes.items()}
+    return built.pop("", None), built
+
+
+def method_params(spec: str, overrides: Mapping[str, Any] = {}) -> dict[str, Any]:
+    """The resolved, JSON-able hyperparameters of `spec` (method fields, then add-on fields)."""
+    params, addons = resolve_params(spec, overrides)
+    out = to_jsonable(params)
+    for p in addons.values():
+        out.update(to_jsonable(p))
+    return out
+
+
+def validate_overrides(specs: Sequence[str], overrides: Mapping[str, Any]) -> None:
+    """Check overrides against a whole run: every `name=value` must apply to at least one of `specs`."""
+    for s in specs:
+        resolve_params(s, overrides)
+    for key in overrides:
+        if "." in key:
+            continue
+        if not any(key in method_params(s) for s in specs):
+            raise OodmlError(f"--method-param {key}=... applies to none of the methods {', '.join(specs)}")
+
+
+def build_method(spec: str, ctx: MethodContext, overrides: Mapping[str, Any] = {}) -> Method:
+    """Build the method `spec` (name, alias or `name+addon...`) with resolved hyperparameters.
+
+    Args:
+        spec: method spec.
+        ctx: regime, feature dim, backbone, device and seed.
+        overrides: `--method-param` values (see `resolve_params`).
+    """
+    name, addons = parse_spec(spec)
+    params, addon_params = resolve_params(spec, overrides)
+    entry = METHODS.get(name)
+    method = entry.factory(entry.info, ctx, params)
+    if addons:
+        if not isinstance(method, EmbeddingMethod):
+            raise OodmlError(f"method {name!r} is not built on EmbeddingMethod, so it takes no add-on ({spec!r})")
+        method.with_addons(sec=addon_params.get("sec"), dmml=addon_params.get("dmml"),
+                           spec="+".join((name, *addons)))
+    return method
+

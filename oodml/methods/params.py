@@ -1,0 +1,285 @@
+"""Typed, frozen hyperparameters per method family, with the papers' defaults (CPU-friendly in the `head` regime).
+
+`resolve_params` applies `--method-param` overrides (`name=value` for every method having that field, or
+`method.name=value` for one method) with type checks; the result is validated once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, get_type_hints
+
+from oodml.errors import OodmlError, suggest
+
+HEADS = ("linear", "mlp")
+ADAPT_SCOPES = ("last", "all")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Shared by every trained embedding method.
+
+    Attributes:
+        embed_dim: output size of the embedding head (ooDML uses 512 on ResNet-50; 128 here for the CPU head).
+        head: `linear` (D -> embed_dim) or `mlp` (D -> hidden_dim -> ReLU -> embed_dim).
+        hidden_dim: hidden width of the `mlp` head.
+        normalize: L2-normalise the head output (training loss input and embeddings).
+        lr: Adam learning rate of the head (and of loss parameters).
+        backbone_lr: Adam learning rate of the backbone in the `full` regime (ooDML: 1e-5).
+        weight_decay: Adam weight decay.
+        iterations: source training iterations (batches).
+        batch_size: images per batch.
+        samples_per_class: images per class in a batch (ooDML: 2).
+        adapt_iterations: fine-tuning iterations on the k-shot support (methods that adapt).
+        adapt_lr: learning rate of the adaptation.
+        adapt_scope: `last` (the head's last layer plus loss parameters, ooDML) or `all` (all trainable parameters,
+            Scott et al.).
+    """
+
+    embed_dim: int = 128
+    head: str = "linear"
+    hidden_dim: int = 512
+    normalize: bool = True
+    lr: float = 1e-3
+    backbone_lr: float = 1e-5
+    weight_decay: float = 0.0
+    iterations: int = 300
+    batch_size: int = 64
+    samples_per_class: int = 2
+    adapt_iterations: int = 100
+    adapt_lr: float = 1e-3
+    adapt_scope: str = "last"
+
+    def validate(self) -> None:
+        """Raise OodmlError for out-of-range values."""
+        if self.head not in HEADS:
+            raise OodmlError(f"head={self.head!r} is not one of {', '.join(HEADS)}")
+        if self.adapt_scope not in ADAPT_SCOPES:
+            raise OodmlError(f"adapt_scope={self.adapt_scope!r} is not one of {', '.join(ADAPT_SCOPES)}")
+        for name in ("embed_dim", "hidden_dim", "batch_size", "samples_per_class"):
+            if getattr(self, name) < 1:
+                raise OodmlError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("iterations", "adapt_iterations"):
+            if getattr(self, name) < 0:
+                raise OodmlError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr", "backbone_lr", "adapt_lr"):
+            if not getattr(self, name) > 0:
+                raise OodmlError(f"{name} must be > 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class ContrastiveParams(TrainParams):
+    """Contrastive loss (Hadsell et al. 2006) on L2 distances of normalised embeddings."""
+
+    pos_margin: float = 0.0
+    neg_margin: float = 1.0
+
+
+@dataclass(frozen=True)
+class TripletParams(TrainParams):
+    """Triplet loss (Schroff et al. 2015): margin 0.2, semi-hard negatives."""
+
+    margin: float = 0.2
+    mining: str = "semihard"  # all | hard | semihard | easy (PML TripletMarginMiner types)
+
+    def validate(self) -> None:
+        """Raise OodmlError for out-of-range values."""
+        super().validate()
+        if self.mining not in ("all", "hard", "semihard", "easy"):
+            raise OodmlError(f"mining={self.mining!r} is not one of all, hard, semihard, easy")
+
+
+@dataclass(frozen=True)
+class MarginParams(TrainParams):
+    """Margin loss with distance-weighted sampling (Wu et al. 2017): margin 0.2, learned beta from 1.2."""
+
+    margin: float = 0.2
+    beta: float = 1.2
+    learn_beta: bool = True
+    beta_lr: float = 5e-4
+    cutoff: float = 0.5
+    nonzero_loss_cutoff: float = 1.4
+
+
+@dataclass(frozen=True)
+class MultiSimilarityParams(TrainParams):
+    """Multi-similarity loss + miner (Wang et al. 2019): alpha 2, beta 50, base 0.5, epsilon 0.1."""
+
+    alpha: float = 2.0
+    beta: float = 50.0
+    base: float = 0.5
+    epsilon: float = 0.1
+
+
+@dataclass(frozen=True)
+class ProxyParams(TrainParams):
+    """Losses with one learned proxy (class weight) per source class."""
+
+    proxy_lr_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class ProxyAnchorParams(ProxyParams):
+    """Proxy anchor (Kim et al. 2020): margin 0.1, alpha 32, proxies at 100x the learning rate."""
+
+    margin: float = 0.1
+    alpha: float = 32.0
+    proxy_lr_scale: float = 100.0
+
+
+@dataclass(frozen=True)
+class ArcFaceParams(ProxyParams):
+    """ArcFace (Deng et al. 2019): additive angular margin 0.5 rad (28.6 degrees), scale 64."""
+
+    margin: float = 28.6
+    scale: float = 64.0
+
+
+@dataclass(frozen=True)
+class NormSoftmaxParams(ProxyParams):
+    """Normalised softmax (Zhai & Wu 2019): temperature 0.05."""
+
+    temperature: float = 0.05
+
+
+@dataclass(frozen=True)
+class HistogramParams(TrainParams):
+    """Histogram loss (Ustinova & Lempitsky 2016): cosine similarities, bins of width 2 / n_bins."""
+
+    n_bins: int = 100
+
+    def validate(self) -> None:
+        """Raise OodmlError for out-of-range values."""
+        super().validate()
+        if self.n_bins < 2:
+            raise OodmlError(f"n_bins must be >= 2, got {self.n_bins}")
+
+
+@dataclass(frozen=True)
+class ProtoParams(TrainParams):
+    """Prototypical networks (Snell et al. 2017): episodic n-way k-shot, squared Euclidean, unnormalised."""
+
+    normalize: bool = False
+    ways: int = 20
+    shots: int = 5
+    queries: int = 5
+
+    def validate(self) -> None:
+        """Raise OodmlError for out-of-range values."""
+        super().validate()
+        for name in ("ways", "shots", "queries"):
+            if getattr(self, name) < 1:
+                raise OodmlError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class ClassifierParams(TrainParams):
+    """Softmax classifier on the embedding (weight transfer, baseline); fine-tunes everything by default."""
+
+    normalize: bool = False
+    adapt_scope: str = "all"
+
+
+@dataclass(frozen=True)
+class SecParams:
+    """Spherical embedding constraint (Zhang et al. 2020): weight eta of mean_i (||f_i|| - mu)^2."""
+
+    sec_eta: float = 1.0
+
+    def validate(self) -> None:
+        """Raise OodmlError for out-of-range values."""
+        if self.sec_eta < 0:
+            raise OodmlError(f"sec_eta must be >= 0, got {self.sec_eta}")
+
+
+@dataclass(frozen=True)
+class DmmlParams:
+    """Diversified mutual metric learning (Park et al. 2020).
+
+    Attributes:
+        dmml_models: cohort size M (model 1 is evaluated alone and in the ensemble).
+        dmml_weight: weight of the relational mutual loss.
+        dmml_update_every: per model, update every n-th iteration (temporal diversity); cycled when shorter than M.
+        dmml_noise: head regime: Gaussian feature noise (times the batch's per-dimension std) on views >= 1.
+        dmml_dropout: head regime: feature dropout probability on views >= 1.
+    """
+
+    dmml_models: int = 3
+    dmml_weight: float = 1.0
+    dmml_update_every: tuple[int, ...] = (1, 1, 2)
+    dmml_noise: float = 0.1
+    dmml_dropout: float = 0.1
+
+    def validate(self) -> None:
+        """Raise OodmlError for out-of-range values."""
+        if self.dmml_models < 2:
+            raise OodmlError(f"dmml_models must be >= 2, got {self.dmml_models}")
+        if not self.dmml_update_every or any(int(u) < 1 for u in self.dmml_update_every):
+            raise OodmlError("dmml_update_every must be a list of integers >= 1, e.g. [1,1,2]")
+        if not 0 <= self.dmml_dropout < 1:
+            raise OodmlError(f"dmml_dropout must be in [0, 1), got {self.dmml_dropout}")
+        if self.dmml_noise < 0 or self.dmml_weight < 0:
+            raise OodmlError("dmml_noise and dmml_weight must be >= 0")
+
+
+def field_names(cls: type | None) -> set[str]:
+    """Names of the fields of a params dataclass (empty for None)."""
+    return {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
+
+
+def _coerce(cls_name: str, name: str, value: Any, typ: Any) -> Any:
+    """Convert an override value to the field's type, or raise OodmlError."""
+    text = str(typ)
+    bad = OodmlError(f"{cls_name}: {name}={value!r} is not a valid {text.replace('typing.', '')}")
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if typ is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    if text.startswith("tuple[int"):
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in items):
+            raise bad
+        return tuple(int(v) for v in items)
+    return value  # pragma: no cover - every params field has one of the types above
+
+
+def build_params(cls: type, values: Mapping[str, Any], *, what: str) -> Any:
+    """Instantiate the dataclass `cls` from overrides `values` (type-checked), then validate it."""
+    hints = get_type_hints(cls)
+    known = field_names(cls)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise OodmlError(
+            f"{what} has no hyperparameter {unknown[0]!r}{suggest(unknown[0], known)}; "
+            f"its fields: {', '.join(sorted(known))}"
+        )
+    kw = {k: _coerce(what, k, v, hints[k]) for k, v in values.items()}
+    obj = cls(**kw)
+    if hasattr(obj, "validate"):
+        obj.validate()
+    return obj
+
+
+def to_jsonable(obj: Any) -> dict[str, Any]:
+    """A params dataclass as a JSON-able dict (tuples become lists)."""
+    if obj is None:
+        return {}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(obj).items()}

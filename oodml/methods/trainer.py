@@ -1,0 +1,347 @@
+"""The shared trainable method: an embedding net (or a cohort of them, `+dmml`) trained with an objective.
+
+Subclasses choose the objective (`make_objective`) and, if needed, the batch layout (`batch_indices`). Everything
+random is seeded from `MethodContext.seed`: batches from numpy Generators, weight init, PML miners and views from a
+forked torch RNG, so the global RNG state is neither used nor changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from oodml.errors import OodmlError
+from oodml.methods.base import Inputs, Method, MethodContext, MethodInfo
+from oodml.methods.losses import init_proxies, relational_mutual_loss, sec_loss
+from oodml.methods.nets import EmbeddingNet, batched_forward, build_trunk, make_head
+from oodml.methods.params import DmmlParams, SecParams, TrainParams
+from oodml.progress import progress
+from oodml.seeding import derive_seed
+
+STAGES = ("fit", "adapt")
+
+
+@contextlib.contextmanager
+def seeded_torch(seed: int) -> Iterator[None]:
+    """Run a block with the torch CPU RNG seeded to `seed`, restoring the previous state afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def balanced_batch(y: np.ndarray, batch_size: int, per_class: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of a class-balanced batch: `batch_size // per_class` classes, up to `per_class` images of each."""
+    classes = np.unique(y)
+    n_cls = min(len(classes), max(1, batch_size // per_class))
+    chosen = rng.choice(classes, size=n_cls, replace=False)
+    parts = []
+    for c in chosen:
+        members = np.flatnonzero(y == c)
+        parts.append(rng.choice(members, size=min(per_class, len(members)), replace=False))
+    return np.concatenate(parts)
+
+
+def episode_batch(y: np.ndarray, ways: int, per_class: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of an episode laid out class by class: `ways` classes, up to `per_class` shuffled images each."""
+    classes = np.unique(y)
+    chosen = rng.choice(classes, size=min(ways, len(classes)), replace=False)
+    parts = []
+    for c in chosen:
+        members = np.flatnonzero(y == c)
+        parts.append(rng.choice(members, size=min(per_class, len(members)), replace=False))
+    return np.concatenate(parts)
+
+
+def class_means(e: torch.Tensor, y: np.ndarray, n_classes: int) -> torch.Tensor:
+    """(C, d) mean embedding per class label 0..C-1."""
+    yt = torch.as_tensor(y, dtype=torch.long, device=e.device)
+    sums = torch.zeros(n_classes, e.shape[1], dtype=e.dtype, device=e.device).index_add_(0, yt, e)
+    counts = torch.bincount(yt, minlength=n_classes).clamp_min(1).to(e.dtype)
+    return sums / counts[:, None]
+
+
+class EmbeddingMethod(Method):
+    """A method that trains an embedding (head, or backbone + head) with an objective; supports `+sec`/`+dmml`.
+
+    Args:
+        info: the registry entry.
+        ctx: regime, feature dim, backbone, device, seed.
+        params: the method's hyperparameters (a `TrainParams` subclass).
+    """
+
+    #: initialise the adaptation objective's class proxies at the support class means
+    init_proxies_on_adapt: bool = False
+
+    def __init__(self, info: MethodInfo, ctx: MethodContext, params: TrainParams) -> None:
+        self.info = info
+        self.ctx = ctx
+        self.params = params
+        self.sec: SecParams | None = None
+        self.dmml: DmmlParams | None = None
+        self.spec = info.name
+        self.nets: list[EmbeddingNet] = []
+        self.objectives: list[nn.Module] = []
+        self.in_dim: int | None = ctx.in_dim
+        self.n_classes = 0
+        self.adapt_shots = 1
+
+    # ----------------------------------------------------------------------------------------------- hooks
+    def make_objective(self, n_classes: int, stage: str) -> nn.Module:
+        """The training objective for `n_classes` classes (labels 0..n-1) at `stage` ('fit' or 'adapt')."""
+        raise NotImplementedError
+
+    def batch_indices(self, y: np.ndarray, rng: np.random.Generator, stage: str) -> np.ndarray:
+        """Row indices of the next training batch (default: class-balanced)."""
+        return balanced_batch(y, self.params.batch_size, self.params.samples_per_class, rng)
+
+    def objective_groups(self, objective: nn.Module, lr: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups of the objective's own parameters."""
+        scale = float(getattr(self.params, "proxy_lr_scale", 1.0))
+        params = [p for p in objective.parameters() if p.requires_grad]
+        return [{"params": params, "lr": lr * scale}]
+
+    # ----------------------------------------------------------------------------------------------- add-ons
+    def with_addons(self, *, sec: SecParams | None = None, dmml: DmmlParams | None = None,
+                    spec: str | None = None) -> EmbeddingMethod:
+        """Turn on the spherical embedding constraint and/or diversified mutual learning; returns self."""
+        self.sec, self.dmml = sec, dmml
+        self.spec = spec or self.spec
+        return self
+
+    @property
+    def n_models(self) -> int:
+        """Cohort size (1 without `+dmml`)."""
+        return self.dmml.dmml_models if self.dmml is not None else 1
+
+    def _update_every(self, m: int) -> int:
+        if self.dmml is None:
+            return 1
+        every = self.dmml.dmml_update_every
+        return int(every[m % len(every)])
+
+    # ----------------------------------------------------------------------------------------------- building
+    def _seed(self, *key: object) -> int:
+        return derive_seed(self.ctx.seed, self.info.name, *key)
+
+    def _build(self, n_classes: int) -> None:
+        """Fresh nets (each seeded by its cohort index) and fit objectives."""
+        self.n_classes = n_classes
+        p = self.params
+        self.nets, self.objectives = [], []
+        for m in range(self.n_models):
+            with seeded_torch(self._seed("init", m)):
+                trunk, trunk_dim, freeze = build_trunk(self.ctx.regime, self.ctx.backbone)
+                in_dim = trunk_dim if trunk_dim is not None else self.in_dim
+                if in_dim is None:
+                    raise OodmlError("the head regime needs the feature dimension; fit on features first")
+                net = EmbeddingNet(trunk, make_head(in_dim, p.embed_dim, p.head, p.hidden_dim), freeze)
+                self.nets.append(net.to(self.ctx.device))
+                self.objectives.append(self.make_objective(n_classes, "fit").to(self.ctx.device))
+
+    def _embed_train(self, net: EmbeddingNet, xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = net(xb)
+        return z, (F.normalize(z, dim=1) if self.params.normalize else z)
+
+    def _view(self, x: Inputs, idx: np.ndarray, m: int, key: tuple[object, ...]) -> torch.Tensor:
+        """Model m's input batch: augmented images (full), or features with noise/dropout for views >= 1 (head)."""
+        dev = self.ctx.device
+        if self.ctx.regime == "full":
+            return x.fetch(idx, train=True, view=m).to(dev)
+        xb = x.fetch(idx, train=True, view=m).to(device=dev, dtype=torch.float32)
+        if m == 0 or self.dmml is None:
+            return xb
+        g = torch.Generator().manual_seed(self._seed("view", m, *key))
+        keep = 1.0 - self.dmml.dmml_dropout
+        mask = (torch.rand(xb.shape, generator=g) < keep).to(xb) / keep
+        std = xb.std(dim=0, keepdim=True) if len(xb) > 1 else torch.ones_like(xb[:1])
+        noise = torch.randn(xb.shape, generator=g).to(xb) * std * self.dmml.dmml_noise
+        return xb * mask + noise
+
+    # ----------------------------------------------------------------------------------------------- training
+    def _param_groups(self, m: int, stage: str) -> list[dict[str, Any]]:
+        p, net = self.params, self.nets[m]
+        if stage == "fit":
+            groups = [{"params": list(net.head.parameters()), "lr": p.lr},
+                      {"params": list(net.trunk.parameters()), "lr": p.backbone_lr}]
+            lr = p.lr
+        elif p.adapt_scope == "last":
+            groups = [{"params": list(net.last_layer().parameters()), "lr": p.adapt_lr}]
+            lr = p.adapt_lr
+        else:
+            groups = [{"params": list(net.head.parameters()), "lr": p.adapt_lr},
+                      {"params": list(net.trunk.parameters()), "lr": p.adapt_lr * p.backbone_lr / p.lr}]
+            lr = p.adapt_lr
+        groups += self.objective_groups(self.objectives[m], lr)
+        out = []
+        for g in groups:
+            params = [q for q in g["params"] if q.requires_grad]
+            if params:
+                out.append({**g, "params": params})
+        return out
+
+    def _losses(self, x: Inputs, idx: np.ndarray, y: np.ndarray, key: tuple[object, ...]) -> list[torch.Tensor]:
+        """One loss per cohort model on the batch `idx` (labels `y` are 0..C-1)."""
+        yb = torch.as_tensor(y[idx], dtype=torch.long, device=self.ctx.device)
+        outs = [self._embed_train(net, self._view(x, idx, m, key)) for m, net in enumerate(self.nets)]
+        losses = []
+        for m, (z, e) in enumerate(outs):
+            loss = self.objectives[m](e, yb)
+            if self.sec is not None and self.sec.sec_eta > 0:
+                loss = loss + self.sec.sec_eta * sec_loss(z)
+            if self.dmml is not None and self.dmml.dmml_weight > 0:
+                others = [o[1].detach() for n, o in enumerate(outs) if n != m]
+                loss = loss + self.dmml.dmml_weight * relational_mutual_loss(e, others)
+            losses.append(loss)
+        return losses
+
+    @contextlib.contextmanager
+    def _only_training(self, groups: list[list[dict[str, Any]]]) -> Iterator[None]:
+        """Switch off gradients of parameters outside `groups` (so frozen parts cost no backward pass)."""
+        keep = {id(q) for gs in groups for g in gs for q in g["params"]}
+        frozen = [q for mod in [*self.nets, *self.objectives] for q in mod.parameters()
+                  if q.requires_grad and id(q) not in keep]
+        for q in frozen:
+            q.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for q in frozen:
+                q.requires_grad_(True)
+
+    def _train(self, x: Inputs, y: np.ndarray, stage: str) -> None:
+        p = self.params
+        iterations = p.iterations if stage == "fit" else p.adapt_iterations
+        groups = [self._param_groups(m, stage) for m in range(self.n_models)]
+        if iterations == 0 or not any(groups):
+            return
+        rng = np.random.default_rng(self._seed(stage, "batches"))
+        opts = [torch.optim.Adam(g, weight_decay=p.weight_decay) if g else None for g in groups]
+        for net in self.nets:
+            net.train()
+        show = progress(f"{stage} {self.spec}", iterations) if stage == "fit" else contextlib.nullcontext()
+        with self._only_training(groups), show as bar:
+            for it in range(iterations):
+                idx = self.batch_indices(y, rng, stage)
+                for opt in opts:
+                    if opt is not None:
+                        opt.zero_grad(set_to_none=True)
+                total = torch.stack(self._losses(x, idx, y, (stage, it))).sum()
+                if total.requires_grad:
+                    total.backward()
+                    for m, opt in enumerate(opts):
+                        if opt is not None and it % self._update_every(m) == 0:
+                            opt.step()
+                if bar is not None:
+                    bar.update(1)
+        for net in self.nets:
+            net.eval()
+
+    # ----------------------------------------------------------------------------------------------- protocol
+    def fit(self, x: Inputs, y: np.ndarray) -> None:
+        """Train on the source classes (labels are re-indexed to 0..C-1)."""
+        classes, yi = np.unique(np.asarray(y), return_inverse=True)
+        if self.in_dim is None and hasattr(x, "dim"):
+            self.in_dim = int(x.dim)  # type: ignore[attr-defined]
+        with seeded_torch(self._seed("fit")):
+            self._build(len(classes))
+            self._train(x, yi.astype(np.int64), "fit")
+
+    def prepare_adapt(self, x: Inputs, y: np.ndarray, n_classes: int) -> None:
+        """Replace the objectives by ones for the target classes (proxies at the support means if configured)."""
+        counts = np.bincount(y, minlength=n_classes)
+        self.adapt_shots = max(1, int(counts.min()) // 2)
+        self.objectives = []
+        for m in range(self.n_models):
+            obj = self.make_objective(n_classes, "adapt").to(self.ctx.device)
+            if self.init_proxies_on_adapt:
+                e = torch.from_numpy(self._embed_net(m, x))
+                init_proxies(obj, class_means(e, y, n_classes))
+            self.objectives.append(obj)
+        self.n_classes = n_classes
+
+    def adapt(self, x: Inputs, y: np.ndarray) -> Method:
+        """A fine-tuned copy (when the method uses the support; otherwise an untouched copy)."""
+        new = copy.deepcopy(self)
+        if not self.info.uses_support:
+            return new
+        if not new.nets:
+            raise OodmlError(f"{self.spec}: call fit before adapt")
+        classes, yi = np.unique(np.asarray(y), return_inverse=True)
+        yi = yi.astype(np.int64)
+        with seeded_torch(self._seed("adapt")):
+            new.prepare_adapt(x, yi, len(classes))
+            new._train(x, yi, "adapt")
+        return new
+
+    def _embed_net(self, m: int, x: Inputs) -> np.ndarray:
+        net = self.nets[m].eval()
+        bs = 4096 if self.ctx.regime == "head" else 64
+        fn = (lambda xb: F.normalize(net(xb), dim=1)) if self.params.normalize else net
+        return batched_forward(fn, x, self.ctx.device, bs)
+
+    def embed(self, x: Inputs) -> np.ndarray:
+        """(N, embed_dim) float32 embeddings of model 1 (L2-normalised when `normalize`)."""
+        if not self.nets:
+            raise OodmlError(f"{self.spec}: call fit before embed")
+        return self._embed_net(0, x)
+
+    def embed_variants(self, x: Inputs) -> dict[str, np.ndarray]:
+        """'' = model 1; with `+dmml` also 'ensemble' = normalised concatenation of the normalised cohort."""
+        first = self.embed(x)
+        if self.dmml is None:
+            return {"": first}
+        parts = [first] + [self._embed_net(m, x) for m in range(1, self.n_models)]
+        cat = np.concatenate([p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12) for p in parts], 1)
+        cat /= np.maximum(np.linalg.norm(cat, axis=1, keepdims=True), 1e-12)
+        return {"": first, "ensemble": cat.astype(np.float32)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The fitted source state: nets and objectives of every cohort model (CPU tensors)."""
+
+        def cpu(sd: dict[str, Any]) -> dict[str, Any]:
+            return {k: v.detach().cpu().clone() for k, v in sd.items()}
+
+        return {"in_dim": self.in_dim, "n_classes": self.n_classes,
+                "nets": [cpu(n.state_dict()) for n in self.nets],
+                "objectives": [cpu(o.state_dict()) for o in self.objectives]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Rebuild the nets and objectives and load a `state_dict`."""
+        self.in_dim = state["in_dim"]
+        self._build(int(state["n_classes"]))
+        for net, sd in zip(self.nets, state["nets"], strict=True):
+            net.load_state_dict(sd)
+            net.eval()
+        for obj, sd in zip(self.objectives, state["objectives"], strict=True):
+            obj.load_state_dict(sd)
+
+    def grad_probe(self, x: Inputs, y: np.ndarray, stage: str = "fit") -> list[str]:
+        """Names of the parameters `stage` would train that get no finite gradient on one batch (for tests)."""
+        _, yi = np.unique(np.asarray(y), return_inverse=True)
+        yi = yi.astype(np.int64)
+        groups = [self._param_groups(m, stage) for m in range(self.n_models)]
+        if not any(groups):
+            return []
+        names = {id(q): f"model{m}.{prefix}.{n}" for m, mods in enumerate(zip(self.nets, self.objectives))
+                 for prefix, mod in zip(("net", "objective"), mods) for n, q in mod.named_parameters()}
+        for mod in [*self.nets, *self.objectives]:
+            mod.zero_grad(set_to_none=True)
+        for net in self.nets:
+            net.train()
+        with seeded_torch(self._seed("probe")), self._only_training(groups):
+            rng = np.random.default_rng(self._seed("probe"))
+            total = torch.stack(self._losses(x, self.batch_indices(yi, rng, stage), yi, ("probe",))).sum()
+            if total.requires_grad:
+                total.backward()
+        missing = [names[id(q)] for gs in groups for g in gs for q in g["params"]
+                   if q.grad is None or not bool(torch.isfinite(q.grad).all())]
+        for mod in [*self.nets, *self.objectives]:
+            mod.zero_grad(set_to_none=True)
+        return missing
