@@ -8,6 +8,7 @@ The same store gives byte-identical files.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,11 +52,14 @@ def build_report(*, results: Path, metric: str | None = None) -> list[Path]:
     Raises:
         OodmlError: missing/empty results folder (run `oodml run` first), a corrupt cell file, an unknown metric.
     """
+    t0 = time.perf_counter()
     store = read_store(Path(results))
+    tables = [aggregate(store, dataset, metric) for dataset in store.datasets]  # all checks before any output
+    log(f"report: {len(store.cells)} cell files, {len(store.rows)} rows, {len(tables)} dataset(s) read and "
+        f"aggregated in {time.perf_counter() - t0:.1f}s")
     written: list[Path] = []
-    for dataset in store.datasets:
-        tables = aggregate(store, dataset, metric)
-        written += write_dataset(tables, Path(results) / dataset)
+    for t in tables:
+        written += write_dataset(t, Path(results) / t.dataset)
     reports = [p for p in written if p.name == "report.html"]
     for p in reports:
         log(f"report: leaderboards and plots in {p.parent}/ ; open {p}")

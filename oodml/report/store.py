@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from oodml.errors import OodmlError
-from oodml.progress import log, progress
+from oodml.progress import is_terminal, log, progress
 from oodml.schema import ROW_COLUMNS, STATUSES
 
 #: Columns that identify a result row's place in the grid (the leaderboard groups by these).
@@ -93,10 +93,13 @@ def read_store(results: Path) -> Store:
 def _parse_files(files: list[Path]) -> list[dict[str, Any]]:
     """Parse all files with one json.loads; on failure, find the corrupt file."""
     blobs: list[bytes] = []
-    with progress("report: reading cell files", len(files), unit="files") as bar:
-        for i in range(0, len(files), _CHUNK):
-            blobs.extend(map(Path.read_bytes, files[i:i + _CHUNK]))
-            bar.update(len(files[i:i + _CHUNK]))
+    if is_terminal():  # a bar on a terminal; off it, silent, so that an error stays the only stderr line
+        with progress("report: reading cell files", len(files), unit="files") as bar:
+            for i in range(0, len(files), _CHUNK):
+                blobs.extend(map(Path.read_bytes, files[i:i + _CHUNK]))
+                bar.update(len(files[i:i + _CHUNK]))
+    else:
+        blobs.extend(map(Path.read_bytes, files))
     try:
         cells = json.loads(b"[" + b",".join(blobs) + b"]")
     except (json.JSONDecodeError, UnicodeDecodeError):
