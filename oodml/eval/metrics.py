@@ -48,6 +48,7 @@ def map_at_r_per_query(knn_labels: np.ndarray, query_labels: np.ndarray, r: np.n
     r = np.asarray(r, dtype=np.int64)
     if r.shape != query_labels.shape or (len(r) and (r.min() < 1 or r.max() > hit.shape[1])):
         raise OodmlError(f"MAP@R needs 1 <= R <= K = {hit.shape[1]} neighbours per query; search more neighbours")
+    hit = hit[:, : int(r.max(initial=1))]  # columns beyond the largest R never count: the value is independent of K
     ranks = np.arange(1, hit.shape[1] + 1)
     hit &= ranks[None, :] <= r[:, None]
     precision = np.cumsum(hit, axis=1) / ranks[None, :]
