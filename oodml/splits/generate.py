@@ -1,0 +1,397 @@
+"""The FID ladder (`oodml make-splits`): train/test class partitions of rising distribution shift (ooDML, SPEC §3).
+
+Starting from the dataset's conventional split, two greedy walks over class partitions are made:
+
+- harder: the train classes closest to the test mean (relative to the train mean) move to test and the test classes
+  closest to the train mean move to train, ooDML style, with a tabu history so that classes don't oscillate; a move is
+  kept only when it raises the FID. When swaps stop helping, the same candidates are removed from both sides instead
+  (`removed_classes`), never below a floor of classes per side;
+- easier: the inverse swaps (the most train-typical train classes to test and vice versa), kept while they lower the
+  FID.
+
+Both walks update running sums (n, Σ m, Σ m mᵀ) per side when classes move instead of recomputing the statistics, and
+evaluate each proposal with the exact moment-based Fréchet distance. From the trajectory, `levels` partitions spread
+evenly in FID are picked (the conventional one is always kept and marked); their FIDs are then recomputed from
+scratch with `frechet_distance`, and validation classes and k-shot episodes are drawn from key-derived seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from oodml import seeding
+from oodml.errors import OodmlError
+from oodml.features.io import FeatureSet
+from oodml.progress import log, progress
+from oodml.splits.episodes import sample_episodes
+from oodml.splits.frechet import Moments, frechet_distance, frechet_from_moments, moments_from_sums
+from oodml.splits.spec import Level, SplitSpec
+
+TRAIN, TEST, REMOVED = 0, 1, 2
+#: a move must change the FID by more than this (relative) to count, so that recomputed level FIDs stay ordered
+MIN_REL_GAIN = 1e-7
+
+
+@dataclass(frozen=True)
+class LadderCfg:
+    """Knobs of the ladder search (the defaults follow the ooDML procedure).
+
+    Attributes:
+        levels: number of levels to pick from the trajectory.
+        ks: shots for the episodes.
+        episodes: episodes per k and level.
+        seed: seed for the fallback conventional split, validation classes and episodes.
+        ways: classes per episode (None: every test class).
+        val_fraction: share of each level's train classes put in `val_classes`.
+        floor_fraction: removal never leaves a side with fewer than this share of its conventional classes.
+        tabu: a class that moved in one of the last `tabu` steps doesn't move again.
+        swaps_per_step: classes moved per side and step (None: one per 200 classes, at least 1); halved when no
+            move helps, doubled back after a success.
+        max_steps: most accepted steps per direction.
+        patience: with single moves, how many candidate pairs down the rankings are tried before a walk stops.
+    """
+
+    levels: int = 8
+    ks: tuple[int, ...] = (2, 5, 10)
+    episodes: int = 10
+    seed: int = 0
+    ways: int | None = None
+    val_fraction: float = 0.25
+    floor_fraction: float = 0.5
+    tabu: int = 5
+    swaps_per_step: int | None = None
+    max_steps: int = 300
+    patience: int = 5
+
+    def __post_init__(self) -> None:
+        if self.levels < 2:
+            raise OodmlError(f"--levels must be at least 2, got {self.levels}")
+        if not self.ks or min(self.ks) < 1:
+            raise OodmlError(f"--k values must be >= 1, got {self.ks}")
+        if not 0.0 <= self.val_fraction < 1.0 or not 0.0 < self.floor_fraction <= 1.0:
+            raise OodmlError("val_fraction must be in [0, 1) and floor_fraction in (0, 1]")
+        if self.swaps_per_step is not None and self.swaps_per_step < 1 or min(self.max_steps, self.tabu) < 0 \
+                or self.patience < 1:
+            raise OodmlError("swaps_per_step and patience must be >= 1, max_steps and tabu >= 0")
+
+
+@dataclass(frozen=True)
+class Move:
+    """Classes `idx` go to sides `to` (TRAIN, TEST or REMOVED); `fid` is the exact FID after the move."""
+
+    idx: np.ndarray
+    to: np.ndarray
+    fid: float
+
+
+class PartitionStats:
+    """A partition of class means into train/test/removed with running sums per side, for fast FID proposals."""
+
+    def __init__(self, means: np.ndarray, side: np.ndarray) -> None:
+        self.means = means
+        self.side = side.astype(np.int8).copy()
+        self.n = [0, 0]
+        self.total = [np.zeros(means.shape[1]), np.zeros(means.shape[1])]
+        self.gram = [np.zeros((means.shape[1],) * 2), np.zeros((means.shape[1],) * 2)]
+        for s in (TRAIN, TEST):
+            m = means[self.side == s]
+            self.n[s], self.total[s], self.gram[s] = len(m), m.sum(axis=0), m.T @ m
+
+    def _side_after(self, s: int, idx: np.ndarray, to: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+        old = self.side[idx]
+        add, rem = idx[(to == s) & (old != s)], idx[(old == s) & (to != s)]
+        total = self.total[s] + self.means[add].sum(axis=0) - self.means[rem].sum(axis=0)
+        gram = self.gram[s] + self.means[add].T @ self.means[add] - self.means[rem].T @ self.means[rem]
+        return self.n[s] + len(add) - len(rem), total, gram, np.concatenate([add, rem])
+
+    def _moments(self, s: int, n: int, total: np.ndarray, gram: np.ndarray, idx: np.ndarray,
+                 to: np.ndarray) -> Moments:
+        if n > self.means.shape[1]:
+            return moments_from_sums(n, total, gram)
+        members = self.side == s
+        members[idx] = to == s
+        m = self.means[members]
+        mu = total / n
+        factor = (m - mu).T / math.sqrt(n - 1)
+        return Moments(n, mu, float(np.einsum("ij,ij->", factor, factor)), factor=factor)
+
+    def fid(self, idx: np.ndarray | None = None, to: np.ndarray | None = None) -> float:
+        """Exact FID of the partition after moving classes `idx` to sides `to` (no change when None)."""
+        idx = np.zeros(0, dtype=np.int64) if idx is None else idx
+        to = np.zeros(0, dtype=np.int8) if to is None else to
+        mom = []
+        for s in (TRAIN, TEST):
+            n, total, gram, _ = self._side_after(s, idx, to)
+            if n < 2:
+                return math.nan
+            mom.append(self._moments(s, n, total, gram, idx, to))
+        return frechet_from_moments(mom[0], mom[1])
+
+    def apply(self, idx: np.ndarray, to: np.ndarray) -> None:
+        """Move classes `idx` to sides `to`, updating the running sums."""
+        for s in (TRAIN, TEST):
+            self.n[s], self.total[s], self.gram[s], _ = self._side_after(s, idx, to)
+        self.side[idx] = to
+
+    def ranking(self, s: int, blocked: set[int]) -> np.ndarray:
+        """Members of side `s` (minus `blocked`), most like the other side first, by the ooDML score
+        ‖m − μ_other‖ − ‖m − μ_own‖ (ascending; ties by class index)."""
+        members = np.flatnonzero(self.side == s)
+        if blocked:
+            members = members[~np.isin(members, np.fromiter(blocked, dtype=np.int64))]
+        m = self.means[members]
+        own, other = self.total[s] / self.n[s], self.total[1 - s] / self.n[1 - s]
+        score = np.linalg.norm(m - other, axis=1) - np.linalg.norm(m - own, axis=1)
+        return members[np.argsort(score, kind="stable")]
+
+
+def _walk(stats: PartitionStats, *, harder: bool, floors: tuple[int, int], cfg: LadderCfg, b0: int,
+          start_fid: float) -> list[Move]:
+    """One greedy direction; returns the accepted moves (FIDs strictly rising when `harder`, else falling)."""
+    moves: list[Move] = []
+    recent: deque[set[int]] = deque(maxlen=max(cfg.tabu, 1))
+    fid, b = start_fid, b0
+    with progress("make-splits: " + ("harder" if harder else "easier") + " walk", cfg.max_steps, "steps") as bar:
+        while len(moves) < cfg.max_steps:
+            blocked = set().union(*recent) if cfg.tabu else set()
+            tr, te = stats.ranking(TRAIN, blocked), stats.ranking(TEST, blocked)
+            if not harder:
+                tr, te = tr[::-1], te[::-1]
+            found = None
+            # single moves also try the next candidates down the rankings before the walk gives up
+            offsets = range(cfg.patience) if b == 1 else range(1)
+            for o, kind in ((o, kind) for o in offsets for kind in (("swap", "remove") if harder else ("swap",))):
+                if kind == "swap":
+                    nb = min(b, len(tr) - o, len(te) - o)
+                    to = (TEST, TRAIN)
+                else:
+                    nb = min(b, len(tr) - o, len(te) - o, stats.n[TRAIN] - floors[0], stats.n[TEST] - floors[1])
+                    to = (REMOVED, REMOVED)
+                if nb < 1:
+                    continue
+                idx = np.concatenate([tr[o:o + nb], te[o:o + nb]])
+                target = np.repeat(np.array(to, dtype=np.int8), nb)
+                f = stats.fid(idx, target)
+                gain = (f - fid) if harder else (fid - f)
+                if gain > MIN_REL_GAIN * max(abs(fid), 1e-12):
+                    found = Move(idx, target, f)
+                    break
+            if found is None:
+                if b == 1:
+                    break
+                b = max(1, b // 2)
+                continue
+            stats.apply(found.idx, found.to)
+            moves.append(found)
+            recent.append({int(i) for i in found.idx})
+            fid, b = found.fid, min(b0, 2 * b)
+            bar.update(1)
+    return moves
+
+
+def _pick(fids: np.ndarray, conv: int, levels: int) -> list[int]:
+    """Indices of `levels` states of a strictly increasing FID trajectory, spread evenly in FID, ends and `conv`
+    included, strictly increasing."""
+    n = len(fids)
+    if n < levels:
+        raise OodmlError(f"the class-swap walk reached only {n} distinct splits, fewer than --levels {levels}; "
+                         "lower --levels or use more classes")
+    targets = np.linspace(fids[0], fids[-1], levels)
+    lo, hi = max(0, levels - (n - conv)), min(levels - 1, conv)  # slots that leave room on both sides
+    if 0 < conv < n - 1 and levels > 2:  # keep both ends of the trajectory
+        lo, hi = max(lo, 1), min(hi, levels - 2)
+    slot = int(np.clip(np.argmin(np.abs(targets - fids[conv])), lo, hi))
+    idx = [int(np.clip(np.argmin(np.abs(fids - t)), i, n - levels + i)) for i, t in enumerate(targets)]
+    idx[0], idx[-1], idx[slot] = 0, n - 1, conv
+    for i in range(1, levels):  # forward: strictly increasing
+        idx[i] = max(idx[i], idx[i - 1] + 1) if i != slot else idx[i]
+    for i in range(levels - 2, -1, -1):  # backward: fits below the next
+        idx[i] = min(idx[i], idx[i + 1] - 1) if i != slot else idx[i]
+    return idx
+
+
+def _conventional_sides(fs: FeatureSet, present: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
+    """Side per class from the features file's `class_split`, or a seeded random half split when it is absent or
+    leaves a side with fewer than 2 classes."""
+    side = np.full(len(fs.class_names), REMOVED, dtype=np.int8)
+    if fs.class_split is not None:
+        cs = np.asarray(fs.class_split)
+        side[present & (cs == "train")] = TRAIN
+        side[present & (cs == "test")] = TEST
+        if (side == TRAIN).sum() >= 2 and (side == TEST).sum() >= 2:
+            return side, "class_split of the features file"
+        side[:] = REMOVED
+        why = "the features file's class_split leaves a side with fewer than 2 classes"
+    else:
+        why = "the features file has no class_split"
+    order = np.flatnonzero(present)[seeding.rng(fs.dataset, "conventional", seed).permutation(int(present.sum()))]
+    half = (len(order) + 1) // 2
+    side[np.sort(order[:half])], side[np.sort(order[half:])] = TRAIN, TEST
+    return side, f"random half split (seed {seed}): {why}"
+
+
+def _names(fs: FeatureSet, side: np.ndarray, s: int) -> list[str]:
+    return sorted(str(c) for c in fs.class_names[side == s])
+
+
+def build_ladder(fs: FeatureSet, *, levels: int = 8, ks: tuple[int, ...] = (2, 5, 10), episodes: int = 10,
+                 seed: int = 0, ways: int | None = None, val_fraction: float = 0.25, floor_fraction: float = 0.5,
+                 tabu: int = 5, swaps_per_step: int | None = None, max_steps: int = 300, patience: int = 5,
+                 classes_from: dict[str, Any] | None = None) -> SplitSpec:
+    """Build the FID ladder of a features file (see the module docstring).
+
+    Args:
+        fs: features (class means are taken over its images).
+        levels, ks, episodes, seed, ways, val_fraction, floor_fraction, tabu, swaps_per_step, max_steps, patience: see
+            `LadderCfg`.
+        classes_from: description of where the classes came from, recorded in the split file.
+
+    Returns:
+        The validated SplitSpec, levels 1..L by strictly increasing FID.
+    """
+    cfg = LadderCfg(levels=levels, ks=tuple(ks), episodes=episodes, seed=seed, ways=ways, val_fraction=val_fraction,
+                    floor_fraction=floor_fraction, tabu=tabu, swaps_per_step=swaps_per_step, max_steps=max_steps,
+                    patience=patience)
+    dataset = fs.dataset or "unknown"
+    raw = fs.class_means()
+    present = np.isfinite(raw).all(axis=1)
+    conv_side, conv_how = _conventional_sides(fs, present, seed)
+    log(f"make-splits: {int(present.sum())} classes, {raw.shape[1]}-d; conventional split: {conv_how}")
+    means = np.where(present[:, None], raw, 0.0)
+    means = means - means[present].mean(axis=0)  # FID is translation invariant; centring keeps the sums precise
+    floors = tuple(max(2, math.ceil(cfg.floor_fraction * int((conv_side == s).sum()))) for s in (TRAIN, TEST))
+    b0 = cfg.swaps_per_step or max(1, round(int(present.sum()) / 200))
+
+    conv_fid = PartitionStats(means, conv_side).fid()
+    walks = {}
+    for harder in (False, True):
+        walks[harder] = _walk(PartitionStats(means, conv_side), harder=harder, floors=(floors[0], floors[1]),
+                              cfg=cfg, b0=b0, start_fid=conv_fid)
+    easier, hard = walks[False], walks[True]
+    fids = np.array([m.fid for m in easier[::-1]] + [conv_fid] + [m.fid for m in hard])
+    conv = len(easier)
+    log(f"make-splits: {len(easier)} easier and {len(hard)} harder steps, FID {fids[0]:.4g} .. {fids[-1]:.4g}")
+
+    chosen = _pick(fids, conv, cfg.levels)
+    class_ids = _class_to_ids(fs)
+    out: list[Level] = []
+    for number, state in enumerate(chosen, start=1):
+        side = conv_side.copy()
+        steps = easier[: conv - state] if state < conv else hard[: state - conv]
+        for m in steps:
+            side[m.idx] = m.to
+        train, test = _names(fs, side, TRAIN), _names(fs, side, TEST)
+        removed = sorted(str(c) for c in fs.class_names[side == REMOVED])
+        fid = frechet_distance(raw[side == TRAIN], raw[side == TEST])
+        g = seeding.rng(dataset, "val", seed, number)
+        n_val = int(math.floor(cfg.val_fraction * len(train) + 0.5))
+        val = sorted(train[i] for i in g.choice(len(train), n_val, replace=False))
+        level = Level(level=number, fid=fid, train_classes=train, test_classes=test, val_classes=val,
+                      removed_classes=removed, conventional=state == conv)
+        for k in cfg.ks:
+            eps, excluded = sample_episodes({c: class_ids[c] for c in test}, k, cfg.episodes,
+                                            key=(dataset, number, seed), ways=cfg.ways)
+            level.episodes[str(k)] = eps
+            if excluded:
+                level.episode_excluded[str(k)] = excluded
+        out.append(level)
+    for a, b in zip(out, out[1:]):
+        if not b.fid > a.fid:
+            raise OodmlError(f"levels {a.level} and {b.level} have the same FID ({a.fid}); lower --levels")
+
+    from oodml import __version__
+
+    gen = asdict(cfg)
+    gen.update(ks=list(cfg.ks), swaps_per_step=b0, floors={"train": floors[0], "test": floors[1]},
+               steps_easier=len(easier), steps_harder=len(hard), trajectory_fid=[float(fids[0]), float(fids[-1])])
+    extra: dict[str, Any] = {
+        "classes_from": dict(classes_from or {}) | {"n_classes": int(present.sum()), "n_images": int(len(fs.labels))},
+        "conventional_split": conv_how,
+        "generator": gen,
+        "ways": cfg.ways,
+    }
+    return SplitSpec(dataset=dataset, backbone=fs.backbone, feature_hash=str(fs.meta.get("feature_hash") or fs.hash),
+                     seed=seed, source=f"oodml {__version__} make-splits", levels=out, extra=extra)
+
+
+def _class_to_ids(fs: FeatureSet) -> dict[str, list[str]]:
+    """class name -> its image ids (the features file's `paths`)."""
+    order = np.argsort(fs.labels, kind="stable")
+    bounds = np.searchsorted(fs.labels[order], np.arange(len(fs.class_names) + 1))
+    return {str(c): [str(p) for p in fs.paths[order[bounds[i]:bounds[i + 1]]]] for i, c in enumerate(fs.class_names)}
+
+
+def plot_ladder(spec: SplitSpec, path: str | Path) -> Path:
+    """Plot FID per level with train/test class counts; the conventional level is starred. Returns the PNG path."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    lv = spec.levels
+    x = np.array([v.level for v in lv])
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax2 = ax.twinx()
+    ax2.bar(x - 0.2, [len(v.train_classes) for v in lv], 0.4, color="tab:blue", alpha=0.3, label="train classes")
+    ax2.bar(x + 0.2, [len(v.test_classes) for v in lv], 0.4, color="tab:orange", alpha=0.3, label="test classes")
+    ax2.set_ylabel("classes")
+    ax.plot(x, [v.fid for v in lv], "o-", color="black", label="FID", zorder=3)
+    conv = [v for v in lv if v.conventional]
+    if conv:
+        ax.plot([conv[0].level], [conv[0].fid], "*", color="red", markersize=16, label="conventional", zorder=4)
+    ax.set_zorder(ax2.get_zorder() + 1)
+    ax.patch.set_visible(False)
+    ax.set_xlabel("level")
+    ax.set_ylabel("FID of class means")
+    ax.set_xticks(x)
+    ax.set_ylim(bottom=0)
+    fig.suptitle(f"{spec.dataset} ({spec.backbone}): {len(lv)} levels", fontsize=11)
+    handles = ax.get_legend_handles_labels()
+    handles2 = ax2.get_legend_handles_labels()
+    ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], loc="lower center", bbox_to_anchor=(0.5, 1.0),
+              ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, metadata={"Software": None})
+    plt.close(fig)
+    return p
+
+
+def make_splits_command(*, dataset: str | None, backbone: str, data_root: str | Path | None,
+                        features: str | Path | None, levels: int, ks: tuple[int, ...], episodes: int,
+                        ways: int | None, seed: int, out: str | Path | None) -> Path:
+    """`oodml make-splits`: build the ladder from a features file or from the dataset's (cached) features, write the
+    split file and its plot (`<out>.png`). Returns the split file path."""
+    if features is not None:
+        fs = FeatureSet.load(features)
+        if not fs.dataset and not dataset:
+            raise OodmlError(f"features file {str(features)!r} names no dataset in meta; pass DATASET as well")
+        if dataset and fs.dataset and dataset != fs.dataset:
+            raise OodmlError(f"features file {str(features)!r} is for dataset {fs.dataset!r}, not {dataset!r}; "
+                             "drop DATASET or pass the matching file")
+        if not fs.dataset:
+            fs.meta["dataset"] = dataset
+        classes_from: dict[str, Any] = {"features_file": Path(features).name}
+    else:
+        if not dataset:
+            raise OodmlError("make-splits needs a DATASET or --features FILE.npz")
+        from oodml.features.extract import load_or_compute_features
+
+        fs = load_or_compute_features(dataset, backbone, data_root)
+        classes_from = {"dataset": dataset, "data_root": str(data_root) if data_root else "default data root"}
+    names = [str(c) for c in fs.class_names]
+    classes_from |= {"first_class": min(names), "last_class": max(names)}
+    spec = build_ladder(fs, levels=levels, ks=tuple(ks), episodes=episodes, seed=seed, ways=ways,
+                        classes_from=classes_from)
+    path = Path(out) if out is not None else Path("splits") / f"{spec.dataset}.json"
+    spec.save(path)
+    plot_ladder(spec, path.with_suffix(".png"))
+    log(f"make-splits: wrote {path} and {path.with_suffix('.png')}")
+    return path
