@@ -3,7 +3,9 @@ images (`full`)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +64,25 @@ class ImageInputs:
             return torch.stack([self.train_transform(im) for im in images])
 
 
+_PATH_INDEX: weakref.WeakKeyDictionary[Any, dict[str, int]] = weakref.WeakKeyDictionary()
+
+
+def dataset_rows(dataset: Any, paths: np.ndarray) -> np.ndarray:
+    """Indices into `dataset` of the image ids `paths` (features-file rows -> dataset images)."""
+    try:
+        index = _PATH_INDEX[dataset]
+    except (KeyError, TypeError):
+        index = {str(p): i for i, p in enumerate(dataset.paths)}
+        with contextlib.suppress(TypeError):
+            _PATH_INDEX[dataset] = index
+    try:
+        return np.array([index[str(p)] for p in paths], dtype=np.int64)
+    except KeyError as e:
+        where = getattr(dataset, "root", "?")
+        raise OodmlError(f"image {e.args[0]!r} of the features file is not in the dataset at {where}; "
+                         "pass the --data-root the features were computed from") from None
+
+
 def make_inputs(regime: str, *, features: FeatureSet | None, rows: np.ndarray, dataset: Any | None = None,
                 backbone: str | None = None) -> Inputs:
     """Inputs for a method: cached feature rows (`head`) or images (`full`).
@@ -69,7 +90,7 @@ def make_inputs(regime: str, *, features: FeatureSet | None, rows: np.ndarray, d
     Args:
         regime: `head` or `full`.
         features: the features file (needed for `head`).
-        rows: row indices (features rows in `head`, dataset image indices in `full`).
+        rows: row indices of the features file (in `full` without `features`: dataset image indices).
         dataset: an ImageDataset (needed for `full`).
         backbone: backbone name whose transforms are used (needed for `full`).
     """
@@ -82,6 +103,8 @@ def make_inputs(regime: str, *, features: FeatureSet | None, rows: np.ndarray, d
         if dataset is None or backbone is None:
             raise OodmlError("the full regime needs the images; pass --data-root for the dataset")
         ev, tr = backbone_transforms(backbone)
+        if features is not None:
+            rows = dataset_rows(dataset, features.paths[rows])
         return ImageInputs(dataset, rows, ev, tr)
     raise OodmlError(f"regime {regime!r} is not one of {', '.join(REGIMES)}")
 
@@ -136,7 +159,13 @@ def build_trunk(regime: str, backbone: str) -> tuple[nn.Module, int | None, bool
     if regime != "full":
         raise OodmlError(f"regime {regime!r} is not one of {', '.join(REGIMES)}")
     bb = create_backbone(backbone)
-    return bb, int(bb.feature_dim), bool(getattr(bb, "pretrained", False))
+    pretrained = bool(getattr(bb, "pretrained", False))
+    if not pretrained:  # from scratch: initialise from the caller's (seeded) torch RNG, so each seed differs
+        for mod in bb.modules():
+            reset = getattr(mod, "reset_parameters", None)
+            if callable(reset):
+                reset()
+    return bb, int(bb.feature_dim), pretrained
 
 
 def batched_forward(fn: Callable[[torch.Tensor], torch.Tensor], x: Inputs, device: str,

@@ -14,6 +14,7 @@ from oodml.methods.losses import ClassifierObjective
 from oodml.methods.nets import batched_forward, build_trunk
 from oodml.methods.params import ClassifierParams
 from oodml.methods.trainer import EmbeddingMethod, seeded_torch
+from oodml.seeding import derive_seed
 
 
 class PretrainedMethod(Method):
@@ -35,7 +36,8 @@ class PretrainedMethod(Method):
         if self.ctx.regime == "head":
             return batched_forward(lambda xb: F.normalize(xb, dim=1), x, self.ctx.device, 4096)
         if self.trunk is None:
-            self.trunk = build_trunk(self.ctx.regime, self.ctx.backbone)[0].to(self.ctx.device).eval()
+            with seeded_torch(derive_seed(self.ctx.seed, self.info.name, "init", 0)):
+                self.trunk = build_trunk(self.ctx.regime, self.ctx.backbone)[0].to(self.ctx.device).eval()
         trunk = self.trunk
         return batched_forward(lambda xb: F.normalize(trunk(xb), dim=1), x, self.ctx.device, 64)
 
