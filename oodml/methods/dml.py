@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pytorch_metric_learning import losses, miners
 from torch import nn
 
 from oodml.methods.base import METHODS, Method, MethodContext, MethodInfo
@@ -23,38 +22,53 @@ from oodml.methods.trainer import EmbeddingMethod
 ObjectiveFn = Callable[[Any, int], nn.Module]
 
 
+def _pml() -> tuple[Any, Any]:
+    """pytorch-metric-learning's `losses` and `miners` (imported on first use: it pulls in scipy.stats)."""
+    from pytorch_metric_learning import losses, miners
+
+    return losses, miners
+
+
 def _contrastive(p: ContrastiveParams, n_classes: int) -> nn.Module:
+    losses = _pml()[0]
     return PmlObjective(losses.ContrastiveLoss(pos_margin=p.pos_margin, neg_margin=p.neg_margin))
 
 
 def _triplet(p: TripletParams, n_classes: int) -> nn.Module:
+    losses, miners = _pml()
     miner = None if p.mining == "all" else miners.TripletMarginMiner(margin=p.margin, type_of_triplets=p.mining)
     return PmlObjective(losses.TripletMarginLoss(margin=p.margin), miner)
 
 
 def _margin(p: MarginParams, n_classes: int) -> nn.Module:
+    losses, miners = _pml()
     loss = losses.MarginLoss(margin=p.margin, beta=p.beta, learn_beta=p.learn_beta)
     return PmlObjective(loss, miners.DistanceWeightedMiner(cutoff=p.cutoff, nonzero_loss_cutoff=p.nonzero_loss_cutoff))
 
 
 def _multisimilarity(p: MultiSimilarityParams, n_classes: int) -> nn.Module:
+    losses, miners = _pml()
     return PmlObjective(losses.MultiSimilarityLoss(alpha=p.alpha, beta=p.beta, base=p.base),
                         miners.MultiSimilarityMiner(epsilon=p.epsilon))
 
 
 def _proxy_anchor(p: ProxyAnchorParams, n_classes: int) -> nn.Module:
+    losses = _pml()[0]
     return PmlObjective(losses.ProxyAnchorLoss(n_classes, p.embed_dim, margin=p.margin, alpha=p.alpha))
 
 
 def _arcface(p: ArcFaceParams, n_classes: int) -> nn.Module:
+    losses = _pml()[0]
     return PmlObjective(losses.ArcFaceLoss(n_classes, p.embed_dim, margin=p.margin, scale=p.scale))
 
 
 def _normsoftmax(p: NormSoftmaxParams, n_classes: int) -> nn.Module:
+    losses = _pml()[0]
     return PmlObjective(losses.NormalizedSoftmaxLoss(n_classes, p.embed_dim, temperature=p.temperature))
 
 
 def _histogram(p: HistogramParams, n_classes: int) -> nn.Module:
+    losses = _pml()[0]
     return PmlObjective(losses.HistogramLoss(n_bins=p.n_bins))
 
 
