@@ -10,7 +10,7 @@ Starting from the dataset's conventional split, two greedy walks over class part
   FID.
 
 Both walks update running sums (n, Σ m, Σ m mᵀ) per side when classes move instead of recomputing the statistics, and
-evaluate each proposal with the exact moment-based Fréchet distance. From the trajectory, `levels` partitions spread
+evaluate each proposal with the moment-based Fréchet distance (no D × D square root). From the trajectory, `levels` partitions spread
 evenly in FID are picked (the conventional one is always kept and marked); their FIDs are then recomputed from
 scratch with `frechet_distance`, and validation classes and k-shot episodes are drawn from key-derived seeds.
 """
@@ -83,7 +83,7 @@ class LadderCfg:
 
 @dataclass(frozen=True)
 class Move:
-    """Classes `idx` go to sides `to` (TRAIN, TEST or REMOVED); `fid` is the exact FID after the move."""
+    """Classes `idx` go to sides `to` (TRAIN, TEST or REMOVED); `fid` is the FID after the move (search precision)."""
 
     idx: np.ndarray
     to: np.ndarray
@@ -122,7 +122,8 @@ class PartitionStats:
         return Moments(n, mu, float(np.einsum("ij,ij->", factor, factor)), factor=factor)
 
     def fid(self, idx: np.ndarray | None = None, to: np.ndarray | None = None) -> float:
-        """Exact FID of the partition after moving classes `idx` to sides `to` (no change when None)."""
+        """FID of the partition after moving classes `idx` to sides `to` (no change when None), by the fast route
+        of `frechet_from_moments(exact=False)`."""
         idx = np.zeros(0, dtype=np.int64) if idx is None else idx
         to = np.zeros(0, dtype=np.int8) if to is None else to
         mom = []
@@ -131,7 +132,7 @@ class PartitionStats:
             if n < 2:
                 return math.nan
             mom.append(self._moments(s, n, total, gram, idx, to))
-        return frechet_from_moments(mom[0], mom[1])
+        return frechet_from_moments(mom[0], mom[1], exact=False)
 
     def apply(self, idx: np.ndarray, to: np.ndarray) -> None:
         """Move classes `idx` to sides `to`, updating the running sums."""
@@ -193,6 +194,44 @@ def _walk(stats: PartitionStats, *, harder: bool, floors: tuple[int, int], cfg: 
             fid, b = found.fid, min(b0, 2 * b)
             bar.update(1)
     return moves
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """Both walks from the conventional partition. State i (0..len(easier)+len(harder)) counts from the easiest end;
+    state len(easier) is the conventional partition."""
+
+    start: np.ndarray
+    start_fid: float
+    easier: list[Move]
+    harder: list[Move]
+    floors: tuple[int, int]
+    swaps_per_step: int
+
+    def fids(self) -> np.ndarray:
+        """FID of every state, strictly increasing."""
+        return np.array([m.fid for m in self.easier[::-1]] + [self.start_fid] + [m.fid for m in self.harder])
+
+    def sides(self, state: int) -> np.ndarray:
+        """Side (TRAIN/TEST/REMOVED) of every class in `state`, replayed from the conventional partition."""
+        conv = len(self.easier)
+        side = self.start.copy()
+        for m in self.easier[: conv - state] if state < conv else self.harder[: state - conv]:
+            side[m.idx] = m.to
+        return side
+
+
+def walk_ladder(means: np.ndarray, start: np.ndarray, cfg: LadderCfg) -> Trajectory:
+    """Run the easier and the harder walk from partition `start` over class means (rows; classes marked REMOVED in
+    `start` never take part)."""
+    centred = means - means[start != REMOVED].mean(axis=0)  # FID is translation invariant; centring keeps sums exact
+    floors = (max(2, math.ceil(cfg.floor_fraction * int((start == TRAIN).sum()))),
+              max(2, math.ceil(cfg.floor_fraction * int((start == TEST).sum()))))
+    b0 = cfg.swaps_per_step or max(1, round(int((start != REMOVED).sum()) / 200))
+    fid0 = PartitionStats(centred, start).fid()
+    easier = _walk(PartitionStats(centred, start), harder=False, floors=floors, cfg=cfg, b0=b0, start_fid=fid0)
+    harder = _walk(PartitionStats(centred, start), harder=True, floors=floors, cfg=cfg, b0=b0, start_fid=fid0)
+    return Trajectory(start.copy(), fid0, easier, harder, floors, b0)
 
 
 def _pick(fids: np.ndarray, conv: int, levels: int) -> list[int]:
@@ -263,29 +302,16 @@ def build_ladder(fs: FeatureSet, *, levels: int = 8, ks: tuple[int, ...] = (2, 5
     present = np.isfinite(raw).all(axis=1)
     conv_side, conv_how = _conventional_sides(fs, present, seed)
     log(f"make-splits: {int(present.sum())} classes, {raw.shape[1]}-d; conventional split: {conv_how}")
-    means = np.where(present[:, None], raw, 0.0)
-    means = means - means[present].mean(axis=0)  # FID is translation invariant; centring keeps the sums precise
-    floors = tuple(max(2, math.ceil(cfg.floor_fraction * int((conv_side == s).sum()))) for s in (TRAIN, TEST))
-    b0 = cfg.swaps_per_step or max(1, round(int(present.sum()) / 200))
-
-    conv_fid = PartitionStats(means, conv_side).fid()
-    walks = {}
-    for harder in (False, True):
-        walks[harder] = _walk(PartitionStats(means, conv_side), harder=harder, floors=(floors[0], floors[1]),
-                              cfg=cfg, b0=b0, start_fid=conv_fid)
-    easier, hard = walks[False], walks[True]
-    fids = np.array([m.fid for m in easier[::-1]] + [conv_fid] + [m.fid for m in hard])
-    conv = len(easier)
-    log(f"make-splits: {len(easier)} easier and {len(hard)} harder steps, FID {fids[0]:.4g} .. {fids[-1]:.4g}")
+    traj = walk_ladder(np.where(present[:, None], raw, 0.0), conv_side, cfg)
+    fids, conv = traj.fids(), len(traj.easier)
+    log(f"make-splits: {len(traj.easier)} easier and {len(traj.harder)} harder steps, "
+        f"FID {fids[0]:.4g} .. {fids[-1]:.4g}")
 
     chosen = _pick(fids, conv, cfg.levels)
     class_ids = _class_to_ids(fs)
     out: list[Level] = []
     for number, state in enumerate(chosen, start=1):
-        side = conv_side.copy()
-        steps = easier[: conv - state] if state < conv else hard[: state - conv]
-        for m in steps:
-            side[m.idx] = m.to
+        side = traj.sides(state)
         train, test = _names(fs, side, TRAIN), _names(fs, side, TEST)
         removed = sorted(str(c) for c in fs.class_names[side == REMOVED])
         fid = frechet_distance(raw[side == TRAIN], raw[side == TEST])
@@ -308,8 +334,9 @@ def build_ladder(fs: FeatureSet, *, levels: int = 8, ks: tuple[int, ...] = (2, 5
     from oodml import __version__
 
     gen = asdict(cfg)
-    gen.update(ks=list(cfg.ks), swaps_per_step=b0, floors={"train": floors[0], "test": floors[1]},
-               steps_easier=len(easier), steps_harder=len(hard), trajectory_fid=[float(fids[0]), float(fids[-1])])
+    gen.update(ks=list(cfg.ks), swaps_per_step=traj.swaps_per_step,
+               floors={"train": traj.floors[0], "test": traj.floors[1]}, steps_easier=len(traj.easier),
+               steps_harder=len(traj.harder), trajectory_fid=[float(fids[0]), float(fids[-1])])
     extra: dict[str, Any] = {
         "classes_from": dict(classes_from or {}) | {"n_classes": int(present.sum()), "n_images": int(len(fs.labels))},
         "conventional_split": conv_how,
