@@ -103,12 +103,13 @@ class PartitionStats:
             m = means[self.side == s]
             self.n[s], self.total[s], self.gram[s] = len(m), m.sum(axis=0), m.T @ m
 
-    def _side_after(self, s: int, idx: np.ndarray, to: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    def _side_after(self, s: int, idx: np.ndarray, to: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+        """(n, Σ m, Σ m mᵀ) of side `s` after the move, by updating the running sums with the moved classes."""
         old = self.side[idx]
         add, rem = idx[(to == s) & (old != s)], idx[(old == s) & (to != s)]
         total = self.total[s] + self.means[add].sum(axis=0) - self.means[rem].sum(axis=0)
         gram = self.gram[s] + self.means[add].T @ self.means[add] - self.means[rem].T @ self.means[rem]
-        return self.n[s] + len(add) - len(rem), total, gram, np.concatenate([add, rem])
+        return self.n[s] + len(add) - len(rem), total, gram
 
     def _moments(self, s: int, n: int, total: np.ndarray, gram: np.ndarray, idx: np.ndarray,
                  to: np.ndarray) -> Moments:
@@ -128,7 +129,7 @@ class PartitionStats:
         to = np.zeros(0, dtype=np.int8) if to is None else to
         mom = []
         for s in (TRAIN, TEST):
-            n, total, gram, _ = self._side_after(s, idx, to)
+            n, total, gram = self._side_after(s, idx, to)
             if n < 2:
                 return math.nan
             mom.append(self._moments(s, n, total, gram, idx, to))
@@ -137,7 +138,7 @@ class PartitionStats:
     def apply(self, idx: np.ndarray, to: np.ndarray) -> None:
         """Move classes `idx` to sides `to`, updating the running sums."""
         for s in (TRAIN, TEST):
-            self.n[s], self.total[s], self.gram[s], _ = self._side_after(s, idx, to)
+            self.n[s], self.total[s], self.gram[s] = self._side_after(s, idx, to)
         self.side[idx] = to
 
     def ranking(self, s: int, blocked: set[int]) -> np.ndarray:
@@ -415,6 +416,7 @@ def make_splits_command(*, dataset: str | None, backbone: str, data_root: str | 
         classes_from = {"dataset": dataset, "data_root": str(data_root) if data_root else "default data root"}
     names = [str(c) for c in fs.class_names]
     classes_from |= {"first_class": min(names), "last_class": max(names)}
+    classes_from |= {k: fs.meta[k] for k in ("dataset_hash", "transform") if k in fs.meta}
     spec = build_ladder(fs, levels=levels, ks=tuple(ks), episodes=episodes, seed=seed, ways=ways,
                         classes_from=classes_from)
     path = Path(out) if out is not None else Path("splits") / f"{spec.dataset}.json"
