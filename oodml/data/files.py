@@ -64,7 +64,7 @@ def can_reach(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
-class _Memo:
+class JsonMemo:
     """A small JSON memo in the cache (e.g. checksums keyed by path, size and mtime); lost writes only cost time."""
 
     def __init__(self, name: str) -> None:
@@ -104,7 +104,7 @@ def _stat_key(path: Path) -> str:
 def file_digests(path: str | Path) -> dict[str, str]:
     """md5 and sha256 of a file, memoised in the cache by (path, size, mtime)."""
     p = Path(path)
-    memo = _Memo("digests.json")
+    memo = JsonMemo("digests.json")
     key = _stat_key(p)
     hit = memo.get(key)
     if isinstance(hit, dict):
@@ -124,7 +124,7 @@ def files_digest(base: Path, rel_paths: Sequence[str]) -> str:
     stats = hashlib.sha256()
     for rel in rel_paths:
         stats.update(f"{rel}\0{_stat_key(base / rel)}\n".encode())
-    memo = _Memo("tree_digests.json")
+    memo = JsonMemo("tree_digests.json")
     key = stats.hexdigest()
     hit = memo.get(key)
     if isinstance(hit, str):

@@ -1,0 +1,53 @@
+"""On-disk feature cache: `<cache>/features/<dataset>/<backbone>-<key>.npz`, keyed by dataset content + backbone +
+transform (`$OODML_CACHE`, else `~/.cache/oodml`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from oodml.data.files import cache_dir
+
+#: Bump when the extraction procedure changes in a way that changes features.
+EXTRACT_VERSION = 1
+
+
+def feature_cache_dir() -> Path:
+    """Folder of cached features files."""
+    return cache_dir() / "features"
+
+
+def cache_key(dataset_hash: str, backbone: str, weights: str, transform: str) -> str:
+    """sha256 (first 20 hex digits) of what determines the features."""
+    text = json.dumps([EXTRACT_VERSION, dataset_hash, backbone, weights, transform])
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def cache_path(dataset: str, backbone: str, key: str) -> Path:
+    """Where the features for a cache key live."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", backbone)
+    return feature_cache_dir() / dataset / f"{safe}-{key}.npz"
+
+
+def read_meta(path: Path) -> dict[str, object]:
+    """The `meta` JSON of a features file without loading its arrays ({} when unreadable)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return dict(json.loads(str(z["meta"])))
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def find_cached_features(feature_hash: str) -> Path | None:
+    """The cached features file whose `meta.feature_hash` equals `feature_hash`, or None."""
+    root = feature_cache_dir()
+    if not root.is_dir():
+        return None
+    for path in sorted(root.glob("*/*.npz")):
+        if read_meta(path).get("feature_hash") == feature_hash:
+            return path
+    return None

@@ -1,0 +1,156 @@
+"""`oodml embed`: dataset images -> backbone features file (SPEC §2), batched, channels_last, decoded by a worker
+pool, cached on disk by dataset content + backbone + transform."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from oodml.data import ImageDataset, load_dataset
+from oodml.data.files import JsonMemo
+from oodml.errors import OodmlError
+from oodml.features.backbones import (DEFAULT_BACKBONE, Backbone, backbone_weights_id, canonical_backbone,
+                                      create_backbone)
+from oodml.features.cache import cache_key, cache_path, find_cached_features, read_meta
+from oodml.features.io import FeatureSet
+from oodml.progress import log, progress
+
+__all__ = ["compute_features", "embed_dataset", "find_cached_features", "load_or_compute_features"]
+
+
+def default_workers(n_images: int) -> int:
+    """Decoding processes: none for small jobs, else up to 4, leaving one core to the forward pass."""
+    if n_images < 256:
+        return 0
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+class _Images(torch.utils.data.Dataset):
+    """(index, tensor, error) per image; an unreadable image becomes an error message instead of an exception, so
+    that the main process can raise it as one clean line (DataLoader would wrap it in a traceback)."""
+
+    def __init__(self, ds: ImageDataset, transform: Any) -> None:
+        self.ds, self.transform = ds, transform
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            return i, self.transform(self.ds.open(i)), None
+        except OodmlError as e:
+            return i, None, str(e)
+
+
+def _collate(batch: list[tuple[int, torch.Tensor | None, str | None]]) -> tuple[np.ndarray, torch.Tensor | None,
+                                                                                 str | None]:
+    idx = np.array([b[0] for b in batch], dtype=np.int64)
+    errors = [b[2] for b in batch if b[2]]
+    if errors:
+        return idx, None, errors[0]
+    return idx, torch.stack([b[1] for b in batch if b[1] is not None]), None
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def compute_features(ds: ImageDataset, backbone: Backbone, *, batch_size: int = 64,
+                     workers: int | None = None) -> np.ndarray:
+    """(N, D) float32 features of every image of `ds`, in `ds.paths` order; OodmlError naming an unreadable image."""
+    if batch_size < 1:
+        raise OodmlError(f"--batch-size must be >= 1, got {batch_size}")
+    n_workers = default_workers(len(ds)) if workers is None else workers
+    loader = torch.utils.data.DataLoader(
+        _Images(ds, backbone.eval_transform), batch_size=batch_size, shuffle=False, num_workers=n_workers,
+        collate_fn=_collate, worker_init_fn=_worker_init if n_workers else None,
+        prefetch_factor=4 if n_workers else None,
+    )
+    out = np.empty((len(ds), backbone.feature_dim), dtype=np.float32)
+    model = backbone.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    desc = f"embed {ds.name} with {backbone.name} ({n_workers} decoding workers)"
+    with torch.inference_mode(), progress(desc, len(ds), unit="img") as bar:
+        for idx, x, error in loader:
+            if error is not None:
+                raise OodmlError(error)
+            assert x is not None
+            out[idx] = model(x.contiguous(memory_format=torch.channels_last)).float().numpy()
+            bar.update(len(idx))
+    if not np.isfinite(out).all():
+        raise OodmlError(f"backbone {backbone.name} produced non-finite features on {ds.name}; check the images")
+    return out
+
+
+def _transform_id(name: str) -> str:
+    """The backbone's eval-transform description, memoised per library versions (so a cache hit builds no model)."""
+    versions = "|".join(f"{p}={_version(p)}" for p in ("timm", "torchvision", "torch"))
+    key = f"{name}|{backbone_weights_id(name)}|{versions}"
+    memo = JsonMemo("transforms.json")
+    hit = memo.get(key)
+    if isinstance(hit, str):
+        return hit
+    tid = create_backbone(name, pretrained=False).transform_id()
+    memo.put(key, tid)
+    return tid
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "none"
+
+
+def features_file(dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: str | Path | None = None,
+                  classes: Sequence[str] = (), batch_size: int = 64, workers: int | None = None) -> Path:
+    """The cached features file for (dataset content, backbone, transform), computed and stored when absent."""
+    ds = load_dataset(dataset, data_root)
+    if classes:
+        ds = ds.subset_classes(classes)
+    name = canonical_backbone(backbone)
+    transform = _transform_id(name)
+    content = ds.content_hash()
+    path = cache_path(ds.name, name, cache_key(content, name, backbone_weights_id(name), transform))
+    if path.is_file() and read_meta(path):
+        log(f"embed: using cached features {path} ({len(ds)} images of {ds.name}, {name}); delete it to recompute")
+        return path
+    bb = create_backbone(name)
+    feats = compute_features(ds, bb, batch_size=batch_size, workers=workers)
+    meta = {"dataset": ds.name, "backbone": name, "transform": bb.transform_id(), "weights": backbone_weights_id(name),
+            "dataset_hash": content, "classes": list(classes), "input_size": bb.input_size,
+            "pretrained": bb.pretrained}
+    split = np.array(ds.class_split) if ds.class_split is not None else None
+    FeatureSet(feats, ds.labels, np.array(ds.class_names), np.array(ds.paths), meta, split).save(path)
+    log(f"embed: wrote {path}")
+    return path
+
+
+def embed_dataset(*, dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: str | Path | None = None,
+                  classes: Sequence[str] = (), out: str | Path | None = None, batch_size: int = 64,
+                  workers: int | None = None) -> Path:
+    """The CLI's `embed`: features of every image (or of the `classes` subset); returns the written/cached file."""
+    path = features_file(dataset, backbone, data_root, classes, batch_size, workers)
+    if out is None:
+        return path
+    dest = Path(out)
+    if dest.suffix != ".npz":
+        raise OodmlError(f"--out {str(dest)!r} must end in .npz")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp.npz")
+    shutil.copyfile(path, tmp)
+    tmp.replace(dest)
+    return dest
+
+
+def load_or_compute_features(dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: str | Path | None = None,
+                             classes: Sequence[str] = (), batch_size: int = 64,
+                             workers: int | None = None) -> FeatureSet:
+    """The FeatureSet for (dataset, backbone), from the on-disk cache or computed and cached."""
+    return FeatureSet.load(features_file(dataset, backbone, data_root, classes, batch_size, workers))
