@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from oodml.errors import OodmlError
 
@@ -20,7 +21,7 @@ def is_tensor(x: Any) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
-def to_numpy(x: Any, dtype: type | np.dtype | None = None) -> np.ndarray:
+def to_numpy(x: Any, dtype: DTypeLike | None = None) -> np.ndarray:
     """A numpy array from a numpy array, a torch tensor (any device, any dtype incl. bfloat16) or a sequence."""
     if is_tensor(x):
         torch = sys.modules["torch"]
@@ -31,7 +32,7 @@ def to_numpy(x: Any, dtype: type | np.dtype | None = None) -> np.ndarray:
     return np.asarray(x) if dtype is None else np.asarray(x, dtype=dtype)
 
 
-def as_embeddings(x: Any, name: str = "embeddings", dtype: type = np.float32) -> np.ndarray:
+def as_embeddings(x: Any, name: str = "embeddings", dtype: DTypeLike = np.float32) -> np.ndarray:
     """A C-contiguous (N, D) float array of `dtype`; OodmlError for a wrong shape, no rows, or NaN/inf values."""
     arr = to_numpy(x)
     if arr.ndim != 2:

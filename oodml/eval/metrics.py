@@ -25,7 +25,7 @@ def recall_at_k_per_query(knn_labels: np.ndarray, query_labels: np.ndarray, k: i
     """1.0 where at least one of the first k neighbours has the query's label, else 0.0 (all columns if K < k)."""
     if k < 1:
         raise OodmlError(f"recall@k needs k >= 1, got {k}")
-    return matches(knn_labels, query_labels)[:, :k].any(axis=1).astype(np.float64)
+    return np.any(matches(knn_labels, query_labels)[:, :k], axis=1).astype(np.float64)  # type: ignore[union-attr]
 
 
 def recall_at_k(knn_labels: np.ndarray, query_labels: np.ndarray, k: int) -> float:

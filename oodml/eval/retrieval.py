@@ -51,7 +51,8 @@ def retrieval_metrics(embeddings: Any, labels: Any, ks: Sequence[int] = DEFAULT_
         raise OodmlError(f"k={k} is too small: recall@{max(ks)} and MAP@R (largest class has {int(sizes.max())} "
                          f"items) need k >= {need}; leave k unset to choose it automatically")
     knn_k = min(need if k is None else k, n - 1)
-    nb = knn(embeddings, knn_k, query_ids=query_ids, backend=backend, batch_size=batch_size)
+    ids = query_ids if len(query_ids) < n else None  # None: every row, no gather copy
+    nb = knn(embeddings, knn_k, query_ids=ids, backend=backend, batch_size=batch_size)
     knn_labels = codes[nb.indices]
     query_labels = codes[query_ids]
     out: dict[str, Any] = {f"recall@{c}": recall_at_k(knn_labels, query_labels, c) for c in ks}
