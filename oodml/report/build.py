@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from oodml import __version__
@@ -19,7 +20,7 @@ from oodml.progress import log
 from oodml.report import curves, document as doc
 from oodml.report.leaderboard import (ADAPTED_FAMILIES, choose_metrics, error_counts, error_reduction,
                                       few_shot_gain, leaderboard, level_stats, levels_table, ok_rows, seed_values)
-from oodml.report.store import Store, read_store
+from oodml.report.store import Store, grid_entries, read_store
 from oodml.schema import ROW_COLUMNS, STATUSES
 
 
@@ -30,6 +31,8 @@ class DatasetTables:
     dataset: str
     rows: pd.DataFrame
     cells: pd.DataFrame
+    grid: pd.DataFrame
+    errors: pd.DataFrame
     levels: pd.DataFrame
     stats: pd.DataFrame
     metric_by_k: dict[int, str]
@@ -73,19 +76,19 @@ def aggregate(store: Store, dataset: str, metric: str | None) -> DatasetTables:
     levels = levels_table(rows)
     seeds = seed_values(ok_rows(rows))
     stats = level_stats(seeds)
-    errors = error_counts(cells)
-    ran = cells[cells["status"].isin(("ok", "error")) & cells["k_shot"].notna()]
+    grid = grid_entries(store, dataset)
+    errors = error_counts(grid)
+    ran = grid[grid["status"].isin(("ok", "error")) & (grid["k_shot"] >= 0)]
     ks = sorted({int(k) for k in ran["k_shot"]})
     metric_by_k = choose_metrics(ok_rows(rows), ks, metric)
     boards: dict[int, pd.DataFrame] = {}
     for k, m in metric_by_k.items():
-        at_k = ran[ran["k_shot"].astype(int) == k].dropna(subset=["method"])
-        fams = at_k.assign(method_family=at_k["method_family"].fillna("?")).groupby("method")["method_family"].first()
+        fams = ran[ran["k_shot"] == k].groupby("method")["method_family"].first()
         boards[k] = leaderboard(stats, seeds, levels, errors, k=k, metric=m,
                                 methods={str(a): str(b) for a, b in fams.items()})
     gain_metric = metric if metric is not None else metric_by_k.get(0)
     gain = few_shot_gain(stats, levels, gain_metric) if gain_metric else pd.DataFrame()
-    return DatasetTables(dataset, rows, cells, levels, stats, metric_by_k, boards, gain,
+    return DatasetTables(dataset, rows, cells, grid, errors, levels, stats, metric_by_k, boards, gain,
                          gain_metric if len(gain) else None, error_reduction(stats, levels, metric_by_k))
 
 
@@ -149,8 +152,8 @@ def provenance(t: DatasetTables) -> list[str]:
     ]
 
 
-def board_display(board: pd.DataFrame) -> pd.DataFrame:
-    """A leaderboard with formatted cells: `0.512 (n=2)` where a level has fewer seeds than the method's n_seeds."""
+def board_display(board: pd.DataFrame, errors: pd.DataFrame) -> pd.DataFrame:
+    """A leaderboard with formatted cells, e.g. `0.512 (n=2; 1 error)` at a level with fewer seeds or failures."""
     levels = [c for c in board.columns if c.startswith("L") and c[1:].isdigit()]
     shown = pd.DataFrame({
         "rank": board["rank"].astype(object).where(board["rank"].notna(), "—").astype(str),
@@ -159,9 +162,10 @@ def board_display(board: pd.DataFrame) -> pd.DataFrame:
         "n_seeds": board["n_seeds"].astype(str), "errors": board["n_errors"].astype(str),
     })
     for c in levels:
-        n, full = board[f"n_{c}"], board["n_seeds"]
-        note = n.where(n < full, 0).map(lambda v: f" (n={v})" if v else "")
-        shown[c] = board[c].map(doc.fmt_number) + note.where(board[c].notna(), "")
+        n_err = board["method"].map(errors[errors["split_level"] == int(c[1:])].set_index("method")["n_errors"])
+        notes = [", ".join(([f"n={n}"] if n < full and np.isfinite(v) else []) + ([f"{e} error"] if e else []))
+                 for n, full, v, e in zip(board[f"n_{c}"], board["n_seeds"], board[c], n_err.fillna(0).astype(int))]
+        shown[c] = [doc.fmt_number(v) + (f" ({note})" if note else "") for v, note in zip(board[c], notes)]
     return shown
 
 
@@ -188,7 +192,8 @@ def report_blocks(t: DatasetTables, figures: list[tuple[Path, str]]) -> list[doc
                            "are counted in `errors`, never averaged; `(n=..)` marks a level with fewer seeds."))
     for k, board in t.leaderboards.items():
         blocks.append(doc.heading(f"{_panel_title(k)}: {t.metric_by_k[k]}", level=3))
-        blocks.append(doc.table(board_display(board), f"`leaderboard_k{k}.csv`, metric `{t.metric_by_k[k]}`"))
+        errors = t.errors[t.errors["k_shot"] == k]
+        blocks.append(doc.table(board_display(board, errors), f"`leaderboard_k{k}.csv`, metric `{t.metric_by_k[k]}`"))
     blocks.append(doc.heading("Degradation curves"))
     blocks += [doc.figure(svg, caption) for svg, caption in figures]
     if not t.gain_metric:
@@ -202,12 +207,12 @@ def report_blocks(t: DatasetTables, figures: list[tuple[Path, str]]) -> list[doc
         blocks.append(doc.table(shown, "Relative reduction of error (1 − metric) versus the best non-adapted method "
                                        "at the same level and k (positive: the adapted method is better); "
                                        "`error_reduction.csv`."))
-    errors = t.cells[t.cells["status"] == "error"]
-    if len(errors):
+    failed = t.grid[t.grid["status"] == "error"].drop_duplicates(["cell_id", "k_shot"])
+    if len(failed):
         blocks.append(doc.heading("Failed cells"))
         lines = [f"`{r.method}` level {r.split_level} k {r.k_shot} seed {r.seed}: "
-                 f"{(str(r.error).splitlines() or [''])[0][:200]} (`{Path(str(r.file)).name}`)"
-                 for r in errors.head(50).itertuples()]
-        more = [f"... and {len(errors) - 50} more (see all.csv)"] if len(errors) > 50 else []
+                 f"{(str(r.error or '').splitlines() or [''])[0][:200]} (`{r.cell_id}`)"
+                 for r in failed.head(50).itertuples()]
+        more = [f"... and {len(failed) - 50} more (see all.csv)"] if len(failed) > 50 else []
         blocks.append(doc.bullet_list(lines + more))
     return blocks

@@ -100,13 +100,11 @@ def level_stats(seeds: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def error_counts(cells: pd.DataFrame) -> pd.DataFrame:
-    """Error cells per (k, method, level) of one dataset's cell table."""
-    err = cells[cells["status"] == "error"].dropna(subset=["method", "k_shot"])
-    if err.empty:
-        return pd.DataFrame(columns=["k_shot", "method", "split_level", "n_errors"])
-    err = err.assign(k_shot=err["k_shot"].astype(int), split_level=err["split_level"].fillna(-1).astype(int))
-    return err.groupby(["k_shot", "method", "split_level"]).size().rename("n_errors").reset_index()
+def error_counts(grid: pd.DataFrame) -> pd.DataFrame:
+    """Failed (cell, k) pairs per (k, method, level), from a dataset's `grid_entries`."""
+    err = grid[grid["status"] == "error"]
+    out = err.groupby(["k_shot", "method", "split_level"])["cell_id"].nunique().rename("n_errors")
+    return out.reset_index()
 
 
 def area_under_curve(fids: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ def cell_id(dataset: str, method: str, level: int, k: int, seed: int) -> str:
     return hashlib.sha1(f"{dataset}|{method}|{level}|{k}|{seed}".encode()).hexdigest()[:16]
 
 
-def make_row(*, dataset: str, method: str, family: str, level: int, k: int, seed: int, metric: str,
+def make_row(*, dataset: str, method: str, family: str, level: int, k: int, seed: int, metric: str | None,
              value: float | None, status: str = "ok", error: str = "", fid: float | None = None) -> dict[str, Any]:
     """One GUIDE §5 row with exactly ROW_COLUMNS."""
     row: dict[str, Any] = {
@@ -59,21 +59,24 @@ def write_cell(results: Path, rows: list[dict[str, Any]], *, status: str = "ok",
 def write_grid(results: Path, *, seed: int = 0, dataset: str = "synthetic",
                methods: Mapping[str, str] = METHOD_FAMILIES, levels: Sequence[int] = (1, 2, 3, 4),
                ks: Sequence[int] = (0, 2, 5), seeds: Sequence[int] = (0, 1, 2)) -> int:
-    """A full grid with values from a seeded rng: recall@1 and map@r at every k, accuracy at k > 0.
+    """A full grid laid out as the runner does: one cell per (method, level, seed) with rows for every k.
 
-    Returns the number of cell files written.
+    Values come from a seeded rng: recall@1 and map@r at every k, accuracy at k > 0. Returns the cell count.
     """
     rng = np.random.default_rng(seed)
     n = 0
     for method, family in methods.items():
         for level in levels:
-            for k in ks:
-                for s in seeds:
-                    metrics = ["recall@1", "map@r"] + (["accuracy"] if k > 0 else [])
-                    rows = [make_row(dataset=dataset, method=method, family=family, level=level, k=k, seed=s,
-                                     metric=m, value=float(rng.uniform(0.05, 0.95))) for m in metrics]
-                    write_cell(results, rows)
-                    n += 1
+            for s in seeds:
+                cid = cell_id(dataset, method, level, -1, s)
+                rows = []
+                for k in ks:
+                    for m in ["recall@1", "map@r"] + (["accuracy"] if k > 0 else []):
+                        row = make_row(dataset=dataset, method=method, family=family, level=level, k=k, seed=s,
+                                       metric=m, value=float(rng.uniform(0.05, 0.95)))
+                        rows.append({**row, "cell_id": cid})
+                write_cell(results, rows, config={"method": method, "ks": list(ks)})
+                n += 1
     return n
 
 

@@ -99,8 +99,8 @@ def _hand_store(results: Path) -> None:
     for (m, lv, s), v in vals.items():
         write_cell(results, [make_row(dataset="hand", method=m, family="dml", level=lv, k=0, seed=s,
                                       metric="recall@1", value=v)])
-    err = make_row(dataset="hand", method="b", family="dml", level=2, k=0, seed=2, metric="recall@1",
-                   value=float("nan"), status="error", error="RuntimeError: diverged")
+    err = make_row(dataset="hand", method="b", family="dml", level=2, k=0, seed=2, metric=None,
+                   value=None, status="error", error="RuntimeError: diverged\nTraceback ...")
     write_cell(results, [err], status="error", error="RuntimeError: diverged\nTraceback ...")
     skip = make_row(dataset="hand", method="c", family="baseline", level=1, k=0, seed=0, metric="recall@1",
                     value=None, status="skipped")
@@ -120,11 +120,11 @@ def test_error_cell_and_missing_seed_are_counted_not_averaged(tmp_path: Path) ->
     assert float(a["mean"]) == pytest.approx((0.7 + 0.5) / 2)
     assert a["rank"] == b["rank"] == "1"  # a tie shares the rank
     md = (out / "report.md").read_text()
-    assert "0.500 (n=1)" in md
+    assert "0.500 (n=1, 1 error)" in md
     assert "7 ok, 1 error, 1 skipped" in md
     assert "RuntimeError: diverged" in md and "Traceback" not in md
     html = (out / "report.html").read_text()
-    assert "0.500 (n=1)" in html and "<svg" in html
+    assert "0.500 (n=1, 1 error)" in html and "<svg" in html
 
 
 def test_ranks_with_ties_and_order(tmp_path: Path) -> None:
