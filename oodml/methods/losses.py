@@ -47,32 +47,29 @@ def relational_mutual_loss(e: torch.Tensor, others: list[torch.Tensor]) -> torch
     return torch.stack([((d - pairwise_distances(o)[off]) ** 2).mean() for o in others]).mean()
 
 
-def class_groups(labels: torch.Tensor) -> list[torch.Tensor]:
-    """Index tensors of each class in the batch, classes in order of first occurrence, rows in batch order."""
-    seen: dict[int, list[int]] = {}
-    for i, c in enumerate(labels.tolist()):
-        seen.setdefault(int(c), []).append(i)
-    return [torch.tensor(v, dtype=torch.long, device=labels.device) for v in seen.values()]
-
-
 def prototypical_loss(e: torch.Tensor, labels: torch.Tensor, shots: int) -> torch.Tensor:
     """Prototypical-network loss (Snell et al. 2017) on one episode.
 
-    Per class (in order of first occurrence) the first `shots` rows are its support and the rest its queries; a
-    class with no more than `shots` rows uses all of them as support and as queries. Prototype c_k = mean of the
-    support; p(y = k | q) = softmax_k(-||q - c_k||^2); the loss is the mean negative log-probability of the queries.
+    Per class the first `shots` rows (in batch order) are its support and the rest its queries; a class with no
+    more than `shots` rows uses all of them as support and as queries. Prototype c_k = mean of the support;
+    p(y = k | q) = softmax_k(-||q - c_k||^2); the loss is the mean negative log-probability of the queries.
     """
-    groups = class_groups(labels)
-    protos, queries, targets = [], [], []
-    for k, idx in enumerate(groups):
-        sup, qry = (idx[:shots], idx[shots:]) if len(idx) > shots else (idx, idx)
-        protos.append(e[sup].mean(0))
-        queries.append(e[qry])
-        targets.append(torch.full((len(qry),), k, dtype=torch.long, device=e.device))
-    c = torch.stack(protos)
-    q = torch.cat(queries)
-    logits = -(q.unsqueeze(1) - c.unsqueeze(0)).pow(2).sum(-1)
-    return F.cross_entropy(logits, torch.cat(targets))
+    _, cls = torch.unique(labels, return_inverse=True)
+    n_cls = int(cls.max()) + 1
+    counts = torch.bincount(cls, minlength=n_cls)
+    order = torch.argsort(cls, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(cls)
+    rank[order] = torch.arange(len(cls), device=cls.device) - starts[cls[order]]
+    small = counts[cls] <= shots
+    support = (rank < shots) | small
+    query = (rank >= shots) | small
+    n_sup = torch.bincount(cls[support], minlength=n_cls).to(e.dtype)
+    protos = torch.zeros(n_cls, e.shape[1], dtype=e.dtype, device=e.device).index_add_(0, cls[support], e[support])
+    protos = protos / n_sup[:, None]
+    q = e[query]
+    sq = q.pow(2).sum(1, keepdim=True) + protos.pow(2).sum(1)[None, :] - 2 * q @ protos.t()
+    return F.cross_entropy(-sq, cls[query])
 
 
 class PmlObjective(nn.Module):

@@ -68,12 +68,13 @@ def test_relational_mutual_loss_matches_formula(dtype: torch.dtype) -> None:
 
 
 @pytest.mark.parametrize("dtype", TEST_DTYPES)
-def test_prototypical_loss_matches_formula(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("layout", [[5, 5, 5, 2, 2, 2, 2, 9, 9, 9], [2, 9, 5, 2, 9, 9, 5, 2, 5, 2]])
+def test_prototypical_loss_matches_formula(dtype: torch.dtype, layout: list[int]) -> None:
     e = _emb(10, 3, dtype, 4)
-    labels = torch.tensor([5, 5, 5, 2, 2, 2, 2, 9, 9, 9])  # 3 classes, shots=2: queries = the rest
+    labels = torch.tensor(layout)  # 3 classes; shots=2: per class the first 2 rows in batch order are the support
     shots = 2
-    classes = [5, 2, 9]
-    rows = {c: [i for i in range(10) if int(labels[i]) == c] for c in classes}
+    classes = sorted(set(layout))
+    rows = {c: [i for i in range(10) if layout[i] == c] for c in classes}
     protos = {c: [sum(float(e[i, d]) for i in rows[c][:shots]) / shots for d in range(3)] for c in classes}
     nll, n = 0.0, 0
     for c in classes:
@@ -129,13 +130,11 @@ def _histogram_loop(e: torch.Tensor, labels: torch.Tensor, n_bins: int) -> float
 def test_pml_histogram_loss_is_the_papers(dtype: torch.dtype, n_bins: int) -> None:
     e = _emb(12, 4, dtype, 5)
     labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
-    objective = DmlMethod.__new__(DmlMethod)  # only its loss table is needed
     builder = next(x for x in DML_LOSSES if x.name == "histogram").build
     obj = builder(HistogramParams(n_bins=n_bins), 4)
     assert isinstance(obj, PmlObjective) and isinstance(obj.loss, losses.HistogramLoss)
     assert isinstance(obj.loss.distance, distances.CosineSimilarity) and obj.miner is None  # all pairs, cosine
     assert obj.loss.delta == pytest.approx(2 / n_bins)
-    del objective
     expected = _histogram_loop(e, labels, n_bins)
     got = float(obj(e, labels))
     assert got == pytest.approx(expected, rel=1e-4 if dtype == torch.float32 else 1e-9, abs=1e-6)
