@@ -180,28 +180,29 @@ def faiss_search(reference: np.ndarray, queries: np.ndarray, k: int, exclude: np
     return dist, idx
 
 
-@KNN_BACKENDS.register(KnnBackendInfo("torch", "brute-force reference: float64 differences, stable full sort",
+@KNN_BACKENDS.register(KnnBackendInfo("torch", "brute-force reference: float64 distances from differences, stable full sort",
                                       module="torch", install="pip install torch", dtype="float64"))
 def torch_search(reference: np.ndarray, queries: np.ndarray, k: int, exclude: np.ndarray | None,
                  rows: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Brute force in torch (CPU, float64): exact squared differences, stable sort; see `knn`.
+    """Brute force in torch (CPU, float64): distances from coordinate differences (not the |a|^2 + |b|^2 - 2ab
+    expansion, so duplicates are at exactly 0), a stable sort of every full row; see `knn`.
 
-    Slow (O(M N D) memory traffic) but obviously right: it is the reference the faiss backend is tested against.
+    O(M N D) time and a full (batch, N) sort: the obviously-right reference the faiss backend is tested against.
     """
     import torch
 
     ref = torch.from_numpy(reference)
     qry = torch.from_numpy(queries)
-    n, d = ref.shape
+    n = ref.shape[0]
     m = len(qry)
-    rows = rows or max(1, BATCH_BYTES // (8 * n * d))
+    rows = rows or max(1, BATCH_BYTES // (3 * 8 * n))
     dist = np.empty((m, k), dtype=np.float64)
     idx = np.empty((m, k), dtype=np.int64)
     ex = None if exclude is None else torch.from_numpy(exclude)
     bounds = batches(m, rows)
     with _progress(m, n, bounds, f"kNN torch ({m} x {n}, k={k})") as p:
         for s, e in bounds:
-            sq = ((qry[s:e, None, :] - ref[None, :, :]) ** 2).sum(dim=-1)
+            sq = torch.cdist(qry[s:e], ref, compute_mode="donot_use_mm_for_euclid_dist").square()
             vals, order = torch.sort(sq, dim=1, stable=True)
             if ex is not None:
                 keep = order != ex[s:e, None]
