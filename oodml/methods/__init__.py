@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping, Sequence
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, cast
 
 from oodml.errors import OodmlError
 from oodml.methods import dml, proto, transfer  # noqa: F401  (registers the built-in methods)
@@ -67,7 +67,7 @@ def resolve_methods(patterns: str | Sequence[str]) -> list[str]:
         base, _, rest = item.partition("+")
         suffix = f"+{rest}" if rest else ""
         if any(c in base for c in "*?["):
-            names = METHODS.match([base])
+            names = cast("list[str]", METHODS.match([base]))
             if suffix:
                 names = [n for n in names if METHODS.info(n).addons]
                 if not names:

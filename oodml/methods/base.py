@@ -34,7 +34,7 @@ class MethodInfo:
     addons: bool = False        # True: accepts the `+sec` / `+dmml` add-ons (methods built on EmbeddingMethod)
 
 
-METHODS: Registry[MethodInfo] = Registry("method")
+METHODS: Registry[MethodInfo] = Registry("method")  # type: ignore[type-var]  # frozen fields vs HasName
 
 
 class Inputs(Protocol):

@@ -167,6 +167,7 @@ class EmbeddingMethod(Method):
     # ----------------------------------------------------------------------------------------------- training
     def _param_groups(self, m: int, stage: str) -> list[dict[str, Any]]:
         p, net = self.params, self.nets[m]
+        groups: list[dict[str, Any]]
         if stage == "fit":
             groups = [{"params": list(net.head.parameters()), "lr": p.lr},
                       {"params": list(net.trunk.parameters()), "lr": p.backbone_lr}]
