@@ -111,6 +111,8 @@ def _version(package: str) -> str:
 def features_file(dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: str | Path | None = None,
                   classes: Sequence[str] = (), batch_size: int = 64, workers: int | None = None) -> Path:
     """The cached features file for (dataset content, backbone, transform), computed and stored when absent."""
+    if batch_size < 1:
+        raise OodmlError(f"--batch-size must be >= 1, got {batch_size}")
     ds = load_dataset(dataset, data_root)
     if classes:
         ds = ds.subset_classes(classes)
@@ -136,12 +138,12 @@ def embed_dataset(*, dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: 
                   classes: Sequence[str] = (), out: str | Path | None = None, batch_size: int = 64,
                   workers: int | None = None) -> Path:
     """The CLI's `embed`: features of every image (or of the `classes` subset); returns the written/cached file."""
+    if out is not None and Path(out).suffix != ".npz":
+        raise OodmlError(f"--out {str(out)!r} must end in .npz")
     path = features_file(dataset, backbone, data_root, classes, batch_size, workers)
     if out is None:
         return path
     dest = Path(out)
-    if dest.suffix != ".npz":
-        raise OodmlError(f"--out {str(dest)!r} must end in .npz")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".tmp.npz")
     shutil.copyfile(path, tmp)
