@@ -89,7 +89,7 @@ def run_grid(cfg: RunCfg) -> int:
         return 0
     workers = min(cfg.workers or cpu_count(), len(tasks))
     opts = ExecOptions(workers=workers, threads=tasks[0].threads, features_path=str(plan.features_path),
-                       address=cfg.address)
+                       address=cfg.address, plugins=tuple(cfg.plugins))
     view = GridProgress(len(tasks), workers)
     sink = _StoreSink(plan, store, view)
     try:

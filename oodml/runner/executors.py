@@ -1,6 +1,7 @@
 """Executors: run cell tasks and hand each result to the parent (the store's single writer) as it arrives.
 
-`local`: `--workers` processes (spawned, each loads the features once); `--workers 1` runs in this process.
+`local`: `--workers` processes (forked from a forkserver that preloads torch and the methods; each loads the features
+once); `--workers 1` runs in this process.
 `ray`: the same tasks as Ray tasks, on a local Ray started on demand or on the cluster at `--address`.
 Both keep at most `workers` cells in flight, so "running" in the live view means running.
 """
@@ -20,7 +21,7 @@ from typing import Any
 
 from oodml.errors import OodmlError
 from oodml.registry import Registry
-from oodml.runner.cell import CellResult, CellTask, execute, set_threads
+from oodml.runner.cell import CellResult, CellTask, execute, set_threads, warm_up
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class ExecOptions:
     threads: int
     features_path: str
     address: str | None = None
+    plugins: tuple[str, ...] = ()
 
 
 def _crashed(task: CellTask, why: str) -> CellResult:
@@ -65,11 +67,12 @@ def _crashed(task: CellTask, why: str) -> CellResult:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(features_path: str, threads: int) -> None:
+def _init_worker(features_path: str, threads: int, plugins: tuple[str, ...]) -> None:
     from oodml.features.io import FeatureSet
 
     set_threads(threads)
     _WORKER["features"] = FeatureSet.load(features_path)
+    warm_up(plugins)
 
 
 def _run_in_worker(task: CellTask) -> CellResult:
@@ -84,6 +87,7 @@ def run_local(tasks: Sequence[CellTask], features: Any, opts: ExecOptions, sink:
 
         before = torch.get_num_threads()
         set_threads(opts.threads)
+        warm_up(opts.plugins)
         try:
             for task in tasks:
                 sink.started(task)
@@ -98,12 +102,23 @@ def run_local(tasks: Sequence[CellTask], features: Any, opts: ExecOptions, sink:
         left -= done
 
 
+def _mp_context() -> mp.context.BaseContext:
+    """Workers fork from a clean server process that has imported torch and the methods once (forking this
+    process, which may have run torch, is unsafe); where forkserver is unavailable, spawn."""
+    if "forkserver" not in mp.get_all_start_methods():  # pragma: no cover - Windows
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["oodml.runner.cell", "oodml.methods", "oodml.eval", "faiss", "sklearn.metrics",
+                                "pytorch_metric_learning.losses", "torch._inductor"])
+    return ctx
+
+
 def _pool_round(queue: Iterator[CellTask], opts: ExecOptions, sink: Sink) -> int:
     """Run tasks from `queue` in a fresh pool until it is empty or a worker dies; returns how many finished."""
-    ctx = mp.get_context("spawn")  # torch and fork don't mix; each worker loads the features once
+    ctx = _mp_context()
     finished = 0
     with ProcessPoolExecutor(opts.workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(opts.features_path, opts.threads)) as pool:
+                             initargs=(opts.features_path, opts.threads, opts.plugins)) as pool:
         running: dict[Future[CellResult], CellTask] = {}
 
         def fill() -> None:
@@ -156,6 +171,7 @@ def import_ray() -> ModuleType:
 
 def _ray_execute(task: CellTask, features: Any, threads: int) -> CellResult:
     set_threads(threads)
+    warm_up(task.plugins)
     return execute(task, features)
 
 

@@ -127,6 +127,7 @@ def plan_grid(cfg: RunCfg) -> Plan:
 
     methods_api.load_plugins(cfg.plugins)
     names = methods_api.resolve_methods(list(cfg.methods))
+    methods_api.validate_overrides(names, dict(cfg.method_params))
     params = {m: methods_api.method_params(m, dict(cfg.method_params)) for m in names}
     families = {m: methods_api.method_family(m) for m in names}
     if cfg.executor == "ray":

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Mapping, Sequence
+import os
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import torch
 
 from oodml.features.io import FeatureSet
-from oodml.methods.base import METHODS, FeatureInputs, Method, MethodContext, MethodInfo
+from oodml.methods import METHODS, Method, MethodContext, MethodInfo
 from oodml.splits.spec import Level, SplitSpec
 from tests.conftest import make_blobs
 
@@ -55,13 +57,21 @@ def write_inputs(tmp: Path, *, n_classes: int = 12, per_class: int = 6, dim: int
     return f, s.save(tmp / "splits.json")
 
 
+@dataclass(frozen=True)
+class FakeParams:
+    """Hyperparameters of the fake methods."""
+
+    dim: int = 4
+
+
 class ProjMethod(Method):
     """A random projection fitted with both an explicit seed and the (seeded) global torch RNG."""
 
-    info = MethodInfo("fake_proj", family="baseline", trains=True, uses_support=True, description="test method")
+    info = MethodInfo("fake_proj", family="baseline", trains=True, uses_support=True, description="test method",
+                      params=FakeParams)
 
-    def __init__(self, ctx: MethodContext, dim: int) -> None:
-        self.seed, self.dim, self.w = ctx.seed, dim, torch.zeros(0)
+    def __init__(self, info: MethodInfo, ctx: MethodContext, params: FakeParams) -> None:
+        self.seed, self.dim, self.w = ctx.seed, params.dim, torch.zeros(0)
 
     def fit(self, x: Any, y: np.ndarray) -> None:
         FIT_CALLS[self.info.name] = FIT_CALLS.get(self.info.name, 0) + 1
@@ -90,7 +100,8 @@ class ProjMethod(Method):
 class BoomMethod(ProjMethod):
     """Fails in fit."""
 
-    info = MethodInfo("fake_boom", family="baseline", trains=True, uses_support=True, description="always fails")
+    info = MethodInfo("fake_boom", family="baseline", trains=True, uses_support=True, description="always fails",
+                      params=FakeParams)
 
     def fit(self, x: Any, y: np.ndarray) -> None:
         raise RuntimeError("boom in fit")
@@ -100,57 +111,45 @@ class FewOnlyMethod(ProjMethod):
     """No zero-shot setting and no adaptation (nearest prototype of the unadapted embeddings)."""
 
     info = MethodInfo("fake_fewonly", family="baseline", trains=False, uses_support=False, description="k>0 only",
-                      zero_shot=False)
+                      zero_shot=False, params=FakeParams)
 
     def adapt(self, x: Any, y: np.ndarray) -> Method:
         raise AssertionError("uses_support=False must not adapt")
 
 
-FAKES = {c.info.name: c for c in (ProjMethod, BoomMethod, FewOnlyMethod)}
+class SlowMethod(ProjMethod):
+    """Sleeps in fit (`FAKE_SLOW_S` seconds), so a test can kill a run while cells are in flight."""
+
+    info = MethodInfo("fake_slow", family="baseline", trains=True, uses_support=True, description="sleeps",
+                      params=FakeParams)
+
+    def fit(self, x: Any, y: np.ndarray) -> None:
+        time.sleep(float(os.environ.get("FAKE_SLOW_S", "0.3")))
+        super().fit(x, y)
 
 
-class FakeApi:
-    """The methods contract (oodml/methods/__init__.py) over the fake methods."""
+FAKES = {c.info.name: c for c in (ProjMethod, BoomMethod, FewOnlyMethod, SlowMethod)}
 
-    @staticmethod
-    def load_plugins(plugins: Sequence[str] = ()) -> None:
-        """Nothing to load."""
 
-    @staticmethod
-    def resolve_methods(patterns: str | Sequence[str]) -> list[str]:
-        return METHODS.match(list(patterns) if not isinstance(patterns, str) else patterns)
+def register() -> None:
+    """Add the fake methods to METHODS (idempotent); also what `--plugin tests.runner.fake_plugin` does."""
+    for name, cls in FAKES.items():
+        if name not in METHODS:
+            METHODS.add(cls.info, cls)
 
-    @staticmethod
-    def method_family(spec: str) -> str:
-        return METHODS.info(spec).family
 
-    @staticmethod
-    def method_params(spec: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
-        return {"dim": int(overrides.get("dim", overrides.get(f"{spec}.dim", 4)))}
-
-    @staticmethod
-    def build_method(spec: str, ctx: MethodContext, overrides: Mapping[str, Any] = {}) -> Method:
-        return METHODS.get(spec).factory(ctx, FakeApi.method_params(spec, overrides)["dim"])
-
-    @staticmethod
-    def make_inputs(regime: str, *, features: FeatureSet | None, rows: np.ndarray, dataset: Any = None,
-                    backbone: str | None = None) -> FeatureInputs:
-        assert features is not None
-        return FeatureInputs(torch.from_numpy(np.ascontiguousarray(features.features[np.asarray(rows)])))
+def unregister() -> None:
+    """Remove the fake methods from METHODS."""
+    for name in FAKES:
+        METHODS._entries.pop(name, None)
 
 
 @contextmanager
-def fake_methods(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Register the fake methods and route the runner's methods API to them; removes them afterwards."""
-    import oodml.methods as api
-
-    for name, cls in FAKES.items():
-        METHODS.add(cls.info, cls)
-    for fn in ("load_plugins", "resolve_methods", "method_family", "method_params", "build_method", "make_inputs"):
-        monkeypatch.setattr(api, fn, getattr(FakeApi, fn), raising=False)
+def fake_methods() -> Iterator[None]:
+    """The fake methods, registered for the duration of the block."""
+    register()
     FIT_CALLS.clear()
     try:
         yield
     finally:
-        for name in FAKES:
-            METHODS._entries.pop(name, None)
+        unregister()

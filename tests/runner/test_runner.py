@@ -21,8 +21,8 @@ VOLATILE = ("created_at", "wall_time_s", "peak_mem_mb", "git_sha")
 
 
 @pytest.fixture
-def fakes(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    with fake_methods(monkeypatch):
+def fakes() -> Iterator[None]:
+    with fake_methods():
         yield
 
 

@@ -1,0 +1,123 @@
+"""Benchmark the runner: the default grid in the `head` regime on CUB-sized synthetic features.
+
+CUB-sized: 200 classes (100 train + 100 test at the conventional split), 11,700 images (5,900 + 5,800), 1,280-d
+(EfficientNet-Lite0 features). The full default grid is every plain method x 8 levels x k = 0,2,5,10 x 3 seeds.
+
+By default a sample is timed (every method at one level and one seed, each k) with 1 and with 2 workers, and the
+full grid is extrapolated from it: a cell's cost does not depend on the level or seed much (same class counts and
+episode sizes), so full time ~= sample time x levels x seeds. `--full` runs the whole grid instead.
+Timings are printed as ratios to the 1-worker run of the same process, plus absolute numbers for this machine.
+
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/grid.py [--full] [--workers 1,2] [--methods '*']
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from oodml.config import build_run_cfg
+from oodml.features.io import FeatureSet
+from oodml.runner import Store, run_grid
+
+
+def cub_sized_features(seed: int = 0, n_classes: int = 200, per_class: tuple[int, int] = (59, 58),
+                       dim: int = 1280) -> FeatureSet:
+    """Gaussian class clusters with CUB's shape: the first half of the classes train (59 images), the rest test (58).
+
+    Class means spread along a few directions, so that the FID ladder has room to grow; features are non-negative
+    like pooled ReLU activations.
+    """
+    rng = np.random.default_rng(seed)
+    basis = rng.normal(0, 1, size=(16, dim)).astype(np.float32)
+    centers = rng.normal(0, 1, size=(n_classes, 16)).astype(np.float32) @ basis / 4
+    half = n_classes // 2
+    sizes = [per_class[0] if c < half else per_class[1] for c in range(n_classes)]
+    labels = np.repeat(np.arange(n_classes), sizes)
+    feats = np.abs(centers[labels] + rng.normal(0, 1, size=(len(labels), dim)).astype(np.float32))
+    names = np.array([f"{c + 1:03d}.class_{c + 1:03d}" for c in range(n_classes)])
+    paths = np.array([f"{names[c]}/img_{j:04d}.jpg" for c in range(n_classes) for j in range(sizes[c])])
+    split = np.array(["train" if c < half else "test" for c in range(n_classes)])
+    meta = {"dataset": "cub200", "backbone": "synthetic-1280", "transform": "none"}
+    return FeatureSet(feats, labels, names, paths, meta, split).sorted()
+
+
+def build_inputs(folder: Path, levels: int, ks: tuple[int, ...], episodes: int) -> tuple[Path, Path, float]:
+    """Features and split files in `folder`; returns their paths and the ladder build time."""
+    from oodml.splits.generate import build_ladder
+
+    fs = cub_sized_features()
+    feats = fs.save(folder / "cub_sized.npz")
+    fs = FeatureSet.load(feats)
+    t0 = time.perf_counter()
+    spec = build_ladder(fs, levels=levels, ks=ks, episodes=episodes, seed=0)
+    dt = time.perf_counter() - t0
+    return feats, spec.save(folder / "cub_sized.json"), dt
+
+
+def time_grid(feats: Path, splits: Path, results: Path, *, methods: str, shifts: str, k: str, seeds: str,
+              workers: int) -> tuple[float, int, dict[str, float]]:
+    """Run one grid; returns (seconds, cells, mean cell wall time per method)."""
+    cfg = build_run_cfg(dict(method=methods, features=str(feats), splits=str(splits), shifts=shifts, k=k,
+                             seeds=seeds, workers=workers, results=str(results)))
+    t0 = time.perf_counter()
+    rc = run_grid(cfg)
+    dt = time.perf_counter() - t0
+    cells = Store(results).cells()
+    if rc != 0:
+        bad = [c for c in cells if c["status"] == "error"]
+        print(f"warning: {len(bad)} cell(s) failed, e.g. {bad[0]['cell_id']}: {bad[0]['error']}", file=sys.stderr)
+    per_method: dict[str, list[float]] = {}
+    for c in cells:
+        per_method.setdefault(c["config"]["methods"][0], []).append(float(c["wall_time_s"]))
+    return dt, len(cells), {m: float(np.mean(v)) for m, v in sorted(per_method.items())}
+
+
+def main() -> None:
+    """Time the sample (or the full grid) with each worker count and print the extrapolation."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--methods", default="*", help="method names/patterns (default: every plain method)")
+    ap.add_argument("--workers", default="1,2", help="worker counts to time")
+    ap.add_argument("--levels", type=int, default=8)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--k", default="0,2,5,10")
+    ap.add_argument("--episodes", type=int, default=10)
+    ap.add_argument("--full", action="store_true", help="run the whole grid instead of one level and seed")
+    ap.add_argument("--out", type=Path, default=None, help="write the numbers as JSON here")
+    args = ap.parse_args()
+    ks = tuple(int(x) for x in args.k.split(","))
+    with tempfile.TemporaryDirectory(prefix="oodml-bench-") as tmp:
+        folder = Path(tmp)
+        feats, splits, ladder_s = build_inputs(folder, args.levels, tuple(k for k in ks if k > 0), args.episodes)
+        print(f"inputs: 11,700 x 1,280 features, {args.levels}-level ladder built in {ladder_s:.1f}s")
+        shifts, seeds = ("all", f"0..{args.seeds - 1}") if args.full else ("1", "0")
+        scale = 1 if args.full else args.levels * args.seeds
+        report: dict[str, object] = {"ladder_s": ladder_s, "full": args.full, "runs": []}
+        reference = None
+        for w in (int(x) for x in args.workers.split(",")):
+            dt, n, per_method = time_grid(feats, splits, folder / f"results_w{w}", methods=args.methods,
+                                          shifts=shifts, k=args.k, seeds=seeds, workers=w)
+            reference = reference or dt
+            full_min = dt * scale / 60
+            print(f"workers={w}: {n} cells in {dt:.1f}s = {n / dt * 60:.1f} cells/min; ratio to first run "
+                  f"{dt / reference:.2f}; full grid ({n * scale} cells) "
+                  f"{'took' if args.full else 'extrapolated'} {full_min:.1f} min")
+            print("  mean cell wall time per method: "
+                  + ", ".join(f"{m} {s:.1f}s" for m, s in per_method.items()))
+            runs = report["runs"]
+            assert isinstance(runs, list)
+            runs.append({"workers": w, "cells": n, "seconds": dt, "cells_per_min": n / dt * 60,
+                         "full_grid_cells": n * scale, "full_grid_minutes": full_min,
+                         "per_method_cell_s": per_method})
+        if args.out:
+            args.out.write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
