@@ -163,7 +163,7 @@ def board_display(board: pd.DataFrame, errors: pd.DataFrame) -> pd.DataFrame:
     })
     for c in levels:
         n_err = board["method"].map(errors[errors["split_level"] == int(c[1:])].set_index("method")["n_errors"])
-        notes = [", ".join(([f"n={n}"] if n < full and np.isfinite(v) else []) + ([f"{e} error"] if e else []))
+        notes = [", ".join(([f"n={n}"] if n < full and np.isfinite(v) else []) + ([f"{e} error" + ("s" if e > 1 else "")] if e else []))
                  for n, full, v, e in zip(board[f"n_{c}"], board["n_seeds"], board[c], n_err.fillna(0).astype(int))]
         shown[c] = [doc.fmt_number(v) + (f" ({note})" if note else "") for v, note in zip(board[c], notes)]
     return shown
