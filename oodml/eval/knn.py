@@ -9,7 +9,7 @@ column: with duplicated vectors another item may come before the query itself.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from types import ModuleType
@@ -52,9 +52,11 @@ class Neighbors:
     k: int
 
 
-#: search(reference, queries, k, exclude, rows) -> (distances, indices); `exclude[i]` is the reference row to leave
-#: out for query i (self-retrieval) or None; `rows` is the query batch size.
-SearchFn = Callable[[Any, Any, int, "np.ndarray | None", int | None], "tuple[np.ndarray, np.ndarray]"]
+#: One search batch: queries [start, end) with their (end - start, k) distances and indices.
+Batch = tuple[int, int, np.ndarray, np.ndarray]
+#: search(reference, queries, k, exclude, rows) -> iterator of batches; `exclude[i]` is the reference row to leave
+#: out for query i (self-retrieval) or None; `rows` is the query batch size (None: the backend's memory budget).
+SearchFn = Callable[[np.ndarray, np.ndarray, int, "np.ndarray | None", "int | None"], Iterator[Batch]]
 
 KNN_BACKENDS: Registry[KnnBackendInfo] = Registry("knn backend")
 
@@ -70,10 +72,26 @@ def knn(reference: Any, k: int, *, queries: Any = None, query_ids: Any = None, b
         query_ids: reference rows to use as queries (self-retrieval, each excluded by index); default: all rows
             when `queries` is None.
         backend: a name in `KNN_BACKENDS` ("faiss" or "torch").
-        batch_size: queries per search batch; default: as many as fit a 256 MiB budget.
+        batch_size: queries per search batch; default: a 256 MiB budget per batch.
 
     Returns:
         A `Neighbors` with (M, k) distances and indices, ordered by distance then index.
+    """
+    m, it = knn_batches(reference, k, queries=queries, query_ids=query_ids, backend=backend, batch_size=batch_size)
+    dist: np.ndarray | None = None
+    idx = np.empty((m, k), dtype=np.int64)
+    for s, e, d, i in it:
+        if dist is None:
+            dist = np.empty((m, k), dtype=d.dtype)
+        dist[s:e], idx[s:e] = d, i
+    return Neighbors(np.empty((0, k)) if dist is None else dist, idx, backend, k)
+
+
+def knn_batches(reference: Any, k: int, *, queries: Any = None, query_ids: Any = None, backend: str = "faiss",
+                batch_size: int | None = None) -> tuple[int, Iterator[Batch]]:
+    """Like `knn`, but streaming: (number of queries, iterator of (start, end, distances, indices) batches).
+
+    Consumers that reduce each batch (e.g. to per-query metrics) keep memory bounded at any N and k.
     """
     search, dtype = _backend(backend)
     ref = as_embeddings(reference, "reference", dtype)
@@ -90,7 +108,7 @@ def knn(reference: Any, k: int, *, queries: Any = None, query_ids: Any = None, b
         ids = np.arange(n, dtype=np.int64) if query_ids is None else to_numpy(query_ids).astype(np.int64).ravel()
         if len(ids) and (ids.min() < 0 or ids.max() >= n):
             raise OodmlError(f"query_ids must index the {n} reference rows")
-        q = ref[ids]
+        q = ref if query_ids is None else ref[ids]
         exclude = ids
     available = n - (exclude is not None)
     if not 1 <= k <= available:
@@ -98,8 +116,7 @@ def knn(reference: Any, k: int, *, queries: Any = None, query_ids: Any = None, b
                          f"choose 1 <= k <= {available}")
     if batch_size is not None and batch_size < 1:
         raise OodmlError(f"batch_size must be >= 1, got {batch_size}")
-    dist, idx = search(ref, q, k, exclude, batch_size)
-    return Neighbors(dist, idx, backend, k)
+    return len(q), search(ref, q, k, exclude, batch_size)
 
 
 def batches(n: int, rows: int) -> list[tuple[int, int]]:
@@ -157,35 +174,33 @@ def _progress(n_queries: int, n_ref: int, bounds: list[tuple[int, int]], desc: s
 @KNN_BACKENDS.register(KnnBackendInfo("faiss", "exact search with faiss IndexFlatL2 (float32), batched",
                                       module="faiss", install="pip install faiss-cpu", dtype="float32"))
 def faiss_search(reference: np.ndarray, queries: np.ndarray, k: int, exclude: np.ndarray | None,
-                 rows: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """faiss `IndexFlatL2` search of (M, D) float32 queries; see `knn`."""
+                 rows: int | None) -> Iterator[Batch]:
+    """faiss `IndexFlatL2` search of (M, D) float32 queries, batch by batch; see `knn_batches`."""
     import faiss
 
     index = faiss.IndexFlatL2(reference.shape[1])
     index.add(reference)
     kk = k + (exclude is not None)
     m = len(queries)
-    rows = rows or max(MIN_BATCH, min(16384, BATCH_BYTES // (12 * kk)))
-    dist = np.empty((m, k), dtype=np.float32)
-    idx = np.empty((m, k), dtype=np.int64)
-    bounds = batches(m, rows)
+    # ~64 bytes per neighbour covers the search output and a consumer's per-batch metric temporaries
+    bounds = batches(m, rows or max(MIN_BATCH, min(16384, BATCH_BYTES // (64 * kk))))
     with _progress(m, len(reference), bounds, f"kNN faiss ({m} x {len(reference)}, k={k})") as p:
         for s, e in bounds:
             d, i = index.search(queries[s:e], kk)
             if exclude is not None:
                 d, i = drop_excluded(d, i, exclude[s:e], k)
-            dist[s:e], idx[s:e] = order_by_distance_then_index(d, i)
+            yield (s, e, *order_by_distance_then_index(d, i))
             if p is not None:
                 p.update(e - s)
-    return dist, idx
 
 
-@KNN_BACKENDS.register(KnnBackendInfo("torch", "brute-force reference: float64 distances from differences, stable full sort",
-                                      module="torch", install="pip install torch", dtype="float64"))
+@KNN_BACKENDS.register(KnnBackendInfo("torch", "brute-force reference: float64 distances from differences, "
+                                      "stable full sort", module="torch", install="pip install torch",
+                                      dtype="float64"))
 def torch_search(reference: np.ndarray, queries: np.ndarray, k: int, exclude: np.ndarray | None,
-                 rows: int | None) -> tuple[np.ndarray, np.ndarray]:
+                 rows: int | None) -> Iterator[Batch]:
     """Brute force in torch (CPU, float64): distances from coordinate differences (not the |a|^2 + |b|^2 - 2ab
-    expansion, so duplicates are at exactly 0), a stable sort of every full row; see `knn`.
+    expansion, so duplicates are at exactly 0), a stable sort of every full row; see `knn_batches`.
 
     O(M N D) time and a full (batch, N) sort: the obviously-right reference the faiss backend is tested against.
     """
@@ -195,11 +210,8 @@ def torch_search(reference: np.ndarray, queries: np.ndarray, k: int, exclude: np
     qry = torch.from_numpy(queries)
     n = ref.shape[0]
     m = len(qry)
-    rows = rows or max(1, BATCH_BYTES // (3 * 8 * n))
-    dist = np.empty((m, k), dtype=np.float64)
-    idx = np.empty((m, k), dtype=np.int64)
     ex = None if exclude is None else torch.from_numpy(exclude)
-    bounds = batches(m, rows)
+    bounds = batches(m, rows or max(1, BATCH_BYTES // (3 * 8 * n)))
     with _progress(m, n, bounds, f"kNN torch ({m} x {n}, k={k})") as p:
         for s, e in bounds:
             sq = torch.cdist(qry[s:e], ref, compute_mode="donot_use_mm_for_euclid_dist").square()
@@ -207,8 +219,6 @@ def torch_search(reference: np.ndarray, queries: np.ndarray, k: int, exclude: np
             if ex is not None:
                 keep = order != ex[s:e, None]
                 vals, order = vals[keep].view(e - s, n - 1), order[keep].view(e - s, n - 1)
-            dist[s:e], idx[s:e] = vals[:, :k].numpy(), order[:, :k].numpy()
+            yield s, e, vals[:, :k].numpy(), order[:, :k].numpy()
             if p is not None:
                 p.update(e - s)
-    return dist, idx
-

@@ -52,7 +52,8 @@ def map_at_r_per_query(knn_labels: np.ndarray, query_labels: np.ndarray, r: np.n
     ranks = np.arange(1, hit.shape[1] + 1)
     hit &= ranks[None, :] <= r[:, None]
     precision = np.cumsum(hit, axis=1) / ranks[None, :]
-    return np.where(hit, precision, 0.0).sum(axis=1) / r
+    # a sequential sum (cumsum's last column), so padding columns or batching never changes a value's rounding
+    return np.cumsum(np.where(hit, precision, 0.0), axis=1)[:, -1] / r
 
 
 def map_at_r(knn_labels: np.ndarray, query_labels: np.ndarray, r: np.ndarray) -> float:

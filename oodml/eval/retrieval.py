@@ -9,8 +9,8 @@ import numpy as np
 
 from oodml.errors import OodmlError
 from oodml.eval.inputs import as_labels
-from oodml.eval.knn import knn
-from oodml.eval.metrics import map_at_r, recall_at_k
+from oodml.eval.knn import knn_batches
+from oodml.eval.metrics import map_at_r_per_query, recall_at_k_per_query
 
 DEFAULT_KS: tuple[int, ...] = (1, 2, 4, 8)
 
@@ -22,7 +22,7 @@ def needed_k(ks: Sequence[int], class_sizes: np.ndarray) -> int:
 
 def retrieval_metrics(embeddings: Any, labels: Any, ks: Sequence[int] = DEFAULT_KS, *, backend: str = "faiss",
                       k: int | None = None, batch_size: int | None = None) -> dict[str, Any]:
-    """Recall@k and MAP@R of every item retrieved against all other items.
+    """Recall@k and MAP@R of every item retrieved against all other items, in bounded memory at any N and k.
 
     Queries whose class has no other item are left out of every metric and counted in `n_excluded`.
 
@@ -52,11 +52,16 @@ def retrieval_metrics(embeddings: Any, labels: Any, ks: Sequence[int] = DEFAULT_
                          f"items) need k >= {need}; leave k unset to choose it automatically")
     knn_k = min(need if k is None else k, n - 1)
     ids = query_ids if len(query_ids) < n else None  # None: every row, no gather copy
-    nb = knn(embeddings, knn_k, query_ids=ids, backend=backend, batch_size=batch_size)
-    knn_labels = codes[nb.indices]
-    query_labels = codes[query_ids]
-    out: dict[str, Any] = {f"recall@{c}": recall_at_k(knn_labels, query_labels, c) for c in ks}
-    out["map@r"] = map_at_r(knn_labels, query_labels, r[query_ids])
+    _, batches = knn_batches(embeddings, knn_k, query_ids=ids, backend=backend, batch_size=batch_size)
+    query_labels, r_q = codes[query_ids], r[query_ids]
+    per_query = np.empty((len(ks) + 1, len(query_ids)))  # recall@k rows, then AP@R; reduced batch by batch
+    for s, e, _, idx in batches:
+        knn_labels = codes[idx]
+        for row, c in enumerate(ks):
+            per_query[row, s:e] = recall_at_k_per_query(knn_labels, query_labels[s:e], c)
+        per_query[-1, s:e] = map_at_r_per_query(knn_labels, query_labels[s:e], r_q[s:e])
+    out: dict[str, Any] = {f"recall@{c}": float(np.mean(per_query[row])) for row, c in enumerate(ks)}
+    out["map@r"] = float(np.mean(per_query[-1]))
     out.update(n_queries=int(len(query_ids)), n_excluded=int(n - len(query_ids)), knn_backend=backend, knn_k=knn_k)
     return out
 

@@ -9,7 +9,7 @@ import pytest
 from faiss.contrib.evaluation import check_ref_knn_with_draws
 
 from oodml.errors import OodmlError
-from oodml.eval import KNN_BACKENDS, knn
+from oodml.eval import KNN_BACKENDS, knn, knn_batches
 from oodml.eval.knn import batches, drop_excluded
 from tests.eval.reference import clustered, loop_neighbours
 
@@ -146,3 +146,16 @@ def test_missing_backend_module_says_how_to_install(monkeypatch: pytest.MonkeyPa
     monkeypatch.setitem(sys.modules, "faiss", None)  # makes `import faiss` raise ImportError
     with pytest.raises(OodmlError, match="pip install faiss-cpu"):
         knn(LINE, 2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_knn_batches_stream_the_same_rows(backend: str) -> None:
+    x, _ = clustered(8, 130, 6, seed=6)
+    whole = knn(x, 5, backend=backend)
+    m, it = knn_batches(x, 5, backend=backend, batch_size=40)
+    seen = []
+    for s, e, d, i in it:
+        assert d.shape == i.shape == (e - s, 5)
+        np.testing.assert_array_equal(i, whole.indices[s:e])
+        seen.append((s, e))
+    assert m == 130 and seen == [(0, 40), (40, 80), (80, 130)]  # the 10-row tail joins the last batch
