@@ -115,8 +115,8 @@ def write_dataset(t: DatasetTables, out: Path) -> list[Path]:
         figures.append((paths[1], f"few-shot gain: {t.gain_metric} at k minus at k = 0, per method, vs. FID"))
     blocks = report_blocks(t, figures)
     title = f"oodml report: {t.dataset}"
-    for name, text in (("report.md", doc.render_markdown(title, blocks)), ("report.html", doc.render_html(title, blocks))):
-        (out / name).write_text(text, encoding="utf-8")
+    for name, render in (("report.md", doc.render_markdown), ("report.html", doc.render_html)):
+        (out / name).write_text(render(title, blocks), encoding="utf-8")
         written.append(out / name)
     return written
 
@@ -163,7 +163,8 @@ def board_display(board: pd.DataFrame, errors: pd.DataFrame) -> pd.DataFrame:
     })
     for c in levels:
         n_err = board["method"].map(errors[errors["split_level"] == int(c[1:])].set_index("method")["n_errors"])
-        notes = [", ".join(([f"n={n}"] if n < full and np.isfinite(v) else []) + ([f"{e} error" + ("s" if e > 1 else "")] if e else []))
+        notes = [", ".join(([f"n={n}"] if n < full and np.isfinite(v) else [])
+                           + ([f"{e} error" + ("s" if e > 1 else "")] if e else []))
                  for n, full, v, e in zip(board[f"n_{c}"], board["n_seeds"], board[c], n_err.fillna(0).astype(int))]
         shown[c] = [doc.fmt_number(v) + (f" ({note})" if note else "") for v, note in zip(board[c], notes)]
     return shown

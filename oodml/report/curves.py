@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -99,12 +99,15 @@ def plot_panels(panels: Mapping[str, list[Series]], levels: pd.DataFrame, *, yla
     axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True).ravel()
     ys = np.concatenate([np.zeros(0)] + [np.concatenate([s.y, s.lo, s.hi]) for lines in panels.values() for s in lines])
     ys = ys[np.isfinite(ys)]
+    if unit_range:  # a band may pass 0 or 1; the axis stops just outside so that points at 0 or 1 stay visible
+        ys = np.clip(ys, 0.0, 1.0)
     for ax, (name, lines) in zip(axes, panels.items()):
         for s in lines:
             colour, marker = styles[s.method]
             if s.lo.size and np.isfinite(s.lo).any():
                 ax.fill_between(s.fid, s.lo, s.hi, color=colour, alpha=0.15, linewidth=0)
-            ax.plot(s.fid, s.y, color=colour, marker=marker, markersize=5, linewidth=1.4, label=s.method)
+            ax.plot(s.fid, s.y, color=colour, marker=marker, markersize=5, linewidth=1.4, label=s.method,
+                    linestyle=_linestyle(s.method))
         _decorate(ax, name, levels, ylabel)
         if zero_line:
             ax.axhline(0.0, color="0.3", linewidth=0.8, zorder=0)
@@ -115,16 +118,22 @@ def plot_panels(panels: Mapping[str, list[Series]], levels: pd.DataFrame, *, yla
         pad = max(0.05 * (hi - lo), 0.02)
         lo, hi = lo - pad, hi + pad
         if unit_range:
-            lo, hi = max(lo, 0.0), min(hi, 1.0)
+            lo, hi = max(lo, -0.02), min(hi, 1.02)
         axes[0].set_ylim(lo, hi)
     if not panels:
         axes[0].text(0.5, 0.5, "no data", ha="center", va="center", transform=axes[0].transAxes)
-    handles = [Line2D([], [], color=styles[m][0], marker=styles[m][1], label=f"{m} ({families[m]})")
+    handles = [Line2D([], [], color=styles[m][0], marker=styles[m][1], linestyle=_linestyle(m),
+                      label=f"{m} ({families[m]})")
                for m in sorted(families, key=lambda m: (families[m], m))]
     if handles:
         fig.legend(handles=handles, loc="outside right upper", title="method (family)", frameon=False)
     fig.suptitle(title)
     return fig
+
+
+def _linestyle(method: str) -> Literal["-", "--"]:
+    """Embedding variants (`method[variant]`) are dashed; the plain embedding is solid."""
+    return "--" if method.endswith("]") else "-"
 
 
 def _decorate(ax: object, name: str, levels: pd.DataFrame, ylabel: str) -> None:
