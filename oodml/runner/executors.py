@@ -44,7 +44,7 @@ class Sink:
 
 #: An executor runs `tasks` with `features` (a FeatureSet) and its options, reporting to a Sink.
 ExecutorFn = Callable[..., None]
-EXECUTORS: Registry[ExecutorInfo] = Registry("executor")
+EXECUTORS: Registry[ExecutorInfo] = Registry("executor")  # type: ignore[type-var]  # frozen vs HasName
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,7 @@ def cell_payload(plan: Plan, cell: Cell, result: CellResult) -> dict[str, Any]:
         "seed": cell.seed, "wall_time_s": result.wall_time_s, "peak_mem_mb": result.peak_mem_mb,
         "device": plan.device, "config_hash": config_hash, "config_json": config_json,
     }
+    metrics: list[dict[str, Any]]
     if result.status == "error":
         metrics = [{"variant": "", "k": k, "metric": None, "value": None, "episode_std": None, "n_episodes": 0,
                     "n_queries": None, "knn_k": None, "knn_backend": None, "status": "error"} for k in cell.ks]

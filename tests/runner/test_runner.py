@@ -177,3 +177,22 @@ def test_unknown_episode_id_is_a_clear_error(fakes: None, files: tuple[Path, Pat
 def test_method_label() -> None:
     assert method_label("margin+dmml", "ensemble") == "margin+dmml[ensemble]"
     assert method_label("margin", "") == "margin"
+
+
+def test_defaults_split_file_from_dataset_and_cached_features(fakes: None, files: tuple[Path, Path], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """No --splits: splits/<dataset>.json; no --features: the cached features named by the split's feature_hash."""
+    monkeypatch.setenv("OODML_CACHE", str(tmp_path / "cache"))
+    cached = tmp_path / "cache" / "features" / "synthetic" / "none-0123.npz"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(files[0].read_bytes())
+    (tmp_path / "work" / "splits").mkdir(parents=True)
+    (tmp_path / "work" / "splits" / "synthetic.json").write_bytes(files[1].read_bytes())
+    monkeypatch.chdir(tmp_path / "work")
+    c = build_run_cfg(dict(method="fake_proj", dataset="synthetic", shifts="1", k="0", seeds="0", workers=1,
+                           results="res"))
+    plan = plan_grid(c)
+    assert plan.features_path == cached and plan.splits_path == Path("splits/synthetic.json")
+    assert run_grid(c) == 0 and len(Store("res").cells()) == 1
+    with pytest.raises(OodmlError, match="oodml make-splits cars196"):
+        plan_grid(build_run_cfg(dict(method="fake_proj", dataset="cars196", results="res2")))
