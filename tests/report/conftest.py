@@ -86,3 +86,13 @@ def grid_store(tmp_path: Path) -> Path:
     results = tmp_path / "results"
     write_grid(results)
     return results
+
+
+@pytest.fixture(scope="session")
+def grid_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    """The default synthetic grid, reported once per session: (results folder, written paths). Read only."""
+    from oodml.report import build_report
+
+    results = tmp_path_factory.mktemp("grid_report") / "results"
+    write_grid(results)
+    return results, build_report(results=results, metric=None)

@@ -21,8 +21,8 @@ def _data_lines(ax: object) -> list[Line2D]:
     return [ln for ln in ax.get_lines() if not ln.get_label().startswith("_")]  # type: ignore[attr-defined]
 
 
-def test_files_are_valid_png_and_svg(grid_store: Path) -> None:
-    paths = build_report(results=grid_store, metric=None)
+def test_files_are_valid_png_and_svg(grid_report: tuple[Path, list[Path]]) -> None:
+    paths = grid_report[1]
     images = [p for p in paths if p.suffix in (".png", ".svg")]
     assert {p.name for p in images} == {"curves_recall@1.png", "curves_recall@1.svg", "gain_recall@1.png",
                                         "gain_recall@1.svg"}
