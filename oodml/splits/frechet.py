@@ -137,7 +137,8 @@ def frechet_distance(means_a: np.ndarray, means_b: np.ndarray) -> float:
     a, b = _check("means_a", means_a), _check("means_b", means_b)
     if a.shape[1] != b.shape[1]:
         raise OodmlError(f"class means have different dimensions ({a.shape[1]} vs {b.shape[1]}); use one backbone")
-    if a.shape == b.shape and np.array_equal(_canonical_rows(a), _canonical_rows(b)):
+    if a.shape == b.shape and np.array_equal(np.sort(a[:, 0]), np.sort(b[:, 0])) \
+            and np.array_equal(_canonical_rows(a), _canonical_rows(b)):
         return 0.0
     if (a.shape[0], a.tobytes()) > (b.shape[0], b.tobytes()):  # a fixed argument order makes the result symmetric
         a, b = b, a

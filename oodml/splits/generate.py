@@ -258,7 +258,8 @@ def _pick(fids: np.ndarray, conv: int, levels: int) -> list[int]:
 
 def _conventional_sides(fs: FeatureSet, present: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
     """Side per class from the features file's `class_split`, or a seeded random half split when it is absent or
-    leaves a side with fewer than 2 classes."""
+    leaves a side with fewer than 2 classes (then the description starts with "random" and no level is marked
+    conventional: the walks start from it, and `extra.start_level` says which level it is)."""
     side = np.full(len(fs.class_names), REMOVED, dtype=np.int8)
     if fs.class_split is not None:
         cs = np.asarray(fs.class_split)
@@ -320,7 +321,7 @@ def build_ladder(fs: FeatureSet, *, levels: int = 8, ks: tuple[int, ...] = (2, 5
         n_val = int(math.floor(cfg.val_fraction * len(train) + 0.5))
         val = sorted(train[i] for i in g.choice(len(train), n_val, replace=False))
         level = Level(level=number, fid=fid, train_classes=train, test_classes=test, val_classes=val,
-                      removed_classes=removed, conventional=state == conv)
+                      removed_classes=removed, conventional=state == conv and not conv_how.startswith("random"))
         for k in cfg.ks:
             eps, excluded = sample_episodes({c: class_ids[c] for c in test}, k, cfg.episodes,
                                             key=(dataset, number, seed), ways=cfg.ways)
@@ -341,6 +342,7 @@ def build_ladder(fs: FeatureSet, *, levels: int = 8, ks: tuple[int, ...] = (2, 5
     extra: dict[str, Any] = {
         "classes_from": dict(classes_from or {}) | {"n_classes": int(present.sum()), "n_images": int(len(fs.labels))},
         "conventional_split": conv_how,
+        "start_level": chosen.index(conv) + 1,
         "generator": gen,
         "ways": cfg.ways,
     }
@@ -371,15 +373,20 @@ def plot_ladder(spec: SplitSpec, path: str | Path) -> Path:
     ax2.set_ylabel("classes")
     ax.plot(x, [v.fid for v in lv], "o-", color="black", label="FID", zorder=3)
     conv = [v for v in lv if v.conventional]
+    start = spec.extra.get("start_level")
     if conv:
         ax.plot([conv[0].level], [conv[0].fid], "*", color="red", markersize=16, label="conventional", zorder=4)
+    elif isinstance(start, int) and 1 <= start <= len(lv):
+        ax.plot([start], [lv[start - 1].fid], "*", color="gray", markersize=16, label="start (random half)", zorder=4)
     ax.set_zorder(ax2.get_zorder() + 1)
     ax.patch.set_visible(False)
     ax.set_xlabel("level")
     ax.set_ylabel("FID of class means")
     ax.set_xticks(x)
     ax.set_ylim(bottom=0)
-    fig.suptitle(f"{spec.dataset} ({spec.backbone}): {len(lv)} levels", fontsize=11)
+    n_classes = spec.extra.get("classes_from", {}).get("n_classes")
+    what = f"{spec.backbone}, {n_classes} classes" if n_classes else spec.backbone
+    fig.suptitle(f"{spec.dataset} ({what}): {len(lv)} levels", fontsize=11)
     handles = ax.get_legend_handles_labels()
     handles2 = ax2.get_legend_handles_labels()
     ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], loc="lower center", bbox_to_anchor=(0.5, 1.0),

@@ -62,6 +62,7 @@ def test_conventional_level_kept_and_marked(fs: FeatureSet, spec: SplitSpec) -> 
     assert set(conv[0].train_classes) == set(fs.class_names[fs.class_split == "train"].tolist())
     assert conv[0].removed_classes == []
     assert spec.extra["conventional_split"] == "class_split of the features file"
+    assert spec.extra["start_level"] == conv[0].level
 
 
 def test_floor_respected_and_removal_used(spec: SplitSpec) -> None:
@@ -133,8 +134,9 @@ def test_missing_class_split_uses_seeded_half_split() -> None:
     b = build_ladder(fs, levels=3, ks=(2,), episodes=1, seed=4)
     assert a.dumps() == b.dumps()
     assert a.extra["conventional_split"].startswith("random half split (seed 4)")
-    conv = [lv for lv in a.levels if lv.conventional][0]
-    assert {len(conv.train_classes), len(conv.test_classes)} == {15}
+    assert not any(lv.conventional for lv in a.levels)  # not the dataset's usual split: not marked
+    start = a.level(a.extra["start_level"])
+    assert {len(start.train_classes), len(start.test_classes)} == {15} and not start.removed_classes
 
 
 def test_one_sided_class_split_falls_back() -> None:
