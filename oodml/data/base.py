@@ -34,7 +34,7 @@ class DatasetInfo:
     conventional_split: str = ""
 
 
-DATASETS: Registry[DatasetInfo] = Registry("dataset")
+DATASETS: Registry[DatasetInfo] = Registry("dataset")  # type: ignore[type-var]  # frozen fields vs HasName
 
 #: A loader: (data root, **options) -> ImageDataset.
 Loader = Callable[..., "ImageDataset"]

@@ -137,7 +137,7 @@ def _dataset(root: Path, paths: list[str], labels: list[int], names: list[str], 
     if len(names) != 196 and max(labels) >= len(names):
         raise OodmlError(f"cars196: class ids go up to {max(labels) + 1} but only {len(names)} class names; "
                          "use the official annotation files")
-    return ImageDataset(name="cars196", root=root, paths=paths, labels=labels, class_names=names,
+    return ImageDataset(name="cars196", root=root, paths=paths, labels=np.asarray(labels), class_names=names,
                         class_split=["train" if i < N_TRAIN_CLASSES else "test" for i in range(len(names))],
                         source=source)
 

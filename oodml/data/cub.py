@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from oodml.data.base import DATASETS, DatasetInfo, DirSource, ImageDataset
 from oodml.data.files import RemoteFile, fetch_official, file_digests, note_unofficial
 from oodml.data.layout import archives_in, extracted_from, missing_files_error, read_table
@@ -40,8 +42,8 @@ def cub200(root: Path) -> ImageDataset:
     """Load CUB-200-2011; class names `NNN.Name` from classes.txt, image ids as in images.txt."""
     base, digest, archive = _locate(root)
     classes = read_table(base / "classes.txt", 2)
-    images = dict(read_table(base / "images.txt", 2))
-    labels_of = dict(read_table(base / "image_class_labels.txt", 2))
+    images: dict[str, str] = {r[0]: r[1] for r in read_table(base / "images.txt", 2)}
+    labels_of: dict[str, str] = {r[0]: r[1] for r in read_table(base / "image_class_labels.txt", 2)}
     class_ids = sorted(classes, key=lambda r: int(r[0]))
     index = {cid: i for i, (cid, _) in enumerate(class_ids)}
     paths = [images[i] for i in images]
@@ -52,7 +54,8 @@ def cub200(root: Path) -> ImageDataset:
     if archive is not None:
         note_unofficial("cub200", [archive], FILES)
     return ImageDataset(
-        name="cub200", root=root, paths=paths, labels=labels, class_names=[name for _, name in class_ids],
+        name="cub200", root=root, paths=paths, labels=np.asarray(labels),
+        class_names=[name for _, name in class_ids],
         class_split=["train" if int(cid) <= N_TRAIN_CLASSES else "test" for cid, _ in class_ids],
         source=DirSource(base / "images", fixed_digest=digest),
     )

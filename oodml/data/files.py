@@ -183,7 +183,8 @@ def note_unofficial(dataset: str, paths: Iterable[Path], official: Sequence[Remo
     table = {f.name: f for f in official}
     odd = [p.name for p in paths if p.name not in table or not table[p.name].matches(file_digests(p))]
     if odd:
-        log(f"note: {dataset}: {', '.join(odd)}: checksum differs from the official file; the layout is valid, using it")
+        log(f"note: {dataset}: {', '.join(odd)}: checksum differs from the official file; "
+            "the layout is valid, using it")
 
 
 def extracted_dir(archive: Path, digest: str) -> Path:

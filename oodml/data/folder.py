@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from oodml.data.base import DATASETS, DatasetInfo, DirSource, ImageDataset, list_images
 from oodml.errors import OodmlError
 
@@ -24,5 +26,5 @@ def folder(root: Path) -> ImageDataset:
             class_names.append(sub.name)
     if not paths:
         raise OodmlError(f"no images in class sub-folders of {root}; expected {root}/<class>/<image>.jpg|png")
-    return ImageDataset(name="folder", root=root, paths=paths, labels=labels, class_names=class_names,
-                        class_split=None, source=DirSource(root))
+    return ImageDataset(name="folder", root=root, paths=paths, labels=np.asarray(labels),
+                        class_names=class_names, class_split=None, source=DirSource(root))

@@ -13,7 +13,8 @@ def archives_in(root: Path, official: str, suffixes: Sequence[str]) -> list[Path
     """Archives in `root`: the official file name first, then any other file with one of `suffixes`."""
     if not root.is_dir():
         return []
-    others = sorted(p for p in root.iterdir() if p.is_file() and p.name != official and p.name.endswith(tuple(suffixes)))
+    others = sorted(p for p in root.iterdir()
+                    if p.is_file() and p.name != official and p.name.endswith(tuple(suffixes)))
     first = [root / official] if (root / official).is_file() else []
     return first + others
 
@@ -41,7 +42,8 @@ def read_table(path: Path, n_cols: int, header: bool = False) -> list[tuple[str,
             continue
         parts = line.split(maxsplit=n_cols - 1)
         if len(parts) != n_cols:
-            raise OodmlError(f"{path}:{n} has {len(parts)} columns, expected {n_cols}; the file is not the official one")
+            raise OodmlError(f"{path}:{n} has {len(parts)} columns, expected {n_cols}; "
+                             "the file is not the official one")
         rows.append(tuple(parts))
     return rows
 

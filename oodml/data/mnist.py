@@ -84,6 +84,7 @@ def mnist(root: Path) -> ImageDataset:
             f"{' and '.join(arrays)} pair only")
     note_unofficial("mnist", files, FILES)
     checksum = hashlib.sha256("".join(file_digests(f)["sha256"] for f in files).encode()).hexdigest()
-    return ImageDataset(name="mnist", root=root, paths=paths, labels=labels, class_names=[str(d) for d in range(10)],
+    return ImageDataset(name="mnist", root=root, paths=paths, labels=np.asarray(labels),
+                        class_names=[str(d) for d in range(10)],
                         class_split=["train" if d < TRAIN_DIGITS else "test" for d in range(10)],
                         source=ArraySource(arrays, checksum))

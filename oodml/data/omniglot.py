@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
+
 from oodml.data.base import (DATASETS, DatasetInfo, DirSource, ImageDataset, ImageSource, MultiSource,
                              RotatedSource, ZipSource, list_images)
 from oodml.data.files import RemoteFile, fetch_official, file_digests, note_unofficial
@@ -72,7 +74,7 @@ def _build(name: str, root: Path, parts: dict[str, tuple[ImageSource, list[str],
     split = None
     if split_of_part is not None:
         split = [split_of_part[part_of_class[c.partition("@rot")[0]]] for c in class_names]
-    return ImageDataset(name=name, root=root, paths=ids, labels=[index[class_of[i]] for i in ids],
+    return ImageDataset(name=name, root=root, paths=ids, labels=np.array([index[class_of[i]] for i in ids]),
                         class_names=class_names, class_split=split, source=source,
                         options={"rotations": rotations} if rotations else {})
 

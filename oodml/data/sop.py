@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from oodml.data.base import DATASETS, DatasetInfo, DirSource, ImageDataset, ImageSource, ZipSource
 from oodml.data.files import RemoteFile, fetch_official, note_unofficial
 from oodml.data.layout import missing_files_error
@@ -107,7 +109,8 @@ def sop(root: Path) -> ImageDataset:
     if archive is not None:
         note_unofficial("sop", [archive], FILES)
     return ImageDataset(
-        name="sop", root=root, paths=[r.path for r in rows], labels=[index[r.class_id] for r in rows],
-        class_names=[str(c) for c in class_ids], source=source, class_groups=[group[c] for c in class_ids],
+        name="sop", root=root, paths=[r.path for r in rows],
+        labels=np.array([index[r.class_id] for r in rows]), class_names=[str(c) for c in class_ids],
+        source=source, class_groups=[group[c] for c in class_ids],
         class_split=[split[c] or ("train" if c <= n_train else "test") for c in class_ids],
     )

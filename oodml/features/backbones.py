@@ -33,7 +33,7 @@ class BackboneInfo:
     weights: str
 
 
-BACKBONES: Registry[BackboneInfo] = Registry("backbone")
+BACKBONES: Registry[BackboneInfo] = Registry("backbone")  # type: ignore[type-var]  # frozen vs HasName
 TIMM_PREFIX = "timm:"
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
@@ -108,12 +108,14 @@ def _timm_transforms(model: nn.Module) -> tuple[Any, Any]:
 
 def _from_timm(name: str, model: nn.Module, pretrained: bool) -> Backbone:
     eval_t, train_t = _timm_transforms(model)
-    size = int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+    cfg: dict[str, Any] = dict(getattr(model, "pretrained_cfg", {}))
+    size = int(cfg.get("input_size", (3, 224, 224))[-1])
 
     def features(x: torch.Tensor) -> torch.Tensor:
         return model.forward_head(model.forward_features(x), pre_logits=True)  # type: ignore[operator]
 
-    dim = int(getattr(model, "head_hidden_size", None) or model.num_features)  # pre_logits width (MobileNetV3: 1024)
+    # pre_logits width (MobileNetV3: head_hidden_size 1024 > num_features 288)
+    dim = int(getattr(model, "head_hidden_size", None) or getattr(model, "num_features"))
     return Backbone(name, model, features, dim, eval_t, train_t, pretrained, size)
 
 
