@@ -191,6 +191,8 @@ def report_blocks(t: DatasetTables, figures: list[tuple[Path, str]]) -> list[doc
     blocks.append(doc.text("Rows sorted by `mean` (over levels of the mean over seeds); equal means share a rank; "
                            "`auc` is the area under the metric-vs-FID curve divided by the FID range. Error cells "
                            "are counted in `errors`, never averaged; `(n=..)` marks a level with fewer seeds."))
+    if not t.leaderboards:
+        blocks.append(doc.text("Nothing to rank: no cell of this dataset finished with `ok` or `error`."))
     for k, board in t.leaderboards.items():
         blocks.append(doc.heading(f"{_panel_title(k)}: {t.metric_by_k[k]}", level=3))
         errors = t.errors[t.errors["k_shot"] == k]
