@@ -1,7 +1,7 @@
 """Benchmark: FID-ladder generation at Stanford-Online-Products scale (22,634 classes x 1,280-d class means).
 
 The class means are synthetic, shaped like pooled CNN features of SOP (12 super-categories, ReLU of a low-rank signal
-plus noise), with a random half split (11,318 / 11,316 classes) as the conventional split.
+plus noise), with a random half split (11,317 / 11,317 classes) as the conventional split.
 
 1. Per-step comparison, same number of steps (`--ref-steps`, one swap per step, harder direction): oodml's walk
    (running sums, moment-based FID) against a straightforward re-implementation of the published ooDML greedy loop
@@ -80,7 +80,8 @@ def main() -> None:
     means = sop_like_means(args.classes, args.dim)
     side = np.zeros(args.classes, dtype=np.int8)
     side[np.random.default_rng(1).permutation(args.classes)[: args.classes // 2]] = TEST
-    print(f"{args.classes} classes x {args.dim}-d; train {int((side == TRAIN).sum())}, test {int((side == TEST).sum())}")
+    n_train, n_test = int((side == TRAIN).sum()), int((side == TEST).sum())
+    print(f"{args.classes} classes x {args.dim}-d; train {n_train}, test {n_test}", flush=True)
 
     steps = args.ref_steps
     t0 = time.perf_counter()
@@ -91,10 +92,13 @@ def main() -> None:
     centred = means - means.mean(axis=0)
     stats = PartitionStats(centred, side)
     fid0 = stats.fid()
+    t_setup = time.perf_counter() - t0
+    t0 = time.perf_counter()
     moves = _walk(stats, harder=True, floors=(2, 2), cfg=cfg, b0=1, start_fid=fid0)
     t_ours = (time.perf_counter() - t0) / max(len(moves), 1)
     print(f"per step ({steps} steps, 1 swap each): published loop {t_ref:.2f} s, oodml {t_ours:.3f} s "
-          f"(incl. setup), ratio {t_ref / t_ours:.1f}x; start FID published {ref[0]:.4f} / oodml {fid0:.4f}")
+          f"(+ {t_setup:.1f} s once for the running sums), ratio {t_ref / t_ours:.1f}x; "
+          f"start FID published {ref[0]:.4f} / oodml {fid0:.4f}", flush=True)
 
     if args.skip_full:
         return

@@ -68,16 +68,20 @@ def _sqrt_sum(eigenvalues: np.ndarray) -> float:
     return float(np.sqrt(np.clip(eigenvalues, 0.0, None)).sum())
 
 
-def _cov_factor(cov: np.ndarray) -> np.ndarray:
-    """A factor F with F Fᵀ = cov: Cholesky when cov is positive definite, else from a symmetric eigendecomposition
-    (keeping the eigen-directions above rounding level)."""
+def _congruence(cov_a: np.ndarray, cov_b: np.ndarray) -> np.ndarray:
+    """Fᵀ Σ_b F for a factor F Fᵀ = Σ_a: the Cholesky factor when Σ_a is positive definite (two triangular
+    products), else the eigen-directions of Σ_a above rounding level."""
     try:
-        return np.linalg.cholesky(cov)
+        low = np.asfortranarray(np.linalg.cholesky(cov_a))
     except np.linalg.LinAlgError:
-        pass
-    lam, vec = np.linalg.eigh(cov)
-    keep = lam > lam.max(initial=0.0) * cov.shape[0] * np.finfo(np.float64).eps
-    return vec[:, keep] * np.sqrt(lam[keep])
+        lam, vec = np.linalg.eigh(cov_a)
+        keep = lam > lam.max(initial=0.0) * cov_a.shape[0] * np.finfo(np.float64).eps
+        fa = vec[:, keep] * np.sqrt(lam[keep])
+        return fa.T @ cov_b @ fa
+    from scipy.linalg.blas import dtrmm
+
+    right = dtrmm(1.0, low, np.asfortranarray(cov_b), side=1, lower=1)  # Σ_b L
+    return dtrmm(1.0, low, right, side=0, lower=1, trans_a=1)  # type: ignore[no-any-return]  # Lᵀ Σ_b L
 
 
 def trace_sqrt_product(a: Moments, b: Moments, *, exact: bool = True) -> float:
@@ -95,8 +99,10 @@ def trace_sqrt_product(a: Moments, b: Moments, *, exact: bool = True) -> float:
             return float(np.linalg.svd(cross, compute_uv=False).sum())
         gram = cross @ cross.T if cross.shape[0] <= cross.shape[1] else cross.T @ cross
         return _sqrt_sum(np.linalg.eigvalsh((gram + gram.T) / 2))
-    fa = a.factor if a.factor is not None else _cov_factor(a.cov)  # type: ignore[arg-type]
-    inner = fa.T @ b.cov @ fa
+    if a.factor is not None:
+        inner = a.factor.T @ b.cov @ a.factor
+    else:
+        inner = _congruence(a.cov, b.cov)  # type: ignore[arg-type]
     return _sqrt_sum(np.linalg.eigvalsh((inner + inner.T) / 2))
 
 

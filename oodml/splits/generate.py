@@ -10,9 +10,10 @@ Starting from the dataset's conventional split, two greedy walks over class part
   FID.
 
 Both walks update running sums (n, Σ m, Σ m mᵀ) per side when classes move instead of recomputing the statistics, and
-evaluate each proposal with the moment-based Fréchet distance (no D × D square root). From the trajectory, `levels` partitions spread
-evenly in FID are picked (the conventional one is always kept and marked); their FIDs are then recomputed from
-scratch with `frechet_distance`, and validation classes and k-shot episodes are drawn from key-derived seeds.
+evaluate each proposal with the moment-based Fréchet distance (no D × D square root). From the trajectory, `levels`
+partitions spread evenly in FID are picked (the conventional one is always kept and marked); their FIDs are then
+recomputed from scratch with `frechet_distance`, and validation classes and k-shot episodes are drawn from
+key-derived seeds.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class PartitionStats:
 
     def __init__(self, means: np.ndarray, side: np.ndarray) -> None:
         self.means = means
+        self.sq_norms = np.einsum("ij,ij->i", means, means)
         self.side = side.astype(np.int8).copy()
         self.n = [0, 0]
         self.total = [np.zeros(means.shape[1]), np.zeros(means.shape[1])]
@@ -147,10 +149,12 @@ class PartitionStats:
         members = np.flatnonzero(self.side == s)
         if blocked:
             members = members[~np.isin(members, np.fromiter(blocked, dtype=np.int64))]
-        m = self.means[members]
+        m, sq = self.means[members], self.sq_norms[members]
         own, other = self.total[s] / self.n[s], self.total[1 - s] / self.n[1 - s]
-        score = np.linalg.norm(m - other, axis=1) - np.linalg.norm(m - own, axis=1)
-        return members[np.argsort(score, kind="stable")]
+        # ‖m − μ‖ = √(‖m‖² − 2 m·μ + ‖μ‖²): one matrix-vector product per mean, no (C, D) temporaries
+        dist = np.sqrt(np.clip(sq[:, None] - 2 * m @ np.stack([other, own], axis=1)
+                               + np.array([other @ other, own @ own]), 0.0, None))
+        return members[np.argsort(dist[:, 0] - dist[:, 1], kind="stable")]
 
 
 def _walk(stats: PartitionStats, *, harder: bool, floors: tuple[int, int], cfg: LadderCfg, b0: int,
