@@ -117,18 +117,19 @@ def _pool_round(queue: Iterator[CellTask], opts: ExecOptions, sink: Sink) -> int
     """Run tasks from `queue` in a fresh pool until it is empty or a worker dies; returns how many finished."""
     ctx = _mp_context()
     finished = 0
-    with ProcessPoolExecutor(opts.workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(opts.features_path, opts.threads, opts.plugins)) as pool:
-        running: dict[Future[CellResult], CellTask] = {}
+    pool = ProcessPoolExecutor(opts.workers, mp_context=ctx, initializer=_init_worker,
+                               initargs=(opts.features_path, opts.threads, opts.plugins))
+    running: dict[Future[CellResult], CellTask] = {}
 
-        def fill() -> None:
-            while len(running) < opts.workers:
-                task = next(queue, None)
-                if task is None:
-                    return
-                running[pool.submit(_run_in_worker, task)] = task
-                sink.started(task)
+    def fill() -> None:
+        while len(running) < opts.workers:
+            task = next(queue, None)
+            if task is None:
+                return
+            running[pool.submit(_run_in_worker, task)] = task
+            sink.started(task)
 
+    try:
         fill()
         while running:
             done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -151,6 +152,10 @@ def _pool_round(queue: Iterator[CellTask], opts: ExecOptions, sink: Sink) -> int
                 running.clear()
                 break
             fill()
+    except BaseException:  # Ctrl-C or a failing write: drop queued cells, don't wait for the running ones
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return finished
 
 

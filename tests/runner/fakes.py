@@ -128,7 +128,17 @@ class SlowMethod(ProjMethod):
         super().fit(x, y)
 
 
-FAKES = {c.info.name: c for c in (ProjMethod, BoomMethod, FewOnlyMethod, SlowMethod)}
+class DieMethod(ProjMethod):
+    """Kills its own process in fit, like an out-of-memory kill (only run it in a worker process)."""
+
+    info = MethodInfo("fake_die", family="baseline", trains=True, uses_support=True, description="dies",
+                      params=FakeParams)
+
+    def fit(self, x: Any, y: np.ndarray) -> None:
+        os._exit(3)
+
+
+FAKES = {c.info.name: c for c in (ProjMethod, BoomMethod, FewOnlyMethod, SlowMethod, DieMethod)}
 
 
 def register() -> None:

@@ -127,6 +127,13 @@ def test_worker_pool_stores_every_cell_and_errors(files: tuple[Path, Path], tmp_
         assert status == one[key][2] and (v is None or v == pytest.approx(one[key][0], abs=1e-6))
 
 
+def test_a_dying_worker_becomes_an_error_cell(files: tuple[Path, Path], tmp_path: Path) -> None:
+    assert run_here(*files, tmp_path / "r", workers=2, method="fake_die", shifts="1..2", k="0", seeds="0") == 1
+    cells = Store(tmp_path / "r").cells()
+    assert len(cells) == 2 and {c["status"] for c in cells} == {"error"}
+    assert all("worker process died" in c["error"] for c in cells)
+
+
 def test_ray_gives_the_same_values_as_local(files: tuple[Path, Path], tmp_path: Path) -> None:
     pytest.importorskip("ray")
     grid = dict(method="pretrained,adapted_proto", shifts="1", k="0,2", seeds="0", workers=1,

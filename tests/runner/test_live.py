@@ -1,0 +1,63 @@
+"""Progress view and executor plumbing that need no grid."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import pytest
+from rich.console import Console
+
+from oodml.errors import OodmlError
+from oodml.runner import EXECUTORS
+from oodml.runner.executors import import_ray
+from oodml.runner.live import GridProgress, format_eta
+
+
+def test_format_eta() -> None:
+    assert [format_eta(x) for x in (None, 0, 42.4, 185, 3725)] == ["?", "0s", "42s", "3m05s", "1h02m"]
+
+
+def test_one_line_per_finished_cell_off_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    p = GridProgress(total=3, workers=2, live=False)
+    p.started("a L1 seed 0")
+    p.started("b L1 seed 0")
+    assert len(p.running) == 2
+    p.finished("a L1 seed 0", "ok", 1.25, " (a k=0 recall@1 0.500)")
+    p.finished("b L1 seed 0", "error", 0.5, ": RuntimeError: x")
+    p.close()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("[1/3] a L1 seed 0: ok in 1.2s (a k=0 recall@1 0.500) (failed 0, ETA ")
+    assert lines[1].startswith("[2/3] b L1 seed 0: error in 0.5s: RuntimeError: x (failed 1, ETA ")
+    assert p.eta() is not None and not p.running
+    assert "2 cell(s) done" in p.summary() and "1 failed" in p.summary()
+
+
+def rendered(p: GridProgress) -> str:
+    console = Console(file=io.StringIO(), width=200)
+    console.print(p._render())
+    return console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_live_view_renders_counts() -> None:
+    p = GridProgress(total=2, workers=1, live=True)
+    try:
+        p.started("m L1 seed 0")
+        text = rendered(p)
+        assert "0/2 done" in text and "1 running" in text and "running: m L1 seed 0" in text
+        p.finished("m L1 seed 0", "ok", 0.1)
+        text = rendered(p)
+        assert "1/2 done" in text and "0 running" in text and "ETA" in text
+    finally:
+        p.close()
+
+
+def test_missing_ray_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError
+    with pytest.raises(OodmlError, match=r"pip install 'oodml\[ray\]'"):
+        import_ray()
+
+
+def test_executors_registry() -> None:
+    assert EXECUTORS.names() == ["local", "ray"]
