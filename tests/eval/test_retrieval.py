@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -33,6 +35,8 @@ HAND = {
 def test_hand_table(backend: str) -> None:
     out = retrieval_metrics(X, Y, ks=(1, 2, 3, 4, 8), backend=backend)
     assert out == pytest.approx({**HAND, "knn_backend": backend}, abs=1e-15)
+    assert json.loads(json.dumps(out)) == out  # plain Python scalars: the runner stores them as JSON
+    assert all(type(out[key]) is float for key in ("recall@1", "map@r")) and type(out["knn_k"]) is int
     assert set(retrieval_metrics(X, Y, backend=backend)) == {
         "recall@1", "recall@2", "recall@4", "recall@8", "map@r", "n_queries", "n_excluded", "knn_backend", "knn_k"}
 
