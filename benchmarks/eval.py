@@ -131,8 +131,9 @@ def main() -> None:
     print(f"oodml retrieval_metrics: {t_ours}  knn_k={ours['knn_k']}  recall@1={ours['recall@1']:.6f}  "
           f"map@r={ours['map@r']:.6f}")
     print(f"PML AccuracyCalculator:  {t_pml}  recall@1={pml['recall@1']:.6f}  map@r={pml['map@r']:.6f}")
+    diff = {m: abs(ours[m] - pml[m]) for m in ("recall@1", "map@r")}
     print(f"ratio PML / oodml: cpu {t_pml.cpu / t_ours.cpu:.2f}x, wall {t_pml.wall / t_ours.wall:.2f}x; "
-          f"|diff| recall@1 {abs(ours['recall@1'] - pml['recall@1']):.1e}, map@r {abs(ours['map@r'] - pml['map@r']):.1e}")
+          f"|diff| recall@1 {diff['recall@1']:.1e}, map@r {diff['map@r']:.1e}")
     print(f"oodml result: {ours}")
 
     # the runner's case: many calls on episode-sized query sets

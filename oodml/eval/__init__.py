@@ -12,6 +12,7 @@ from oodml.eval.metrics import map_at_r, map_at_r_per_query, matches, recall_at_
 from oodml.eval.retrieval import DEFAULT_KS, needed_k, retrieval_metrics
 
 __all__ = [
-    "DEFAULT_KS", "KNN_BACKENDS", "KnnBackendInfo", "Neighbors", "knn", "knn_batches", "map_at_r", "map_at_r_per_query", "matches",
-    "needed_k", "nmi", "prototype_accuracy", "recall_at_k", "recall_at_k_per_query", "retrieval_metrics",
+    "DEFAULT_KS", "KNN_BACKENDS", "KnnBackendInfo", "Neighbors", "knn", "knn_batches", "map_at_r",
+    "map_at_r_per_query", "matches", "needed_k", "nmi", "prototype_accuracy", "recall_at_k", "recall_at_k_per_query",
+    "retrieval_metrics",
 ]
