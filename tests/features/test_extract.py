@@ -134,3 +134,17 @@ def test_cub_acceptance_matches_independent_timm_forward(shared_data: Path, tmp_
     got = fs.features[rows]
     cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
     assert cos.min() >= 0.99
+
+
+def test_zip_backed_dataset_in_worker_processes_matches_in_process() -> None:
+    """omniglot_small is read straight from its zip; forked workers must reopen it (no shared file offsets)."""
+    from oodml.data import load_dataset
+    from oodml.features.backbones import create_backbone
+    from oodml.features.extract import compute_features
+
+    ds = load_dataset("omniglot_small").subset_classes(["Latin/character0[1-4]"])
+    bb = create_backbone("conv4")
+    ds.open(0)  # the parent opens the zip before forking
+    a = compute_features(ds, bb, batch_size=7, workers=0)
+    b = compute_features(ds, bb, batch_size=7, workers=2)
+    assert a.shape == (80, 64) and np.array_equal(a, b)
