@@ -71,8 +71,8 @@ def build_report(*, results: Path, metric: str | None = None) -> list[Path]:
 
 def aggregate(store: Store, dataset: str, metric: str | None) -> DatasetTables:
     """All tables of one dataset (no files written)."""
-    rows = store.rows[store.rows["dataset"].astype(str) == dataset].reset_index(drop=True)
-    cells = store.cells[store.cells["dataset"].astype(str) == dataset].reset_index(drop=True)
+    rows = store.rows[store.rows["dataset"] == dataset].reset_index(drop=True)
+    cells = store.cells[store.cells["dataset"] == dataset].reset_index(drop=True)
     levels = levels_table(rows)
     seeds = seed_values(ok_rows(rows))
     stats = level_stats(seeds)
