@@ -76,17 +76,19 @@ def main() -> None:
         iters, bs = int(p.get("iterations", 0)), int(p.get("batch_size", 64))
         ref_fit = reference_loop(xs.x, max(iters, 1), bs)
         ref_ep = reference_loop(xs.x, max(int(p.get("adapt_iterations", 0)), 1) * args.episodes, bs)
+        adapts = METHODS.info(spec.split("+")[0]).uses_support
         m = build_method(spec, MethodContext(in_dim=args.dim, seed=0), ov)
         t = time.perf_counter()
         m.fit(xs, src.labels)
         fit_s = time.perf_counter() - t
         t = time.perf_counter()
         for sup, qry in episodes:
-            model = m.adapt(make_inputs("head", features=tgt, rows=sup), tgt.labels[sup]) \
-                if METHODS.info(spec.split("+")[0]).uses_support else m
+            model = m.adapt(make_inputs("head", features=tgt, rows=sup), tgt.labels[sup]) if adapts else m
             model.embed_variants(make_inputs("head", features=tgt, rows=np.concatenate([sup, qry])))
         ep_s = time.perf_counter() - t
-        print(f"{spec:32s} {fit_s:8.2f} {fit_s / ref_fit:8.1f} {ep_s:11.2f} {ep_s / ref_ep:8.1f}", flush=True)
+        fit_ratio = f"{fit_s / ref_fit:8.1f}" if iters and spec != "baseline" else f"{'-':>8s}"
+        ep_ratio = f"{ep_s / ref_ep:8.1f}" if adapts else f"{'-':>8s}"
+        print(f"{spec:32s} {fit_s:8.2f} {fit_ratio} {ep_s:11.2f} {ep_ratio}", flush=True)
 
 
 if __name__ == "__main__":
