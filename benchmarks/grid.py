@@ -62,8 +62,8 @@ def build_inputs(folder: Path, levels: int, ks: tuple[int, ...], episodes: int) 
 
 
 def time_grid(feats: Path, splits: Path, results: Path, *, methods: str, shifts: str, k: str, seeds: str,
-              workers: int) -> tuple[float, int, dict[str, float]]:
-    """Run one grid; returns (seconds, cells, mean cell wall time per method)."""
+              workers: int) -> tuple[float, int, dict[str, float], float]:
+    """Run one grid; returns (seconds, cells, mean cell wall time per method, summed cell CPU seconds)."""
     cfg = build_run_cfg(dict(method=methods, features=str(feats), splits=str(splits), shifts=shifts, k=k,
                              seeds=seeds, workers=workers, results=str(results)))
     t0 = time.perf_counter()
@@ -76,7 +76,8 @@ def time_grid(feats: Path, splits: Path, results: Path, *, methods: str, shifts:
     per_method: dict[str, list[float]] = {}
     for c in cells:
         per_method.setdefault(c["config"]["methods"][0], []).append(float(c["wall_time_s"]))
-    return dt, len(cells), {m: float(np.mean(v)) for m, v in sorted(per_method.items())}
+    cpu = sum(float(c.get("cpu_time_s", 0.0)) for c in cells)
+    return dt, len(cells), {m: float(np.mean(v)) for m, v in sorted(per_method.items())}, cpu
 
 
 def main() -> None:
@@ -101,7 +102,7 @@ def main() -> None:
         report: dict[str, object] = {"ladder_s": ladder_s, "full": args.full, "runs": []}
         reference = None
         for w in (int(x) for x in args.workers.split(",")):
-            dt, n, per_method = time_grid(feats, splits, folder / f"results_w{w}", methods=args.methods,
+            dt, n, per_method, cpu = time_grid(feats, splits, folder / f"results_w{w}", methods=args.methods,
                                           shifts=shifts, k=args.k, seeds=seeds, workers=w)
             reference = reference or dt
             full_min = dt * scale / 60
@@ -110,10 +111,12 @@ def main() -> None:
                   f"{'took' if args.full else 'extrapolated'} {full_min:.1f} min")
             print("  mean cell wall time per method: "
                   + ", ".join(f"{m} {s:.1f}s" for m, s in per_method.items()))
+            print(f"  CPU time of the cells: {cpu:.1f}s; full grid on {w} idle core(s) ~ "
+                  f"{cpu * scale / 60 / w:.1f} min (what a loaded machine's wall time hides)")
             runs = report["runs"]
             assert isinstance(runs, list)
             runs.append({"workers": w, "cells": n, "seconds": dt, "cells_per_min": n / dt * 60,
-                         "full_grid_cells": n * scale, "full_grid_minutes": full_min,
+                         "full_grid_cells": n * scale, "full_grid_minutes": full_min, "cell_cpu_s": cpu,
                          "per_method_cell_s": per_method})
         if args.out:
             args.out.write_text(json.dumps(report, indent=1) + "\n")

@@ -53,13 +53,14 @@ class CellResult:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     episodes: list[dict[str, Any]] = field(default_factory=list)
     wall_time_s: float = 0.0
+    cpu_time_s: float = 0.0
     peak_mem_mb: float | None = None
     fit_cached: bool = False
 
 
 def execute(task: CellTask, features: Any) -> CellResult:
     """Run one cell on `features` (a FeatureSet); an exception becomes a result with status `error`."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     _reset_peak_rss()
     try:
         metrics, episodes, cached = _evaluate(task, features)
@@ -70,6 +71,7 @@ def execute(task: CellTask, features: Any) -> CellResult:
         msg = " ".join(f"{type(e).__name__}: {e}".split())
         result = CellResult(task.cell.cell_id, "error", error=msg, traceback=traceback.format_exc())
     result.wall_time_s = round(time.perf_counter() - t0, 3)
+    result.cpu_time_s = round(time.process_time() - c0, 3)
     result.peak_mem_mb = _peak_rss_mb()
     return result
 

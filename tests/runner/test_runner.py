@@ -196,3 +196,13 @@ def test_defaults_split_file_from_dataset_and_cached_features(fakes: None, files
     assert run_grid(c) == 0 and len(Store("res").cells()) == 1
     with pytest.raises(OodmlError, match="oodml make-splits cars196"):
         plan_grid(build_run_cfg(dict(method="fake_proj", dataset="cars196", results="res2")))
+
+
+def test_report_reads_the_store(fakes: None, files: tuple[Path, Path], tmp_path: Path) -> None:
+    """The reporter accepts what the runner writes, error cells included."""
+    from oodml.report import build_report
+
+    assert run_grid(cfg(files, tmp_path / "r", method="fake_proj,fake_boom", shifts="1..2", seeds="0")) == 1
+    written = build_report(results=tmp_path / "r", metric=None)
+    names = {p.name for p in written}
+    assert "all.csv" in names and "leaderboard_k0.csv" in names and "leaderboard_k2.csv" in names
