@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import inspect
+import io
 import json
 import os
 import zipfile
@@ -114,8 +116,6 @@ class ZipSource(ImageSource):
 
     def open(self, image_id: str) -> Image.Image:
         """Decode a member image into memory."""
-        import io
-
         return Image.open(io.BytesIO(self.read(self.prefix + image_id)))
 
     def digest(self, image_ids: Sequence[str]) -> str:
@@ -264,8 +264,10 @@ class ImageDataset:
         new_label = np.full(len(self.class_names), -1, dtype=np.int64)
         new_label[kept] = np.arange(len(kept))
         rows = np.flatnonzero(new_label[self.labels] >= 0)
-        pick: Callable[[list[str] | None], list[str] | None] = (
-            lambda xs: None if xs is None else [xs[i] for i in kept])
+
+        def pick(xs: list[str] | None) -> list[str] | None:
+            return None if xs is None else [xs[i] for i in kept]
+
         return replace(self, paths=[self.paths[r] for r in rows], labels=new_label[self.labels[rows]],
                        class_names=[self.class_names[i] for i in kept], class_split=pick(self.class_split),
                        class_groups=pick(self.class_groups), options={**self.options, "classes": list(pats)})
@@ -296,8 +298,6 @@ def load_dataset(name: str, root: str | Path | None = None, **options: Any) -> I
     canonical = DATASETS.resolve(name)
     entry = DATASETS.get(canonical)
     path = resolve_root(canonical, root)
-    import inspect
-
     accepted = [p for p in inspect.signature(entry.factory).parameters if p != "root"]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
