@@ -187,6 +187,14 @@ class EmbeddingMethod(Method):
                 out.append({**g, "params": params})
         return out
 
+    def _train_mode(self, stage: str) -> None:
+        """Train mode for what `stage` trains; the frozen part stays in eval mode (no BatchNorm statistics change)."""
+        for net in self.nets:
+            net.train()
+            if stage == "adapt" and self.params.adapt_scope == "last":
+                for mod in [net.trunk, *list(net.head)[:-1]]:
+                    mod.eval()
+
     def _losses(self, x: Inputs, idx: np.ndarray, y: np.ndarray, key: tuple[object, ...]) -> list[torch.Tensor]:
         """One loss per cohort model on the batch `idx` (labels `y` are 0..C-1)."""
         yb = torch.as_tensor(y[idx], dtype=torch.long, device=self.ctx.device)
@@ -224,8 +232,7 @@ class EmbeddingMethod(Method):
             return
         rng = np.random.default_rng(self._seed(stage, "batches"))
         opts = [torch.optim.Adam(g, weight_decay=p.weight_decay) if g else None for g in groups]
-        for net in self.nets:
-            net.train()
+        self._train_mode(stage)
         show = progress(f"{stage} {self.spec}", iterations) if stage == "fit" else contextlib.nullcontext()
         with self._only_training(groups), show as bar:
             for it in range(iterations):
@@ -324,7 +331,13 @@ class EmbeddingMethod(Method):
             obj.load_state_dict(sd)
 
     def grad_probe(self, x: Inputs, y: np.ndarray, stage: str = "fit") -> list[str]:
-        """Names of the parameters `stage` would train that get no finite gradient on one batch (for tests)."""
+        """Names of the parameters `stage` would train that get no finite gradient on one batch (for tests).
+
+        Runs on a copy, so neither parameters nor BatchNorm statistics of `self` change.
+        """
+        return copy.deepcopy(self)._grad_probe(x, y, stage)
+
+    def _grad_probe(self, x: Inputs, y: np.ndarray, stage: str) -> list[str]:
         _, yi = np.unique(np.asarray(y), return_inverse=True)
         yi = yi.astype(np.int64)
         groups = [self._param_groups(m, stage) for m in range(self.n_models)]
@@ -334,8 +347,7 @@ class EmbeddingMethod(Method):
                  for prefix, mod in zip(("net", "objective"), mods) for n, q in mod.named_parameters()}
         for mod in [*self.nets, *self.objectives]:
             mod.zero_grad(set_to_none=True)
-        for net in self.nets:
-            net.train()
+        self._train_mode(stage)
         with seeded_torch(self._seed("probe")), self._only_training(groups):
             rng = np.random.default_rng(self._seed("probe"))
             total = torch.stack(self._losses(x, self.batch_indices(yi, rng, stage), yi, ("probe",))).sum()
@@ -343,6 +355,4 @@ class EmbeddingMethod(Method):
                 total.backward()
         missing = [names[id(q)] for gs in groups for g in gs for q in g["params"]
                    if q.grad is None or not bool(torch.isfinite(q.grad).all())]
-        for mod in [*self.nets, *self.objectives]:
-            mod.zero_grad(set_to_none=True)
         return missing

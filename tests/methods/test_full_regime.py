@@ -69,6 +69,9 @@ def test_full_regime_contract(spec: str, images: ImageDataset) -> None:
         assert any(n.startswith("trunk.") for n in names)  # the backbone is part of the trained model
         if m.info.uses_support:
             assert isinstance(a, EmbeddingMethod)
+            if a.params.adapt_scope == "last":  # the backbone, BatchNorm statistics included, is not adapted
+                t0, t1 = m.nets[0].trunk.state_dict(), a.nets[0].trunk.state_dict()
+                assert all(torch.equal(t0[k], t1[k]) for k in t0)
             assert a.grad_probe(_inputs(images, sup), images.labels[sup], "adapt") == []
 
 
