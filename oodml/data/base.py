@@ -11,7 +11,7 @@ import os
 import zipfile
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,9 +37,6 @@ class DatasetInfo:
 
 
 DATASETS: Registry[DatasetInfo] = Registry("dataset")  # type: ignore[type-var]  # frozen fields vs HasName
-
-#: A loader: (data root, **options) -> ImageDataset.
-Loader = Callable[..., "ImageDataset"]
 
 
 class ImageSource(ABC):
