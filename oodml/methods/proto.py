@@ -32,13 +32,15 @@ class ProtoMethod(EmbeddingMethod):
         return episode_batch(y, int(y.max()) + 1, int(np.bincount(y).max()), rng)
 
 
-@METHODS.register(MethodInfo("protonet", family="fewshot", trains=True, uses_support=False, addons=True, params=ProtoParams,
+@METHODS.register(MethodInfo("protonet", family="fewshot", trains=True, uses_support=False, addons=True,
+                             params=ProtoParams,
                              description="prototypical networks, episodic n-way k-shot on the source (Snell 2017)"))
 def _protonet(info: MethodInfo, ctx: MethodContext, params: ProtoParams) -> Method:
     return ProtoMethod(info, ctx, params)
 
 
-@METHODS.register(MethodInfo("adapted_proto", family="adapted", trains=True, uses_support=True, addons=True, params=ProtoParams,
+@METHODS.register(MethodInfo("adapted_proto", family="adapted", trains=True, uses_support=True, addons=True,
+                             params=ProtoParams,
                              description="prototypical networks fine-tuned on episodes of the k-shot support"))
 def _adapted_proto(info: MethodInfo, ctx: MethodContext, params: ProtoParams) -> Method:
     return ProtoMethod(info, ctx, params)

@@ -74,8 +74,8 @@ def _pretrained(info: MethodInfo, ctx: MethodContext, params: Any) -> Method:
     return PretrainedMethod(info, ctx, params)
 
 
-@METHODS.register(MethodInfo("baseline", family="baseline", trains=True, uses_support=True, zero_shot=False, addons=True,
-                             params=ClassifierParams,
+@METHODS.register(MethodInfo("baseline", family="baseline", trains=True, uses_support=True, zero_shot=False,
+                             addons=True, params=ClassifierParams,
                              description="classifier trained from scratch on the target k-shot support only"))
 def _baseline(info: MethodInfo, ctx: MethodContext, params: ClassifierParams) -> Method:
     return BaselineMethod(info, ctx, params)
