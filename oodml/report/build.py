@@ -132,7 +132,7 @@ def _panel_title(k: int) -> str:
 
 def provenance(t: DatasetTables) -> list[str]:
     """Bulleted facts about where the numbers come from."""
-    def values(col: str) -> str:
+    def _values(col: str) -> str:
         vals = sorted({str(v) for v in t.rows[col].dropna().unique() if str(v)})
         return ", ".join(f"`{v}`" for v in vals) if vals else "—"
 
@@ -140,10 +140,10 @@ def provenance(t: DatasetTables) -> list[str]:
     ladder = "\n".join(f"{int(r.level)}:{r.split_hash}" for r in t.levels.itertuples())
     created = t.rows["created_at"].dropna().astype(str)
     return [
-        f"dataset: `{t.dataset}`; backbone: {values('backbone')}; features: {values('feature_hash')}",
+        f"dataset: `{t.dataset}`; backbone: {_values('backbone')}; features: {_values('feature_hash')}",
         f"split ladder hash: `{hashlib.sha1(ladder.encode()).hexdigest()[:16]}` over {len(t.levels)} level(s) "
         "(per-level `split_hash` in levels.csv)",
-        f"results written by oodml {values('oodml_version')} (git {values('git_sha')}), "
+        f"results written by oodml {_values('oodml_version')} (git {_values('git_sha')}), "
         f"from {created.min() if len(created) else '—'} to {created.max() if len(created) else '—'}; "
         f"report by oodml `{__version__}`",
         "cells: " + ", ".join(f"{int(counts.get(s, 0))} {s}" for s in STATUSES) + f"; {len(t.rows)} rows",

@@ -91,7 +91,7 @@ def plot_panels(panels: Mapping[str, list[Series]], levels: pd.DataFrame, *, yla
     families = {s.method: s.family for lines in panels.values() for s in lines}
     styles = method_styles(families)
     n = max(len(panels), 1)
-    ncols = min(n, 3)
+    ncols = 2 if n == 4 else min(n, 3)
     nrows = -(-n // ncols)
     legend_w = 2.6 if families else 0.0
     fig = Figure(figsize=(4.0 * ncols + legend_w, 3.4 * nrows + 0.4), layout="constrained")
@@ -101,11 +101,12 @@ def plot_panels(panels: Mapping[str, list[Series]], levels: pd.DataFrame, *, yla
     ys = ys[np.isfinite(ys)]
     if unit_range:  # a band may pass 0 or 1; the axis stops just outside so that points at 0 or 1 stay visible
         ys = np.clip(ys, 0.0, 1.0)
+    band_alpha = 0.15 if len(families) <= 6 else 0.06  # many overlapping bands would hide the lines
     for ax, (name, lines) in zip(axes, panels.items()):
         for s in lines:
             colour, marker = styles[s.method]
             if s.lo.size and np.isfinite(s.lo).any():
-                ax.fill_between(s.fid, s.lo, s.hi, color=colour, alpha=0.15, linewidth=0)
+                ax.fill_between(s.fid, s.lo, s.hi, color=colour, alpha=band_alpha, linewidth=0)
             ax.plot(s.fid, s.y, color=colour, marker=marker, markersize=5, linewidth=1.4, label=s.method,
                     linestyle=_linestyle(s.method))
         _decorate(ax, name, levels, ylabel)
