@@ -20,6 +20,10 @@ class ProtoMethod(EmbeddingMethod):
 
     params: ProtoParams
 
+    def __init__(self, info: MethodInfo, ctx: MethodContext, params: ProtoParams) -> None:
+        super().__init__(info, ctx, params)
+        self.seed_name = "protonet"  # adapted_proto starts from protonet's source model
+
     def make_objective(self, n_classes: int, stage: str) -> nn.Module:
         """Prototypical loss with the stage's number of shots."""
         return ProtoObjective(self.params.shots if stage == "fit" else self.adapt_shots)

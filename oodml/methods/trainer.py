@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from abc import abstractmethod
 from collections.abc import Iterator
 from typing import Any
 
@@ -86,6 +87,8 @@ class EmbeddingMethod(Method):
         self.sec: SecParams | None = None
         self.dmml: DmmlParams | None = None
         self.spec = info.name
+        #: seeds derive from this name: `adapted_X` fits the very same source model as `X` (same init and batches)
+        self.seed_name = info.name.removeprefix("adapted_")
         self.nets: list[EmbeddingNet] = []
         self.objectives: list[nn.Module] = []
         self.in_dim: int | None = ctx.in_dim
@@ -93,9 +96,9 @@ class EmbeddingMethod(Method):
         self.adapt_shots = 1
 
     # ----------------------------------------------------------------------------------------------- hooks
+    @abstractmethod
     def make_objective(self, n_classes: int, stage: str) -> nn.Module:
         """The training objective for `n_classes` classes (labels 0..n-1) at `stage` ('fit' or 'adapt')."""
-        raise NotImplementedError
 
     def batch_indices(self, y: np.ndarray, rng: np.random.Generator, stage: str) -> np.ndarray:
         """Row indices of the next training batch (default: class-balanced)."""
@@ -128,7 +131,7 @@ class EmbeddingMethod(Method):
 
     # ----------------------------------------------------------------------------------------------- building
     def _seed(self, *key: object) -> int:
-        return derive_seed(self.ctx.seed, self.info.name, *key)
+        return derive_seed(self.ctx.seed, self.seed_name, *key)
 
     def _build(self, n_classes: int) -> None:
         """Fresh nets (each seeded by its cohort index) and fit objectives."""

@@ -146,3 +146,17 @@ def test_dmml_models_differ(data: tuple) -> None:
     assert isinstance(m, EmbeddingMethod) and m.n_models == 2
     xt = make_inputs("head", features=fs, rows=tgt)
     assert not np.allclose(m._embed_net(0, xt), m._embed_net(1, xt))
+
+
+@pytest.mark.parametrize("plain, adapted", [("margin", "adapted_margin"), ("protonet", "adapted_proto"),
+                                            ("histogram+sec", "adapted_hist+sec")])
+def test_adapted_variant_fits_the_same_source_model(plain: str, adapted: str, data: tuple) -> None:
+    """`adapted_X` = X's source model + fine-tuning, so the gain of adaptation is measured against the same model."""
+    fs, src, tgt, sup = data
+    xt = make_inputs("head", features=fs, rows=tgt)
+    embs = []
+    for spec in (plain, adapted):
+        m = _build(spec)
+        m.fit(make_inputs("head", features=fs, rows=src), fs.labels[src])
+        embs.append(m.embed(xt))
+    np.testing.assert_array_equal(embs[0], embs[1])
