@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     try:  # typer >= 0.20 vendors click
         from typer._click.exceptions import ClickException, NoArgsIsHelpError  # type: ignore[import-not-found]
     except ImportError:  # pragma: no cover
-        from click.exceptions import ClickException, NoArgsIsHelpError  # type: ignore[no-redef]
+        from click.exceptions import ClickException, NoArgsIsHelpError  # type: ignore[no-redef,assignment]
 
     command = typer.main.get_command(app)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,8 +14,11 @@ from oodml.errors import OodmlError, suggest
 class HasName(Protocol):
     """Registry metadata: anything with a `name` and a one-line `description`."""
 
-    name: str
-    description: str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def description(self) -> str: ...
 
 
 InfoT = TypeVar("InfoT", bound=HasName)
@@ -79,24 +83,24 @@ class Registry(Generic[InfoT]):
         """Metadata of `name`."""
         return self.get(name).info
 
-    def names(self, include_aliases: bool = False) -> list[str]:
+    def names(self, include_aliases: bool = False) -> builtins.list[str]:
         """All registered names, sorted."""
         names = list(self._entries)
         if include_aliases:
             names += list(self._aliases)
         return sorted(names)
 
-    def list(self, pattern: str = "*") -> list[str]:
+    def list(self, pattern: str = "*") -> builtins.list[str]:
         """Registered names matching an fnmatch `pattern`, sorted (aliases excluded)."""
         return [n for n in self.names() if fnmatch.fnmatchcase(n, pattern)]
 
-    def match(self, patterns: str | list[str]) -> list[str]:
+    def match(self, patterns: str | builtins.list[str]) -> builtins.list[str]:
         """Expand comma-separated names/patterns into canonical names, in the given order, without repeats.
 
         An exact name or alias must exist; a pattern (with *, ?, [) must match at least one name.
         """
         items = patterns.split(",") if isinstance(patterns, str) else list(patterns)
-        out: list[str] = []
+        out: builtins.list[str] = []
         for raw in items:
             item = raw.strip()
             if not item:
