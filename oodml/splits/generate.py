@@ -35,8 +35,6 @@ from oodml.splits.frechet import Moments, frechet_distance, frechet_from_moments
 from oodml.splits.spec import Level, SplitSpec
 
 TRAIN, TEST, REMOVED = 0, 1, 2
-#: a move must change the FID by more than this (relative) to count, so that recomputed level FIDs stay ordered
-MIN_REL_GAIN = 1e-7
 
 
 @dataclass(frozen=True)
@@ -52,10 +50,12 @@ class LadderCfg:
         val_fraction: share of each level's train classes put in `val_classes`.
         floor_fraction: removal never leaves a side with fewer than this share of its conventional classes.
         tabu: a class that moved in one of the last `tabu` steps doesn't move again.
-        swaps_per_step: classes moved per side and step (None: one per 200 classes, at least 1); halved when no
+        swaps_per_step: classes moved per side and step (None: one per 100 classes, at least 1); halved when no
             move helps, doubled back after a success.
         max_steps: most accepted steps per direction.
         patience: with single moves, how many candidate pairs down the rankings are tried before a walk stops.
+        min_gain: a move counts only when it changes the FID by more than this fraction of the starting FID (finer
+            steps add nothing to a ladder of a few levels, and it keeps recomputed level FIDs strictly ordered).
     """
 
     levels: int = 8
@@ -69,6 +69,7 @@ class LadderCfg:
     swaps_per_step: int | None = None
     max_steps: int = 300
     patience: int = 5
+    min_gain: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.levels < 2:
@@ -78,8 +79,8 @@ class LadderCfg:
         if not 0.0 <= self.val_fraction < 1.0 or not 0.0 < self.floor_fraction <= 1.0:
             raise OodmlError("val_fraction must be in [0, 1) and floor_fraction in (0, 1]")
         if self.swaps_per_step is not None and self.swaps_per_step < 1 or min(self.max_steps, self.tabu) < 0 \
-                or self.patience < 1:
-            raise OodmlError("swaps_per_step and patience must be >= 1, max_steps and tabu >= 0")
+                or self.patience < 1 or self.min_gain < 0:
+            raise OodmlError("swaps_per_step and patience must be >= 1, max_steps, tabu and min_gain >= 0")
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,7 @@ def _walk(stats: PartitionStats, *, harder: bool, floors: tuple[int, int], cfg: 
     moves: list[Move] = []
     recent: deque[set[int]] = deque(maxlen=max(cfg.tabu, 1))
     fid, b = start_fid, b0
+    min_gain = cfg.min_gain * max(abs(start_fid), 1e-12)
     with progress("make-splits: " + ("harder" if harder else "easier") + " walk", cfg.max_steps, "steps") as bar:
         while len(moves) < cfg.max_steps:
             blocked = set().union(*recent) if cfg.tabu else set()
@@ -185,7 +187,7 @@ def _walk(stats: PartitionStats, *, harder: bool, floors: tuple[int, int], cfg: 
                 target = np.repeat(np.array(to, dtype=np.int8), nb)
                 f = stats.fid(idx, target)
                 gain = (f - fid) if harder else (fid - f)
-                if gain > MIN_REL_GAIN * max(abs(fid), 1e-12):
+                if gain > min_gain:
                     found = Move(idx, target, f)
                     break
             if found is None:
@@ -232,7 +234,7 @@ def walk_ladder(means: np.ndarray, start: np.ndarray, cfg: LadderCfg) -> Traject
     centred = means - means[start != REMOVED].mean(axis=0)  # FID is translation invariant; centring keeps sums exact
     floors = (max(2, math.ceil(cfg.floor_fraction * int((start == TRAIN).sum()))),
               max(2, math.ceil(cfg.floor_fraction * int((start == TEST).sum()))))
-    b0 = cfg.swaps_per_step or max(1, round(int((start != REMOVED).sum()) / 200))
+    b0 = cfg.swaps_per_step or max(1, round(int((start != REMOVED).sum()) / 100))
     fid0 = PartitionStats(centred, start).fid()
     easier = _walk(PartitionStats(centred, start), harder=False, floors=floors, cfg=cfg, b0=b0, start_fid=fid0)
     harder = _walk(PartitionStats(centred, start), harder=True, floors=floors, cfg=cfg, b0=b0, start_fid=fid0)
@@ -288,13 +290,13 @@ def _names(fs: FeatureSet, side: np.ndarray, s: int) -> list[str]:
 def build_ladder(fs: FeatureSet, *, levels: int = 8, ks: tuple[int, ...] = (2, 5, 10), episodes: int = 10,
                  seed: int = 0, ways: int | None = None, val_fraction: float = 0.25, floor_fraction: float = 0.5,
                  tabu: int = 5, swaps_per_step: int | None = None, max_steps: int = 300, patience: int = 5,
-                 classes_from: dict[str, Any] | None = None) -> SplitSpec:
+                 min_gain: float = 1e-3, classes_from: dict[str, Any] | None = None) -> SplitSpec:
     """Build the FID ladder of a features file (see the module docstring).
 
     Args:
         fs: features (class means are taken over its images).
-        levels, ks, episodes, seed, ways, val_fraction, floor_fraction, tabu, swaps_per_step, max_steps, patience: see
-            `LadderCfg`.
+        levels, ks, episodes, seed, ways, val_fraction, floor_fraction, tabu, swaps_per_step, max_steps, patience,
+            min_gain: see `LadderCfg`.
         classes_from: description of where the classes came from, recorded in the split file.
 
     Returns:
@@ -302,7 +304,7 @@ def build_ladder(fs: FeatureSet, *, levels: int = 8, ks: tuple[int, ...] = (2, 5
     """
     cfg = LadderCfg(levels=levels, ks=tuple(ks), episodes=episodes, seed=seed, ways=ways, val_fraction=val_fraction,
                     floor_fraction=floor_fraction, tabu=tabu, swaps_per_step=swaps_per_step, max_steps=max_steps,
-                    patience=patience)
+                    patience=patience, min_gain=min_gain)
     dataset = fs.dataset or "unknown"
     raw = fs.class_means()
     present = np.isfinite(raw).all(axis=1)
