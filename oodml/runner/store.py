@@ -154,7 +154,8 @@ def cell_payload(plan: Plan, cell: Cell, result: CellResult) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "cell_id": cell.cell_id, "status": result.status, "error": result.error, "config": config,
         "config_hash": config_hash, "provenance": prov, "wall_time_s": result.wall_time_s,
-        "cpu_time_s": result.cpu_time_s, "peak_mem_mb": result.peak_mem_mb, "fit_cached": result.fit_cached, "rows": rows, "episodes": episodes,
+        "cpu_time_s": result.cpu_time_s, "peak_mem_mb": result.peak_mem_mb, "fit_cached": result.fit_cached,
+        "rows": rows, "episodes": episodes,
     }
     if result.traceback:
         payload["traceback"] = result.traceback
