@@ -158,7 +158,9 @@ def board_display(board: pd.DataFrame, errors: pd.DataFrame) -> pd.DataFrame:
     shown = pd.DataFrame({
         "rank": board["rank"].astype(object).where(board["rank"].notna(), "—").astype(str),
         "method": board["method"], "family": board["family"],
-        "mean": board["mean"].map(doc.fmt_number), "auc": board["auc"].map(doc.fmt_number),
+        "mean": [doc.fmt_number(v) + (f" ({n}/{len(levels)} levels)" if 0 < n < len(levels) else "")
+                 for v, n in zip(board["mean"], board["n_levels"])],
+        "auc": board["auc"].map(doc.fmt_number),
         "n_seeds": board["n_seeds"].astype(str), "errors": board["n_errors"].astype(str),
     })
     for c in levels:
@@ -190,7 +192,8 @@ def report_blocks(t: DatasetTables, figures: list[tuple[Path, str]]) -> list[doc
     blocks.append(doc.heading("Leaderboards"))
     blocks.append(doc.text("Rows sorted by `mean` (over levels of the mean over seeds); equal means share a rank; "
                            "`auc` is the area under the metric-vs-FID curve divided by the FID range. Error cells "
-                           "are counted in `errors`, never averaged; `(n=..)` marks a level with fewer seeds."))
+                           "are counted in `errors`, never averaged; `(n=..)` marks a level with fewer seeds; "
+                           "`(i/n levels)` marks a mean (and auc) over only the levels that have values."))
     if not t.leaderboards:
         blocks.append(doc.text("Nothing to rank: no cell of this dataset finished with `ok` or `error`."))
     for k, board in t.leaderboards.items():

@@ -20,7 +20,8 @@ from oodml.schema import METRICS
 DEFAULT_METRIC_ORDER: tuple[str, ...] = ("recall@1", "accuracy")
 #: Families whose methods adapt a source-trained embedding on the support set (Scott et al.'s hybrids).
 ADAPTED_FAMILIES: tuple[str, ...] = ("adapted",)
-#: Columns every leaderboard starts with (SPEC §4); `L<level>` columns follow, then `n_errors`, `n_L<level>`.
+#: Columns every leaderboard starts with (SPEC §4); `L<level>` columns follow, then `n_errors`, `n_levels`,
+#: `n_L<level>`.
 LEADERBOARD_HEAD: tuple[str, ...] = ("rank", "method", "family", "metric", "mean", "auc", "n_seeds")
 _STAT_KEY = ["metric", "k_shot", "method", "split_level"]
 
@@ -131,7 +132,8 @@ def area_under_curve(fids: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 def leaderboard(stats: pd.DataFrame, seeds: pd.DataFrame, levels: pd.DataFrame, errors: pd.DataFrame, *, k: int,
                 metric: str, methods: Mapping[str, str]) -> pd.DataFrame:
-    """The SPEC §4 leaderboard of one k: `rank, method, family, metric, mean, auc, n_seeds, L.., n_errors, n_L..`.
+    """The SPEC §4 leaderboard of one k: `rank, method, family, metric, mean, auc, n_seeds, L..`, then `n_errors`,
+    `n_levels` (levels with a value: `mean` and `auc` cover only those) and `n_L..` (seeds per level).
 
     Args:
         stats: `level_stats` of one dataset.
@@ -159,6 +161,7 @@ def leaderboard(stats: pd.DataFrame, seeds: pd.DataFrame, levels: pd.DataFrame, 
         board[f"L{lv}"] = means[lv].to_numpy()
     errs = errors[errors["k_shot"] == k].groupby("method")["n_errors"].sum()
     board["n_errors"] = board["method"].map(errs).fillna(0).astype(int)
+    board["n_levels"] = means.notna().sum(axis=1).to_numpy()
     for lv in level_ids:
         board[f"n_L{lv}"] = counts[lv].fillna(0).astype(int).to_numpy()
     board.insert(0, "rank", board["mean"].round(12).rank(method="min", ascending=False).astype("Int64"))

@@ -161,3 +161,14 @@ def test_error_reduction_and_gain_by_hand(tmp_path: Path) -> None:
     gain = pd.read_csv(tmp_path / "s" / "gain_recall@1.csv").set_index("method")
     assert gain["gain"].to_numpy() == pytest.approx(np.full(4, 0.2))
     assert (gain["k_shot"] == 5).all()
+
+
+def test_method_missing_a_level_is_marked(tmp_path: Path) -> None:
+    for m, lv, v in (("full", 1, 0.5), ("full", 2, 0.3), ("part", 1, 0.9)):
+        write_cell(tmp_path, [make_row(dataset="p", method=m, family="dml", level=lv, k=0, seed=0,
+                                       metric="recall@1", value=v)])
+    build_report(results=tmp_path, metric=None)
+    board = {r["method"]: r for r in _read_csv(tmp_path / "p" / "leaderboard_k0.csv")}
+    assert board["part"]["n_levels"] == "1" and board["full"]["n_levels"] == "2" and board["part"]["L2"] == ""
+    assert float(board["part"]["mean"]) == pytest.approx(0.9)  # over its one level, and said so in the report
+    assert "0.900 (1/2 levels)" in (tmp_path / "p" / "report.md").read_text()
