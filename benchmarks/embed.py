@@ -15,21 +15,25 @@ import torch
 
 from oodml.errors import OodmlError
 from oodml.features.backbones import BACKBONES, DEFAULT_BACKBONE, create_backbone
+from oodml.features.extract import forward_chunk
 
 
 def forward_rate(name: str, batch: int, repeats: int) -> tuple[float, int]:
-    """(images/s, input size) of one backbone's forward pass (pretrained where available offline)."""
+    """(images/s, input size) of one backbone's forward pass on `batch` images, in the chunks `embed` uses."""
     try:
         bb = create_backbone(name)
     except OodmlError:
         bb = create_backbone(name, pretrained=False)  # e.g. resnet50 without cached weights: same speed
     model = bb.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    x = torch.randn(batch, 3, bb.input_size, bb.input_size).contiguous(memory_format=torch.channels_last)
+    chunk = forward_chunk(bb.input_size, batch)
+    xs = [torch.randn(min(chunk, batch - s), 3, bb.input_size, bb.input_size).contiguous(
+        memory_format=torch.channels_last) for s in range(0, batch, chunk)]
     with torch.inference_mode():
-        model(x)  # warm-up
+        model(xs[0])  # warm-up
         t0 = time.perf_counter()
         for _ in range(repeats):
-            model(x)
+            for x in xs:
+                model(x)
         dt = time.perf_counter() - t0
     return batch * repeats / dt, bb.input_size
 

@@ -58,6 +58,20 @@ def _collate(batch: list[tuple[int, torch.Tensor | None, str | None]]) -> tuple[
     return idx, torch.stack([b[1] for b in batch if b[1] is not None]), None
 
 
+#: glibc serves allocations above 32 MB with fresh mmap'd pages and unmaps them on free, so a batch whose activations
+#: exceed that pays page faults on every layer: Lite0 at 224 px, batch 64: 18 ms/img user + 21 ms/img sys; in chunks
+#: of 4: 18 ms/img user + 0.2 ms/img sys (measured here). The forward pass therefore runs in chunks whose largest
+#: activation (about 8x the input for these backbones) stays below that size.
+_ACTIVATION_BUDGET = 24 * 2**20
+_ACTIVATION_OVER_INPUT = 8
+
+
+def forward_chunk(input_size: int, batch_size: int) -> int:
+    """Images per forward call: at most `batch_size`, and few enough to keep activations under the mmap threshold."""
+    per_image = _ACTIVATION_OVER_INPUT * 3 * input_size * input_size * 4
+    return max(1, min(batch_size, _ACTIVATION_BUDGET // per_image))
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
@@ -75,13 +89,16 @@ def compute_features(ds: ImageDataset, backbone: Backbone, *, batch_size: int = 
     )
     out = np.empty((len(ds), backbone.feature_dim), dtype=np.float32)
     model = backbone.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    chunk = forward_chunk(backbone.input_size, batch_size)
     desc = f"embed {ds.name} with {backbone.name} ({n_workers} decoding workers)"
     with torch.inference_mode(), progress(desc, len(ds), unit="img") as bar:
         for idx, x, error in loader:
             if error is not None:
                 raise OodmlError(error)
             assert x is not None
-            out[idx] = model(x.contiguous(memory_format=torch.channels_last)).float().numpy()
+            for s in range(0, len(idx), chunk):
+                xs = x[s:s + chunk].contiguous(memory_format=torch.channels_last)
+                out[idx[s:s + chunk]] = model(xs).float().numpy()
             bar.update(len(idx))
     if not np.isfinite(out).all():
         raise OodmlError(f"backbone {backbone.name} produced non-finite features on {ds.name}; check the images")

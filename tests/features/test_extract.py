@@ -148,3 +148,10 @@ def test_zip_backed_dataset_in_worker_processes_matches_in_process() -> None:
     a = compute_features(ds, bb, batch_size=7, workers=0)
     b = compute_features(ds, bb, batch_size=7, workers=2)
     assert a.shape == (80, 64) and np.array_equal(a, b)
+
+
+def test_forward_chunks_keep_activations_small_but_never_exceed_the_batch() -> None:
+    from oodml.features.extract import forward_chunk
+
+    assert forward_chunk(224, 64) == 5 and forward_chunk(224, 2) == 2 and forward_chunk(28, 64) == 64
+    assert forward_chunk(2048, 64) == 1
