@@ -12,8 +12,8 @@ import numpy as np
 
 from oodml.data.files import cache_dir
 
-#: Bump when the extraction procedure changes in a way that changes features.
-EXTRACT_VERSION = 1
+#: Bump when the extraction procedure changes in a way that changes features (2: chunked forward pass).
+EXTRACT_VERSION = 2
 
 
 def feature_cache_dir() -> Path:
