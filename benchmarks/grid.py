@@ -62,8 +62,8 @@ def build_inputs(folder: Path, levels: int, ks: tuple[int, ...], episodes: int) 
 
 
 def time_grid(feats: Path, splits: Path, results: Path, *, methods: str, shifts: str, k: str, seeds: str,
-              workers: int) -> tuple[float, int, dict[str, float], float]:
-    """Run one grid; returns (seconds, cells, mean cell wall time per method, summed cell CPU seconds)."""
+              workers: int) -> tuple[float, int, dict[str, tuple[float, float]], float]:
+    """Run one grid; returns (seconds, cells, mean cell (wall, CPU) seconds per method, summed cell CPU seconds)."""
     cfg = build_run_cfg(dict(method=methods, features=str(feats), splits=str(splits), shifts=shifts, k=k,
                              seeds=seeds, workers=workers, results=str(results)))
     t0 = time.perf_counter()
@@ -73,11 +73,14 @@ def time_grid(feats: Path, splits: Path, results: Path, *, methods: str, shifts:
     if rc != 0:
         bad = [c for c in cells if c["status"] == "error"]
         print(f"warning: {len(bad)} cell(s) failed, e.g. {bad[0]['cell_id']}: {bad[0]['error']}", file=sys.stderr)
-    per_method: dict[str, list[float]] = {}
+    per_method: dict[str, list[tuple[float, float]]] = {}
     for c in cells:
-        per_method.setdefault(c["config"]["methods"][0], []).append(float(c["wall_time_s"]))
+        per_method.setdefault(c["config"]["methods"][0], []).append((float(c["wall_time_s"]),
+                                                                     float(c.get("cpu_time_s", 0.0))))
     cpu = sum(float(c.get("cpu_time_s", 0.0)) for c in cells)
-    return dt, len(cells), {m: float(np.mean(v)) for m, v in sorted(per_method.items())}, cpu
+    means = {m: (float(np.mean([w for w, _ in v])), float(np.mean([c for _, c in v])))
+             for m, v in sorted(per_method.items())}
+    return dt, len(cells), means, cpu
 
 
 def main() -> None:
@@ -109,8 +112,8 @@ def main() -> None:
             print(f"workers={w}: {n} cells in {dt:.1f}s = {n / dt * 60:.1f} cells/min; ratio to first run "
                   f"{dt / reference:.2f}; full grid ({n * scale} cells) "
                   f"{'took' if args.full else 'extrapolated'} {full_min:.1f} min")
-            print("  mean cell wall time per method: "
-                  + ", ".join(f"{m} {s:.1f}s" for m, s in per_method.items()))
+            print("  mean cell wall / CPU time per method: "
+                  + ", ".join(f"{m} {w:.1f}s/{c:.1f}s" for m, (w, c) in per_method.items()))
             print(f"  CPU time of the cells: {cpu:.1f}s; full grid on {w} idle core(s) ~ "
                   f"{cpu * scale / 60 / w:.1f} min (what a loaded machine's wall time hides)")
             runs = report["runs"]
