@@ -92,7 +92,7 @@ def test_sigkill_mid_run_then_rerun_equals_clean_run(files: tuple[Path, Path], t
     e = env(FAKE_SLOW_S="0.4")
     killed = tmp_path / "killed"
     proc = subprocess.Popen(oodml_cmd(*files, killed, *argv), env=e, cwd=REPO, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list((killed / "cells").glob("*.json"))) < 2 and proc.poll() is None:
         time.sleep(0.02)
