@@ -9,6 +9,11 @@ episode sizes), so full time ~= sample time x levels x seeds. `--full` runs the 
 Timings are printed as ratios to the 1-worker run of the same process, plus absolute numbers for this machine.
 
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/grid.py [--full] [--workers 1,2] [--methods '*']
+
+Measured 2026-11-23 on the shared 2-core dev machine (load average 10-14 from other jobs, so wall times are ~4x
+inflated; the summed per-cell CPU time is the robust number): sample of 21 methods x level 1 x seed 0 x k=0,2,5,10
+with --workers 2: 21 cells, 380 s of cell CPU (mean 18 s/cell; pretrained 32 s, adapted_* 17-57 s, plain DML 8-11 s)
+-> full grid 504 cells ~ 9,100 CPU-s ~ 76 min on 2 idle cores (goal: 60 min, not met yet); 757 s wall under load.
 """
 
 from __future__ import annotations
