@@ -1,0 +1,149 @@
+"""Check the papers' claims against a study's `all.csv` (the reporter's tidy table) and print Markdown tables.
+
+Only reads `results/<study>/<dataset>/all.csv`; computes differences and rank correlations of stored numbers, no metric.
+
+- `oodml` (Milbich et al. 2021): (1) zero-shot recall@1 falls as FID rises, for every method (Spearman rho of
+  recall@1 vs level FID, and first vs last level); (2) few-shot adaptation helps more at larger shifts (gain of
+  recall@1 at k shots over the same method's zero-shot recall@1, lowest vs highest level); (3) SEC and diversified
+  mutual learning raise recall@1 (mean over levels, k = 0, add-on vs plain method).
+- `scott` (Scott et al. 2018): the adapted embeddings reduce the error (1 - n-way accuracy) relative to the best of
+  the four single families, by 34% on average in the paper.
+
+Usage:
+    python baselines/claims.py oodml results/oodml_cub200_subset/cub200/all.csv
+    python baselines/claims.py scott results/scott2018_mnist/mnist/all.csv [more all.csv ...]
+    python baselines/claims.py cost results/oodml_cub200_subset [more results folders ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+import pandas as pd
+from scipy.stats import spearmanr
+
+FAMILIES = ("baseline", "weight_transfer", "histogram", "protonet")
+HYBRIDS = ("adapted_histogram", "adapted_proto")
+PLAIN = {"adapted_proto": "protonet", "adapted_hist": "histogram"}
+ADDONS = (("margin", "margin+sec"), ("multisimilarity", "multisimilarity+sec"), ("margin", "margin+dmml"),
+          ("margin", "margin+dmml[ensemble]"), ("multisimilarity", "multisimilarity+dmml"),
+          ("multisimilarity", "multisimilarity+dmml[ensemble]"))
+
+
+def load(path: str, metric: str) -> pd.DataFrame:
+    """Rows of `path` with status ok for `metric`, averaged over seeds: (method, level, fid, k) -> value, n_seeds."""
+    df = pd.read_csv(path)
+    df = df[(df["status"] == "ok") & (df["metric"] == metric)]
+    g = df.groupby(["method", "split_level", "split_fid", "k_shot"], as_index=False)
+    return g.agg(value=("value", "mean"), n_seeds=("seed", "nunique"))
+
+
+def _table(rows: list[list[object]], header: Sequence[str]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(f"{c:.3f}" if isinstance(c, float) else str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def oodml_claims(path: str) -> str:
+    """Markdown tables for the three ooDML claims."""
+    d = load(path, "recall@1")
+    zs = d[d["k_shot"] == 0]
+    lo, hi = int(d["split_level"].min()), int(d["split_level"].max())
+    rows = []
+    for m, g in zs.groupby("method"):
+        g = g.sort_values("split_fid")
+        rho = float(spearmanr(g["split_fid"], g["value"]).statistic) if len(g) > 2 else float("nan")
+        first, last = float(g["value"].iloc[0]), float(g["value"].iloc[-1])
+        rows.append([m, first, last, last - first, rho, "yes" if last < first and rho < 0 else "no"])
+    out = [f"Claim 1: zero-shot recall@1 falls as FID rises (level {lo} -> {hi})\n",
+           _table(rows, ["method", f"R@1 L{lo}", f"R@1 L{hi}", "change", "Spearman rho (R@1 vs FID)", "falls"])]
+    rows = []
+    for k in sorted(int(x) for x in d["k_shot"].unique() if x > 0):
+        fk = d[d["k_shot"] == k].set_index(["method", "split_level"])["value"]
+        f0 = zs.set_index(["method", "split_level"])["value"]
+        gain = (fk - f0).dropna()
+        for m in sorted({i[0] for i in gain.index}):
+            if not (m.startswith("adapted_") or m in ("weight_transfer",)):
+                continue
+            gm = gain.loc[m]
+            plain = PLAIN.get(m, m.removeprefix("adapted_"))
+            same = (fk.loc[m] - fk.loc[plain]) if plain != m and plain in fk.index.get_level_values(0) else None
+            if lo in gm.index and hi in gm.index:
+                row: list[object] = [m, k, float(gm.loc[lo]), float(gm.loc[hi]),
+                                     "yes" if gm.loc[hi] > gm.loc[lo] else "no"]
+                if same is not None and lo in same.index and hi in same.index:
+                    row += [plain, float(same.loc[lo]), float(same.loc[hi]),
+                            "yes" if same.loc[hi] > same.loc[lo] else "no"]
+                else:
+                    row += ["-", "-", "-", "-"]
+                rows.append(row)
+    out += [f"\n\nClaim 2: few-shot gain is larger at level {hi} than at level {lo}. Gain A = R@1 at k shots minus "
+            "the same method's zero-shot R@1 (the reporter's gain; the k-shot gallery is the queries only); gain B = "
+            "R@1 of the adapted method minus its unadapted source model on the same k-shot queries\n",
+            _table(rows, ["method", "k", f"gain A L{lo}", f"gain A L{hi}", f"A larger at L{hi}", "unadapted",
+                          f"gain B L{lo}", f"gain B L{hi}", f"B larger at L{hi}"])]
+    rows = []
+    mean0 = zs.groupby("method")["value"].mean()
+    for base, add in ADDONS:
+        if base in mean0.index and add in mean0.index:
+            rows.append([add, base, float(mean0[base]), float(mean0[add]), float(mean0[add] - mean0[base]),
+                         "yes" if mean0[add] > mean0[base] else "no"])
+    out += ["\n\nClaim 3: add-ons raise zero-shot recall@1 (mean over levels)\n",
+            _table(rows, ["add-on", "plain", "R@1 plain", "R@1 add-on", "difference", "raises"])]
+    return "\n".join(out)
+
+
+def scott_claims(paths: Sequence[str], labels: Sequence[str]) -> str:
+    """Markdown table: error of the best single family vs the best hybrid per (study, k), relative reduction."""
+    rows = []
+    reductions = []
+    for path, label in zip(paths, labels):
+        d = load(path, "accuracy")
+        for k, g in d.groupby("k_shot"):
+            acc = g.groupby("method")["value"].mean()
+            singles = acc[[m for m in FAMILIES if m in acc.index]]
+            hybrids = acc[[m for m in HYBRIDS if m in acc.index]]
+            if singles.empty or hybrids.empty:
+                continue
+            e_s, e_h = 1 - float(singles.max()), 1 - float(hybrids.max())
+            red = (e_s - e_h) / e_s if e_s > 0 else float("nan")
+            reductions.append(red)
+            rows.append([label, int(k), f"{singles.idxmax()}", e_s, f"{hybrids.idxmax()}", e_h, f"{100 * red:.0f}%"])
+    mean = sum(reductions) / len(reductions) if reductions else float("nan")
+    return (_table(rows, ["study", "k", "best single family", "its error", "best hybrid", "its error",
+                          "error reduction"]) + f"\n\nMean error reduction over these settings: {100 * mean:.0f}% "
+            "(paper: 34% on average)")
+
+
+def cost(results: str) -> str:
+    """Cells, their summed wall and CPU time and the slowest cell, from `<results>/cells/*.json`."""
+    import json
+    from pathlib import Path
+
+    cells = [json.loads(p.read_text()) for p in sorted(Path(results, "cells").glob("*.json"))]
+    wall = sum(float(c.get("wall_time_s") or 0) for c in cells)
+    cpu = sum(float(c.get("cpu_time_s") or 0) for c in cells)
+    slow = max(cells, key=lambda c: float(c.get("cpu_time_s") or 0))
+    statuses = sorted({str(c["status"]) for c in cells})
+    return (f"{results}: {len(cells)} cells ({', '.join(statuses)}), summed cell wall time {wall / 60:.1f} min, "
+            f"summed cell CPU time {cpu / 60:.1f} min, slowest cell {slow['cell_id']} "
+            f"({float(slow.get('cpu_time_s') or 0):.0f} s CPU)")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line (see the module docstring)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("kind", choices=("oodml", "scott", "cost"))
+    ap.add_argument("csv", nargs="+")
+    a = ap.parse_args(argv)
+    if a.kind == "cost":
+        print("\n".join(cost(r) for r in a.csv))
+    elif a.kind == "oodml":
+        print(oodml_claims(a.csv[0]))
+    else:
+        print(scott_claims(a.csv, [p.split("/")[-3] if p.count("/") >= 2 else p for p in a.csv]))
+
+
+if __name__ == "__main__":
+    main()
