@@ -136,13 +136,18 @@ def _evaluate(task: CellTask, fs: Any) -> tuple[list[dict[str, Any]], list[dict[
     cached = _fit(method, inputs(lv.train_rows), _contiguous(fs.labels[lv.train_rows]), task)
     metrics: list[dict[str, Any]] = []
     episodes: list[dict[str, Any]] = []
+    # a method that doesn't adapt embeds the test images alike in every episode: embed once, search once
+    few_ks = [k for k in cell.ks if k > 0]
+    shared = bool(few_ks) and not method.info.uses_support and _supports_in_test(lv, few_ks)
+    embs = method.embed_variants(inputs(lv.test_rows)) if shared else None
+    few = _few_shot_shared(embs, fs, lv, cell) if embs is not None else {}
     for k in cell.ks:
         if k == 0 and not method.info.zero_shot:
             metrics += [_row("", 0, m, None, status="skipped") for m in ZERO_SHOT_METRICS]
         elif k == 0:
-            metrics += _zero_shot(method, inputs, fs, lv, cell)
+            metrics += _zero_shot(method, inputs, fs, lv, cell, embs)
         else:
-            m, e = _few_shot(method, inputs, fs, lv, cell, k)
+            m, e = few[k] if k in few else _few_shot(method, inputs, fs, lv, cell, k)
             metrics += m
             episodes += e
     return metrics, episodes, cached
@@ -188,13 +193,14 @@ def _finite(value: Any, what: str) -> float:
     return v
 
 
-def _zero_shot(method: Any, inputs: Callable[[np.ndarray], Any], fs: Any, lv: LevelData,
-               cell: Cell) -> list[dict[str, Any]]:
+def _zero_shot(method: Any, inputs: Callable[[np.ndarray], Any], fs: Any, lv: LevelData, cell: Cell,
+               embs: dict[str, np.ndarray] | None = None) -> list[dict[str, Any]]:
+    """k = 0 rows; `embs`: the test rows' embedding variants when already computed."""
     from oodml.eval import nmi, retrieval_metrics
 
     labels = fs.labels[lv.test_rows]
     out: list[dict[str, Any]] = []
-    for variant, emb in method.embed_variants(inputs(lv.test_rows)).items():
+    for variant, emb in (method.embed_variants(inputs(lv.test_rows)) if embs is None else embs).items():
         r = retrieval_metrics(emb, labels, RETRIEVAL_KS)
         for m in ZERO_SHOT_METRICS[:-1]:
             out.append(_row(variant, 0, m, _finite(r[m], f"{m} ({variant or 'base'}, k=0)"),
@@ -233,12 +239,74 @@ def _few_shot(method: Any, inputs: Callable[[np.ndarray], Any], fs: Any, lv: Lev
                 episodes.append({"variant": variant, "k": k, "episode": e, "metric": m, "value": v})
                 if m != "accuracy":
                     extra[(variant, m)] = {"knn_k": r.get("knn_k"), "knn_backend": r.get("knn_backend")}
+    return _aggregate(k, values, extra, n_queries), episodes
+
+
+def _aggregate(k: int, values: dict[tuple[str, str], list[float]], extra: dict[tuple[str, str], dict[str, Any]],
+               n_queries: list[int]) -> list[dict[str, Any]]:
+    """One row per (variant, metric): mean and std over the episodes."""
     rows = []
     for (variant, m), vals in values.items():
         arr = np.asarray(vals, dtype=np.float64)
         rows.append(_row(variant, k, m, float(arr.mean()), std=float(arr.std()), n_episodes=len(vals),
                          n_queries=int(round(float(np.mean(n_queries)))), **extra.get((variant, m), {})))
-    return rows, episodes
+    return rows
+
+
+def _supports_in_test(lv: LevelData, ks: list[int]) -> bool:
+    """True when every support row of these k's episodes is a test row (as split files make them)."""
+    return all(np.isin(s, lv.test_rows).all() for k in ks for s in lv.supports[k])
+
+
+def _few_shot_shared(embs: dict[str, np.ndarray], fs: Any, lv: LevelData,
+                     cell: Cell) -> dict[int, tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+    """Every k > 0 of a method that doesn't adapt, from one embedding of the test rows and one kNN search per
+    variant, deep enough for every episode (`SubsetRetrieval.depth`); rows and episodes as `_few_shot` makes them.
+
+    An episode's queries keep their test-row order, so dropping the non-queries from the shared neighbour lists
+    gives the (distance, index) order of a search over the queries alone.
+    """
+    from oodml.eval import knn_batches, prototype_accuracy
+    from oodml.eval.subsets import SubsetRetrieval
+
+    test_labels = fs.labels[lv.test_rows]
+    ks = [k for k in cell.ks if k > 0]
+    plan: list[tuple[int, int, np.ndarray, np.ndarray]] = []  # (k, episode, support positions, query mask)
+    for k in ks:
+        for e, support in enumerate(lv.supports[k]):
+            s_pos = np.searchsorted(lv.test_rows, support)
+            mask = np.isin(test_labels, np.unique(fs.labels[support]))
+            mask[s_pos] = False
+            plan.append((k, e, s_pos, mask))
+    results: dict[tuple[str, int, int], dict[str, Any]] = {}
+    for variant, emb in embs.items():
+        accs = [SubsetRetrieval(test_labels, mask, RETRIEVAL_KS) for _, _, _, mask in plan]
+        if accs:
+            depth = max(a.depth for a in accs)
+            for s, e, _, idx in knn_batches(emb, depth, backend="faiss")[1]:
+                for a in accs:
+                    a.update(s, e, idx)
+        for (k, ep, s_pos, mask), a in zip(plan, accs, strict=True):
+            r = a.result()
+            r["accuracy"] = prototype_accuracy(emb[s_pos], test_labels[s_pos], emb[mask], test_labels[mask])
+            results[(variant, k, ep)] = r
+    out: dict[int, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
+    for k in ks:
+        values: dict[tuple[str, str], list[float]] = {}
+        extra: dict[tuple[str, str], dict[str, Any]] = {}
+        episodes: list[dict[str, Any]] = []
+        n_queries = [int(mask.sum()) for kk, _, _, mask in plan if kk == k]
+        for ep in range(len(lv.supports[k])):
+            for variant in embs:
+                r = results[(variant, k, ep)]
+                for m in FEW_SHOT_METRICS:
+                    v = _finite(r[m], f"{m} ({variant or 'base'}, k={k}, episode {ep})")
+                    values.setdefault((variant, m), []).append(v)
+                    episodes.append({"variant": variant, "k": k, "episode": ep, "metric": m, "value": v})
+                    if m != "accuracy":
+                        extra[(variant, m)] = {"knn_k": r.get("knn_k"), "knn_backend": r.get("knn_backend")}
+        out[k] = (_aggregate(k, values, extra, n_queries), episodes)
+    return out
 
 
 def _reset_peak_rss() -> None:
