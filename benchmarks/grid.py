@@ -88,6 +88,48 @@ def time_grid(feats: Path, splits: Path, results: Path, *, methods: str, shifts:
     return dt, len(cells), means, cpu
 
 
+def compare_shared(feats: Path, splits: Path, folder: Path, methods: str, k: str) -> dict[str, dict[str, float]]:
+    """Per cell (one level, seed 0), in this process: CPU seconds of the k-shot evaluation of methods that don't
+    adapt with the shared deep kNN search vs. the per-episode searches, and how far their values differ.
+
+    The fit is done once before timing (fit cache), so both timed runs measure the evaluation only.
+    """
+    from oodml.runner import cell as cell_mod
+    from oodml.runner import plan_grid
+
+    cfg = build_run_cfg(dict(method=methods, features=str(feats), splits=str(splits), shifts="1", k=k, seeds="0",
+                             workers=1, results=str(folder / "results_cmp")))
+    plan = plan_grid(cfg)
+    cell_mod.set_threads(1)
+    cell_mod.warm_up()
+    shared_test = cell_mod._supports_in_test
+    out: dict[str, dict[str, float]] = {}
+    for c in plan.cells:
+        task = cell_mod.CellTask(cell=c, level=plan.levels[c.level], overrides=dict(cfg.method_params),
+                                 fit_cache=str(folder / "fits"))
+        first = cell_mod.execute(task, plan.features)  # fits and fills the cache
+        runs = {}
+        for name, test in (("per_episode", lambda lv, ks: False), ("shared", shared_test)):
+            cell_mod._supports_in_test = test  # type: ignore[assignment]
+            try:
+                runs[name] = cell_mod.execute(task, plan.features)
+            finally:
+                cell_mod._supports_in_test = shared_test
+        old, new = runs["per_episode"], runs["shared"]
+        pairs = [(a["value"], b["value"]) for a, b in zip(old.episodes, new.episodes, strict=True)]
+        diff = [abs(a - b) for a, b in pairs]
+        out[c.method] = {"fit_and_eval_cpu_s": first.cpu_time_s, "per_episode_cpu_s": old.cpu_time_s,
+                         "shared_cpu_s": new.cpu_time_s, "ratio": new.cpu_time_s / max(old.cpu_time_s, 1e-9),
+                         "episode_values": len(pairs), "values_differing": sum(d > 0 for d in diff),
+                         "max_abs_diff": max(diff, default=0.0),
+                         "rows_equal": float(old.metrics == new.metrics)}
+        r = out[c.method]
+        print(f"{c.method}: cell CPU with fit {first.cpu_time_s:.1f}s; evaluation per-episode {old.cpu_time_s:.1f}s "
+              f"-> shared {new.cpu_time_s:.1f}s (ratio {r['ratio']:.3f}); {r['values_differing']}/{len(pairs)} "
+              f"episode values differ, max |diff| {r['max_abs_diff']:.2g}", flush=True)
+    return out
+
+
 def main() -> None:
     """Time the sample (or the full grid) with each worker count and print the extrapolation."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -99,12 +141,21 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=10)
     ap.add_argument("--full", action="store_true", help="run the whole grid instead of one level and seed")
     ap.add_argument("--out", type=Path, default=None, help="write the numbers as JSON here")
+    ap.add_argument("--shared-vs-episodes", action="store_true",
+                    help="instead: time the k-shot evaluation of --methods (those that don't adapt) with the shared "
+                         "kNN search vs. per-episode searches, in this process, on level 1 / seed 0")
     args = ap.parse_args()
     ks = tuple(int(x) for x in args.k.split(","))
     with tempfile.TemporaryDirectory(prefix="oodml-bench-") as tmp:
         folder = Path(tmp)
-        feats, splits, ladder_s = build_inputs(folder, args.levels, tuple(k for k in ks if k > 0), args.episodes)
-        print(f"inputs: 11,700 x 1,280 features, {args.levels}-level ladder built in {ladder_s:.1f}s")
+        levels = 2 if args.shared_vs_episodes else args.levels
+        feats, splits, ladder_s = build_inputs(folder, levels, tuple(k for k in ks if k > 0), args.episodes)
+        print(f"inputs: 11,700 x 1,280 features, {levels}-level ladder built in {ladder_s:.1f}s")
+        if args.shared_vs_episodes:
+            cmp = compare_shared(feats, splits, folder, args.methods, args.k)
+            if args.out:
+                args.out.write_text(json.dumps(cmp, indent=1) + "\n")
+            return
         shifts, seeds = ("all", f"0..{args.seeds - 1}") if args.full else ("1", "0")
         scale = 1 if args.full else args.levels * args.seeds
         report: dict[str, object] = {"ladder_s": ladder_s, "full": args.full, "runs": []}

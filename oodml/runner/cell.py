@@ -215,10 +215,8 @@ def _few_shot(method: Any, inputs: Callable[[np.ndarray], Any], fs: Any, lv: Lev
               k: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     from oodml.eval import prototype_accuracy, retrieval_metrics
 
-    values: dict[tuple[str, str], list[float]] = {}
-    extra: dict[tuple[str, str], dict[str, Any]] = {}
+    acc = _KShot(k)
     n_queries: list[int] = []
-    episodes: list[dict[str, Any]] = []
     test_labels = fs.labels[lv.test_rows]
     for e, support in enumerate(lv.supports[k]):
         s_lab = fs.labels[support]
@@ -233,24 +231,36 @@ def _few_shot(method: Any, inputs: Callable[[np.ndarray], Any], fs: Any, lv: Lev
             s_emb, q_emb = emb[: len(support)], emb[len(support):]
             r = dict(retrieval_metrics(q_emb, q_lab, RETRIEVAL_KS))
             r["accuracy"] = prototype_accuracy(s_emb, s_lab, q_emb, q_lab)
-            for m in FEW_SHOT_METRICS:
-                v = _finite(r[m], f"{m} ({variant or 'base'}, k={k}, episode {e})")
-                values.setdefault((variant, m), []).append(v)
-                episodes.append({"variant": variant, "k": k, "episode": e, "metric": m, "value": v})
-                if m != "accuracy":
-                    extra[(variant, m)] = {"knn_k": r.get("knn_k"), "knn_backend": r.get("knn_backend")}
-    return _aggregate(k, values, extra, n_queries), episodes
+            acc.add(variant, e, r)
+    return acc.result(n_queries)
 
 
-def _aggregate(k: int, values: dict[tuple[str, str], list[float]], extra: dict[tuple[str, str], dict[str, Any]],
-               n_queries: list[int]) -> list[dict[str, Any]]:
-    """One row per (variant, metric): mean and std over the episodes."""
-    rows = []
-    for (variant, m), vals in values.items():
-        arr = np.asarray(vals, dtype=np.float64)
-        rows.append(_row(variant, k, m, float(arr.mean()), std=float(arr.std()), n_episodes=len(vals),
-                         n_queries=int(round(float(np.mean(n_queries)))), **extra.get((variant, m), {})))
-    return rows
+class _KShot:
+    """Collects one k's per-episode metrics (episode rows) and aggregates them (mean, std over episodes)."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.values: dict[tuple[str, str], list[float]] = {}
+        self.extra: dict[tuple[str, str], dict[str, Any]] = {}
+        self.episodes: list[dict[str, Any]] = []
+
+    def add(self, variant: str, episode: int, r: dict[str, Any]) -> None:
+        """Record one episode's metrics `r` (retrieval metrics plus `accuracy`) of one variant."""
+        for m in FEW_SHOT_METRICS:
+            v = _finite(r[m], f"{m} ({variant or 'base'}, k={self.k}, episode {episode})")
+            self.values.setdefault((variant, m), []).append(v)
+            self.episodes.append({"variant": variant, "k": self.k, "episode": episode, "metric": m, "value": v})
+            if m != "accuracy":
+                self.extra[(variant, m)] = {"knn_k": r.get("knn_k"), "knn_backend": r.get("knn_backend")}
+
+    def result(self, n_queries: list[int]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(one row per variant and metric, the episode rows); `n_queries`: each episode's query count."""
+        rows = []
+        for (variant, m), vals in self.values.items():
+            arr = np.asarray(vals, dtype=np.float64)
+            rows.append(_row(variant, self.k, m, float(arr.mean()), std=float(arr.std()), n_episodes=len(vals),
+                             n_queries=int(round(float(np.mean(n_queries)))), **self.extra.get((variant, m), {})))
+        return rows, self.episodes
 
 
 def _supports_in_test(lv: LevelData, ks: list[int]) -> bool:
@@ -292,20 +302,11 @@ def _few_shot_shared(embs: dict[str, np.ndarray], fs: Any, lv: LevelData,
             results[(variant, k, ep)] = r
     out: dict[int, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
     for k in ks:
-        values: dict[tuple[str, str], list[float]] = {}
-        extra: dict[tuple[str, str], dict[str, Any]] = {}
-        episodes: list[dict[str, Any]] = []
-        n_queries = [int(mask.sum()) for kk, _, _, mask in plan if kk == k]
+        acc = _KShot(k)
         for ep in range(len(lv.supports[k])):
             for variant in embs:
-                r = results[(variant, k, ep)]
-                for m in FEW_SHOT_METRICS:
-                    v = _finite(r[m], f"{m} ({variant or 'base'}, k={k}, episode {ep})")
-                    values.setdefault((variant, m), []).append(v)
-                    episodes.append({"variant": variant, "k": k, "episode": ep, "metric": m, "value": v})
-                    if m != "accuracy":
-                        extra[(variant, m)] = {"knn_k": r.get("knn_k"), "knn_backend": r.get("knn_backend")}
-        out[k] = (_aggregate(k, values, extra, n_queries), episodes)
+                acc.add(variant, ep, results[(variant, k, ep)])
+        out[k] = acc.result([int(mask.sum()) for kk, _, _, mask in plan if kk == k])
     return out
 
 
