@@ -122,11 +122,14 @@ def compare_shared(feats: Path, splits: Path, folder: Path, methods: str, k: str
                          "shared_cpu_s": new.cpu_time_s, "ratio": new.cpu_time_s / max(old.cpu_time_s, 1e-9),
                          "episode_values": len(pairs), "values_differing": sum(d > 0 for d in diff),
                          "max_abs_diff": max(diff, default=0.0),
-                         "rows_equal": float(old.metrics == new.metrics)}
+                         "rows_equal": float(old.metrics == new.metrics),
+                         "zero_shot_rows_equal": float([m for m in old.metrics if m["k"] == 0]
+                                                       == [m for m in new.metrics if m["k"] == 0])}
         r = out[c.method]
         print(f"{c.method}: cell CPU with fit {first.cpu_time_s:.1f}s; evaluation per-episode {old.cpu_time_s:.1f}s "
               f"-> shared {new.cpu_time_s:.1f}s (ratio {r['ratio']:.3f}); {r['values_differing']}/{len(pairs)} "
-              f"episode values differ, max |diff| {r['max_abs_diff']:.2g}", flush=True)
+              f"episode values differ, max |diff| {r['max_abs_diff']:.2g}; zero-shot rows equal: "
+              f"{bool(r['zero_shot_rows_equal'])}", flush=True)
     return out
 
 

@@ -140,12 +140,13 @@ def _evaluate(task: CellTask, fs: Any) -> tuple[list[dict[str, Any]], list[dict[
     few_ks = [k for k in cell.ks if k > 0]
     shared = bool(few_ks) and not method.info.uses_support and _supports_in_test(lv, few_ks)
     embs = method.embed_variants(inputs(lv.test_rows)) if shared else None
-    few = _few_shot_shared(embs, fs, lv, cell) if embs is not None else {}
+    zero_ok = 0 in cell.ks and method.info.zero_shot
+    zero, few = _shared_search(embs, fs, lv, cell, zero_ok) if embs is not None else ({}, {})
     for k in cell.ks:
         if k == 0 and not method.info.zero_shot:
             metrics += [_row("", 0, m, None, status="skipped") for m in ZERO_SHOT_METRICS]
         elif k == 0:
-            metrics += _zero_shot(method, inputs, fs, lv, cell, embs)
+            metrics += _zero_shot(method, inputs, fs, lv, cell, embs, zero)
         else:
             m, e = few[k] if k in few else _few_shot(method, inputs, fs, lv, cell, k)
             metrics += m
@@ -194,14 +195,16 @@ def _finite(value: Any, what: str) -> float:
 
 
 def _zero_shot(method: Any, inputs: Callable[[np.ndarray], Any], fs: Any, lv: LevelData, cell: Cell,
-               embs: dict[str, np.ndarray] | None = None) -> list[dict[str, Any]]:
-    """k = 0 rows; `embs`: the test rows' embedding variants when already computed."""
+               embs: dict[str, np.ndarray] | None = None,
+               retrieval: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """k = 0 rows; `embs`: the test rows' embedding variants, `retrieval`: their retrieval metrics, when already
+    computed (`_shared_search`)."""
     from oodml.eval import nmi, retrieval_metrics
 
     labels = fs.labels[lv.test_rows]
     out: list[dict[str, Any]] = []
     for variant, emb in (method.embed_variants(inputs(lv.test_rows)) if embs is None else embs).items():
-        r = retrieval_metrics(emb, labels, RETRIEVAL_KS)
+        r = retrieval[variant] if retrieval else retrieval_metrics(emb, labels, RETRIEVAL_KS)
         for m in ZERO_SHOT_METRICS[:-1]:
             out.append(_row(variant, 0, m, _finite(r[m], f"{m} ({variant or 'base'}, k=0)"),
                             n_queries=int(r["n_queries"]), knn_k=r.get("knn_k"), knn_backend=r.get("knn_backend")))
@@ -268,10 +271,11 @@ def _supports_in_test(lv: LevelData, ks: list[int]) -> bool:
     return all(np.isin(s, lv.test_rows).all() for k in ks for s in lv.supports[k])
 
 
-def _few_shot_shared(embs: dict[str, np.ndarray], fs: Any, lv: LevelData,
-                     cell: Cell) -> dict[int, tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+def _shared_search(embs: dict[str, np.ndarray], fs: Any, lv: LevelData, cell: Cell, zero: bool,
+                   ) -> tuple[dict[str, dict[str, Any]], dict[int, tuple[list[dict[str, Any]], list[dict[str, Any]]]]]:
     """Every k > 0 of a method that doesn't adapt, from one embedding of the test rows and one kNN search per
     variant, deep enough for every episode (`SubsetRetrieval.depth`); rows and episodes as `_few_shot` makes them.
+    With `zero`, the same search also gives the zero-shot retrieval metrics (variant -> `retrieval_metrics` dict).
 
     An episode's queries keep their test-row order, so dropping the non-queries from the shared neighbour lists
     gives the (distance, index) order of a search over the queries alone.
@@ -289,13 +293,17 @@ def _few_shot_shared(embs: dict[str, np.ndarray], fs: Any, lv: LevelData,
             mask[s_pos] = False
             plan.append((k, e, s_pos, mask))
     results: dict[tuple[str, int, int], dict[str, Any]] = {}
+    zero_shot: dict[str, dict[str, Any]] = {}
     for variant, emb in embs.items():
+        everything = [SubsetRetrieval(test_labels, np.ones(len(test_labels), dtype=bool), RETRIEVAL_KS)] if zero else []
         accs = [SubsetRetrieval(test_labels, mask, RETRIEVAL_KS) for _, _, _, mask in plan]
-        if accs:
-            depth = max(a.depth for a in accs)
+        if accs or everything:
+            depth = max(a.depth for a in accs + everything)
             for s, e, _, idx in knn_batches(emb, depth, backend="faiss")[1]:
-                for a in accs:
+                for a in accs + everything:
                     a.update(s, e, idx)
+        if everything:
+            zero_shot[variant] = everything[0].result()
         for (k, ep, s_pos, mask), a in zip(plan, accs, strict=True):
             r = a.result()
             r["accuracy"] = prototype_accuracy(emb[s_pos], test_labels[s_pos], emb[mask], test_labels[mask])
@@ -307,7 +315,7 @@ def _few_shot_shared(embs: dict[str, np.ndarray], fs: Any, lv: LevelData,
             for variant in embs:
                 acc.add(variant, ep, results[(variant, k, ep)])
         out[k] = acc.result([int(mask.sum()) for kk, _, _, mask in plan if kk == k])
-    return out
+    return zero_shot, out
 
 
 def _reset_peak_rss() -> None:

@@ -41,14 +41,14 @@ def run_cells(files: tuple[Path, Path], tmp: Path, method: str, monkeypatch: pyt
                              seeds="0", results=str(tmp / "r"), workers=1, method_param=list(params)))
     plan = plan_grid(cfg)
     calls: list[bool] = []
-    real = cell_mod._few_shot_shared
+    real = cell_mod._shared_search
 
     def spy(*args: Any) -> Any:
         calls.append(True)
         return real(*args)
 
     with monkeypatch.context() as m:
-        m.setattr(cell_mod, "_few_shot_shared", spy)
+        m.setattr(cell_mod, "_shared_search", spy)
         if not shared:
             m.setattr(cell_mod, "_supports_in_test", lambda lv, ks: False)
         out = [execute(CellTask(cell=c, level=plan.levels[c.level], overrides=dict(cfg.method_params)),
@@ -92,4 +92,4 @@ def test_real_methods_agree_on_float_features(tmp_path: Path, monkeypatch: pytes
 def test_methods_that_adapt_keep_the_per_episode_path(fakes: None, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     files = inputs(tmp_path, integer=True)
-    run_cells(files, tmp_path, "fake_proj", monkeypatch, shared=False)  # asserts _few_shot_shared is not called
+    run_cells(files, tmp_path, "fake_proj", monkeypatch, shared=False)  # asserts _shared_search is not called
