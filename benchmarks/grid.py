@@ -14,6 +14,17 @@ Measured 2026-11-23 on the shared 2-core dev machine (load average 10-14 from ot
 inflated; the summed per-cell CPU time is the robust number): sample of 21 methods x level 1 x seed 0 x k=0,2,5,10
 with --workers 2: 21 cells, 380 s of cell CPU (mean 18 s/cell; pretrained 32 s, adapted_* 17-57 s, plain DML 8-11 s)
 -> full grid 504 cells ~ 9,100 CPU-s ~ 76 min on 2 idle cores (goal: 60 min, not met yet); 757 s wall under load.
+
+Methods that don't adapt (`uses_support=False`: pretrained, protonet, the 8 plain DML methods) now embed the test
+images once per cell and run one kNN search deep enough for every episode and for k = 0 (oodml.eval.subsets).
+`--shared-vs-episodes` times that against the per-episode searches in one process (evaluation CPU, fit cached):
+measured 2026-11-23 14:25 UTC, same machine and load: pretrained 27.5 s -> 5.1 s (ratio 0.19), margin 6.7 s -> 2.3 s
+(0.34), protonet 6.6 s -> 2.3 s (0.36); zero-shot rows identical; episode values identical for margin, and for
+pretrained / protonet 22 / 30 of 180 differ by at most 3e-7 / 3e-6 (float32 rounding swaps near-equidistant
+neighbours). Sample mode for those 10 methods with --workers 2 (14:32 UTC, load ~11): 43.7 s of cell CPU (was 110.5 s:
+pretrained 31.9 -> 5.9 s, DML 7.9-11.3 -> 3.4-6.9 s, protonet 8.6 -> 4.1 s). With the 11 adapting methods unchanged
+(270 s in the sample above): ~314 CPU-s per level and seed -> full grid ~ 7,500 CPU-s ~ 63 min on 2 idle cores; the
+rest is adaptation (adapted_* and baseline/weight_transfer train on every episode's support).
 """
 
 from __future__ import annotations

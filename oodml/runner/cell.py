@@ -278,7 +278,9 @@ def _shared_search(embs: dict[str, np.ndarray], fs: Any, lv: LevelData, cell: Ce
     With `zero`, the same search also gives the zero-shot retrieval metrics (variant -> `retrieval_metrics` dict).
 
     An episode's queries keep their test-row order, so dropping the non-queries from the shared neighbour lists
-    gives the (distance, index) order of a search over the queries alone.
+    gives the (distance, index) order of a search over the queries alone, up to faiss's float32 rounding, which
+    depends on the database layout: neighbours within ~1e-5 relative distance may swap (CUB-sized benchmark:
+    episode values differ by at most 3e-6; benchmarks/grid.py --shared-vs-episodes).
     """
     from oodml.eval import knn_batches, prototype_accuracy
     from oodml.eval.subsets import SubsetRetrieval
