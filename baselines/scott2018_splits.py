@@ -11,7 +11,8 @@ head (784 -> 512 -> 128) from scratch, which is the paper's setting with an MLP 
   are the queries.
 - `omniglot`: 28 x 28 Omniglot with 90/180/270 degree rotations as extra classes; source = the background
   alphabets (964 x 4 classes), target = the evaluation alphabets (659 x 4); one split file per n (n-way episodes of
-  k support images per class, the class's other images are the queries).
+  k support images per class, the class's other images are the queries); the level's test classes are the classes
+  of the sampled tasks, the other evaluation classes are listed as removed.
 
 The features file goes into the oodml feature cache (found by its hash from the split file), so
 `oodml run --config baselines/scott2018_<study>.yaml` needs no `--features`. Same inputs -> byte-identical files.
@@ -96,21 +97,26 @@ def cache_features(fs: FeatureSet) -> Path:
 def scott_split(fs: FeatureSet, *, source: Sequence[str], target: Sequence[str], ks: Sequence[int],
                 ways: int | None, episodes: int, seed: int, study: str) -> SplitSpec:
     """One level: train on `source`, n-way k-shot episodes over `target` (FID of the two class-mean sets)."""
-    means = fs.class_means()
-    index = fs.class_index()
-    fid = frechet_distance(means[[index[c] for c in source]], means[[index[c] for c in target]])
     target_set = set(target)
     ids: dict[str, list[str]] = {c: [] for c in target}
     for p, lab in zip(fs.paths, fs.labels):
         c = str(fs.class_names[lab])
         if c in target_set:
             ids[c].append(str(p))
-    level = Level(level=1, fid=float(fid), train_classes=sorted(source), test_classes=sorted(target))
-    for k in ks:
-        eps, excluded = sample_episodes(ids, k, episodes, key=(study, 1, seed), ways=ways)
-        level.episodes[str(k)] = eps
+    sampled: dict[str, tuple[list[dict[str, list[str]]], list[str]]] = {
+        str(k): sample_episodes(ids, k, episodes, key=(study, 1, seed), ways=ways) for k in ks}
+    # n-way tasks: the test classes are the classes of the sampled tasks (the other target classes are removed), so
+    # that the level's test set, and any search over it, is the size of the tasks and not of the whole target pool
+    used = sorted({c for eps, _ in sampled.values() for ep in eps for c in ep}) if ways is not None else sorted(target)
+    means = fs.class_means()
+    index = fs.class_index()
+    fid = frechet_distance(means[[index[c] for c in source]], means[[index[c] for c in used]])
+    level = Level(level=1, fid=float(fid), train_classes=sorted(source), test_classes=used,
+                  removed_classes=sorted(target_set - set(used)))
+    for k, (eps, excluded) in sampled.items():
+        level.episodes[k] = eps
         if excluded:
-            level.episode_excluded[str(k)] = excluded
+            level.episode_excluded[k] = sorted(set(excluded) & set(used))
     extra = {"protocol": "Scott et al. 2018 (adapted deep embeddings): source classes for training, n-way k-shot "
                          "target tasks on disjoint classes", "study": study, "ways": ways,
              "classes_from": {"features": BACKBONE, "transform": TRANSFORM, "n_classes": len(fs.class_names),
