@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from oodml.methods.base import METHODS, Method, MethodContext, MethodInfo
@@ -68,8 +69,17 @@ def _normsoftmax(p: NormSoftmaxParams, n_classes: int) -> nn.Module:
 
 
 def _histogram(p: HistogramParams, n_classes: int) -> nn.Module:
+    from pytorch_metric_learning.distances import CosineSimilarity
+
+    class BinSafeCosineSimilarity(CosineSimilarity):  # type: ignore[misc]
+        """Cosine similarity capped just below 1: PML's HistogramLoss indexes bin n_bins + 1 (out of range) for a
+        similarity of exactly 1 (duplicate or collapsed embeddings); the cap keeps it in the last bin."""
+
+        def compute_mat(self, query_emb: torch.Tensor, ref_emb: torch.Tensor) -> torch.Tensor:
+            return super().compute_mat(query_emb, ref_emb).clamp(-1.0, 1.0 - 1e-6)
+
     losses = _pml()[0]
-    return PmlObjective(losses.HistogramLoss(n_bins=p.n_bins))
+    return PmlObjective(losses.HistogramLoss(n_bins=p.n_bins, distance=BinSafeCosineSimilarity()))
 
 
 @dataclass(frozen=True)

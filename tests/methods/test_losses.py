@@ -197,3 +197,14 @@ def test_every_dml_loss_has_plain_and_adapted_entries() -> None:
         assert METHODS.info(f"adapted_{loss.name}").uses_support
     assert METHODS.resolve("adapted_hist") == "adapted_histogram"
     assert np.isfinite(float(_objective("histogram")(_emb(6, 128, torch.float32), torch.tensor([0, 0, 1, 1, 2, 2]))))
+
+
+@pytest.mark.parametrize("dtype", TEST_DTYPES)
+def test_histogram_loss_survives_identical_embeddings(dtype: torch.dtype) -> None:
+    """Duplicates give cosine similarity 1, which PML's HistogramLoss alone maps to a bin past the end."""
+    builder = next(x for x in DML_LOSSES if x.name == "histogram").build
+    obj = builder(HistogramParams(n_bins=100), 2)
+    e = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], dtype=dtype, requires_grad=True)
+    loss = obj(e, torch.tensor([0, 0, 1, 1]))
+    loss.backward()
+    assert torch.isfinite(loss) and e.grad is not None and torch.isfinite(e.grad).all()
