@@ -35,8 +35,8 @@ def load(path: str, metric: str) -> pd.DataFrame:
     """Rows of `path` with status ok for `metric`, averaged over seeds: (method, level, fid, k) -> value, n_seeds."""
     df = pd.read_csv(path)
     df = df[(df["status"] == "ok") & (df["metric"] == metric)]
-    g = df.groupby(["method", "split_level", "split_fid", "k_shot"], as_index=False)
-    return g.agg(value=("value", "mean"), n_seeds=("seed", "nunique"))
+    g = df.groupby(["method", "split_level", "k_shot"], as_index=False)
+    return g.agg(split_fid=("split_fid", "first"), value=("value", "mean"), n_seeds=("seed", "nunique"))
 
 
 def _table(rows: list[list[object]], header: Sequence[str]) -> str:
