@@ -1,0 +1,66 @@
+"""The study helper scripts in baselines/: Scott et al. split files and the claim checks."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pandas as pd
+
+from oodml.splits.spec import SplitSpec
+from tests.conftest import make_blobs
+
+BASELINES = Path(__file__).resolve().parents[1] / "baselines"
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"baselines_{name}", BASELINES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_scott_split_nway_tests_only_task_classes(tmp_path: Path) -> None:
+    scott = _load("scott2018_splits")
+    fs = make_blobs(n_classes=30, per_class=12, dim=8)
+    names = [str(c) for c in fs.class_names]
+    source, target = names[:10], names[10:]
+    spec = scott.scott_split(fs, source=source, target=target, ks=(1, 5), ways=5, episodes=3, seed=0, study="t")
+    lv = spec.levels[0]
+    used = {c for eps in lv.episodes.values() for ep in eps for c in ep}
+    assert set(lv.test_classes) == used and len(used) < len(target)
+    assert set(lv.removed_classes) == set(target) - used and lv.train_classes == sorted(source)
+    assert all(len(ep) == 5 and all(len(v) == int(k) for v in ep.values())
+               for k, eps in lv.episodes.items() for ep in eps)
+    a, b = spec.save(tmp_path / "a.json"), tmp_path / "b.json"
+    scott.scott_split(fs, source=source, target=target, ks=(1, 5), ways=5, episodes=3, seed=0, study="t").save(b)
+    assert a.read_bytes() == b.read_bytes()
+    assert SplitSpec.load(a).levels[0].fid > 0
+    every = scott.scott_split(fs, source=source, target=target, ks=(1,), ways=None, episodes=2, seed=0, study="t")
+    assert every.levels[0].test_classes == sorted(target) and not every.levels[0].removed_classes
+
+
+def _rows(method: str, level: int, k: int, value: float, metric: str = "recall@1") -> dict[str, object]:
+    return {"method": method, "split_level": level, "split_fid": 10.0 * level, "k_shot": k, "seed": 0,
+            "metric": metric, "value": value, "status": "ok"}
+
+
+def test_claims_error_reduction_and_trend(tmp_path: Path) -> None:
+    claims = _load("claims")
+    acc = {"baseline": 0.6, "weight_transfer": 0.7, "histogram": 0.5, "protonet": 0.65,
+           "adapted_histogram": 0.72, "adapted_proto": 0.8}
+    path = tmp_path / "scott.csv"
+    pd.DataFrame([_rows(m, 1, 5, v, "accuracy") for m, v in acc.items()]).to_csv(path, index=False)
+    out = claims.scott_claims([str(path)], ["s"])
+    assert "weight_transfer | 0.300 | adapted_proto | 0.200 | 33%" in out  # (0.3 - 0.2) / 0.3
+    rows = [_rows(m, lv, 0, v) for m, base in (("margin", 0.8), ("margin+sec", 0.85))
+            for lv, v in ((1, base), (2, base - 0.05), (3, base - 0.1))]
+    path2 = tmp_path / "oodml.csv"
+    pd.DataFrame(rows).to_csv(path2, index=False)
+    text = claims.oodml_claims(str(path2))
+    assert "| margin | 0.800 | 0.700 | -0.100 | -1.000 | yes |" in text
+    assert "| margin+sec | margin | 0.750 | 0.800 | 0.050 | yes |" in text
