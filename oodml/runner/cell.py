@@ -138,7 +138,8 @@ def _evaluate(task: CellTask, fs: Any) -> tuple[list[dict[str, Any]], list[dict[
     episodes: list[dict[str, Any]] = []
     # a method that doesn't adapt embeds the test images alike in every episode: embed once, search once
     few_ks = [k for k in cell.ks if k > 0]
-    shared = bool(few_ks) and not method.info.uses_support and _supports_in_test(lv, few_ks)
+    shared = (bool(few_ks) and not method.info.uses_support and _supports_in_test(lv, few_ks)
+              and _shared_search_pays_off(fs, lv, few_ks))
     embs = method.embed_variants(inputs(lv.test_rows)) if shared else None
     zero_ok = 0 in cell.ks and method.info.zero_shot
     zero, few = _shared_search(embs, fs, lv, cell, zero_ok) if embs is not None else ({}, {})
@@ -269,6 +270,23 @@ class _KShot:
 def _supports_in_test(lv: LevelData, ks: list[int]) -> bool:
     """True when every support row of these k's episodes is a test row (as split files make them)."""
     return all(np.isin(s, lv.test_rows).all() for k in ks for s in lv.supports[k])
+
+
+#: the shared search must look past every row outside an episode's queries; beyond this share of the test rows
+#: (n-way episodes over a large test pool) per-episode searches are cheaper
+SHARED_SEARCH_MAX_OUTSIDE = 0.5
+
+
+def _shared_search_pays_off(fs: Any, lv: LevelData, ks: list[int]) -> bool:
+    """True when no episode leaves more than `SHARED_SEARCH_MAX_OUTSIDE` of the test rows out of its queries."""
+    test_labels = fs.labels[lv.test_rows]
+    n = len(test_labels)
+    for k in ks:
+        for support in lv.supports[k]:
+            outside = n - int(np.isin(test_labels, np.unique(fs.labels[support])).sum()) + len(support)
+            if outside > SHARED_SEARCH_MAX_OUTSIDE * n:
+                return False
+    return True
 
 
 def _shared_search(embs: dict[str, np.ndarray], fs: Any, lv: LevelData, cell: Cell, zero: bool,

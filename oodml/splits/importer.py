@@ -38,7 +38,7 @@ from oodml.progress import log
 from oodml.splits.spec import Level, SplitSpec
 
 #: the backbone whose features the published ooDML FIDs were computed with
-OODML_BACKBONE = "resnet50 (ooDML published FIDs)"
+OODML_BACKBONE = "resnet50"  # a registered backbone name; `fid_backbone` in the file says the FIDs are the published ones
 _SAFE_DTYPE_KINDS = set("USfiub")
 
 

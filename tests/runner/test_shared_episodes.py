@@ -93,3 +93,16 @@ def test_methods_that_adapt_keep_the_per_episode_path(fakes: None, tmp_path: Pat
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     files = inputs(tmp_path, integer=True)
     run_cells(files, tmp_path, "fake_proj", monkeypatch, shared=False)  # asserts _shared_search is not called
+
+
+def test_shared_search_only_where_it_pays_off() -> None:
+    """All-way episodes share one search; 2-way episodes over a 20-class pool would search nearly every row."""
+    from oodml.runner.grid import LevelData
+
+    fs = make_blobs(n_classes=20, per_class=9, dim=6)
+    test_rows = np.arange(len(fs.labels))
+    all_way = [np.concatenate([test_rows[fs.labels == c][:2] for c in range(20)])]
+    two_way = [np.concatenate([test_rows[fs.labels == c][:2] for c in (0, 1)])]
+    lv = LevelData(1, 1.0, "h", np.array([], dtype=int), test_rows, 0, 20, supports={2: all_way, 3: two_way})
+    assert cell_mod._shared_search_pays_off(fs, lv, [2])
+    assert not cell_mod._shared_search_pays_off(fs, lv, [2, 3])
