@@ -158,7 +158,8 @@ def run(
     regime: Annotated[str | None, typer.Option(help="head (frozen backbone, cached features) or full")] = None,
     executor: Annotated[str | None, typer.Option(help="local or ray")] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster address HOST:PORT")] = None,
-    workers: Annotated[int | None, typer.Option(help="parallel cells (default: CPU count)")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="parallel cells, one thread each, so no number depends on it (default: CPU count)")] = None,
     results: Annotated[Path | None, typer.Option(help="results folder")] = None,
     config: Annotated[Path | None, typer.Option(help="study config YAML with the same option names")] = None,
     method_param: Annotated[list[str], typer.Option(help="override a hyperparameter: name=value or m.name=value")]

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
 from oodml.methods.base import METHODS, Method, MethodContext, MethodInfo
@@ -42,9 +41,11 @@ def _triplet(p: TripletParams, n_classes: int) -> nn.Module:
 
 
 def _margin(p: MarginParams, n_classes: int) -> nn.Module:
-    losses, miners = _pml()
+    losses = _pml()[0]
+    from oodml.methods.pml_batched import BatchedDistanceWeightedMiner
+
     loss = losses.MarginLoss(margin=p.margin, beta=p.beta, learn_beta=p.learn_beta)
-    return PmlObjective(loss, miners.DistanceWeightedMiner(cutoff=p.cutoff, nonzero_loss_cutoff=p.nonzero_loss_cutoff))
+    return PmlObjective(loss, BatchedDistanceWeightedMiner(cutoff=p.cutoff, nonzero_loss_cutoff=p.nonzero_loss_cutoff))
 
 
 def _multisimilarity(p: MultiSimilarityParams, n_classes: int) -> nn.Module:
@@ -69,17 +70,9 @@ def _normsoftmax(p: NormSoftmaxParams, n_classes: int) -> nn.Module:
 
 
 def _histogram(p: HistogramParams, n_classes: int) -> nn.Module:
-    from pytorch_metric_learning.distances import CosineSimilarity
+    from oodml.methods.pml_batched import BinSafeCosineSimilarity, PairHistogramLoss
 
-    class BinSafeCosineSimilarity(CosineSimilarity):  # type: ignore[misc]
-        """Cosine similarity capped just below 1: PML's HistogramLoss indexes bin n_bins + 1 (out of range) for a
-        similarity of exactly 1 (duplicate or collapsed embeddings); the cap keeps it in the last bin."""
-
-        def compute_mat(self, query_emb: torch.Tensor, ref_emb: torch.Tensor) -> torch.Tensor:
-            return super().compute_mat(query_emb, ref_emb).clamp(-1.0, 1.0 - 1e-6)
-
-    losses = _pml()[0]
-    return PmlObjective(losses.HistogramLoss(n_bins=p.n_bins, distance=BinSafeCosineSimilarity()))
+    return PmlObjective(PairHistogramLoss(n_bins=p.n_bins, distance=BinSafeCosineSimilarity()))
 
 
 @dataclass(frozen=True)

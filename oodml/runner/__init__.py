@@ -29,14 +29,20 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+#: torch/faiss threads inside a cell (see `make_tasks`)
+CELL_THREADS = 1
+
+
 def make_tasks(plan: Plan, store: Store) -> tuple[list[CellTask], int]:
     """Tasks for the cells not yet finished (all of them with --force), and how many cells were skipped.
 
     A finished cell asked for more k than it holds is rerun for the union of both (its fit comes from the cache).
     """
     cfg = plan.cfg
-    workers = cfg.workers or cpu_count()
-    threads = max(1, cpu_count() // workers)  # from the requested workers, so a resumed run computes identically
+    # one intra-op thread per cell whatever --workers is: float reductions split over threads round differently
+    # (measured: an adapted cell's map@r moved by 7e-9 between 1 and 2 threads), so a metric would depend on the
+    # worker count; the pool runs cells side by side instead
+    threads = CELL_THREADS
     tasks, skipped = [], 0
     for cell in plan.cells:
         if not cfg.force and store.is_done(cell):

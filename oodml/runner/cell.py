@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from oodml.config import canonical_json
 from oodml.runner.grid import Cell, LevelData
 from oodml.seeding import derive_seed, seed_everything
 
@@ -128,7 +129,7 @@ def _evaluate(task: CellTask, fs: Any) -> tuple[list[dict[str, Any]], list[dict[
     def inputs(rows: np.ndarray) -> Any:
         return api.make_inputs(cell.regime, features=fs, rows=rows, dataset=dataset, backbone=cell.backbone)
 
-    fit_seed = derive_seed("fit", cell.cell_id)
+    fit_seed = derive_seed("fit", canonical_json(cell.seed_key()))
     ctx = MethodContext(regime=cell.regime, in_dim=int(fs.features.shape[1]), backbone=cell.backbone,
                         dataset=cell.dataset, device=task.device, seed=fit_seed % 2**32)
     seed_everything(fit_seed)
@@ -209,7 +210,7 @@ def _zero_shot(method: Any, inputs: Callable[[np.ndarray], Any], fs: Any, lv: Le
         for m in ZERO_SHOT_METRICS[:-1]:
             out.append(_row(variant, 0, m, _finite(r[m], f"{m} ({variant or 'base'}, k=0)"),
                             n_queries=int(r["n_queries"]), knn_k=r.get("knn_k"), knn_backend=r.get("knn_backend")))
-        value = nmi(emb, labels, seed=derive_seed("nmi", cell.cell_id, variant) % 2**32)
+        value = nmi(emb, labels, seed=derive_seed("nmi", canonical_json(cell.seed_key()), variant) % 2**32)
         out.append(_row(variant, 0, "nmi", _finite(value, f"nmi ({variant or 'base'}, k=0)"),
                         n_queries=len(labels)))
     return out

@@ -48,6 +48,12 @@ class Cell:
                 "regime": self.regime, "method": self.method, "method_params": self.params_json,
                 "level": self.level, "split_hash": self.split_hash, "seed": self.seed}
 
+    def seed_key(self) -> dict[str, Any]:
+        """What the cell's seeds derive from: its key without the method and its parameters, so that every method
+        of one (level, seed) starts from the same seed, and `adapted_X`, `X` and `X+sec` fit from the same
+        initialisation and batches (methods derive their own streams from their base name)."""
+        return {k: v for k, v in self.key().items() if k not in ("method", "method_params")}
+
     @property
     def cell_id(self) -> str:
         """Stable id: a readable prefix plus a hash of `key()`; names the cell file and the fit-cache entry."""

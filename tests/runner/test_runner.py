@@ -206,3 +206,18 @@ def test_report_reads_the_store(fakes: None, files: tuple[Path, Path], tmp_path:
     written = build_report(results=tmp_path / "r", metric=None)
     names = {p.name for p in written}
     assert "all.csv" in names and "leaderboard_k0.csv" in names and "leaderboard_k2.csv" in names
+
+
+def test_adapted_and_addon_variants_fit_from_the_same_source_seed(files: tuple[Path, Path], tmp_path: Path) -> None:
+    # `adapted_margin` fits the very model `margin` fits (same init and batches), so their zero-shot rows are equal
+    # and the adapted gain is adaptation alone; `margin+sec` starts from the same init but trains another objective
+    methods = "margin,adapted_margin,margin+sec"
+    c = cfg(files, tmp_path / "r", method=methods, shifts="1", k="0", seeds="0",
+            method_param=["iterations=15", "adapt_iterations=3"])
+    assert run_grid(c) == 0
+    by_method: dict[str, dict[str, float]] = {}
+    for cell in Store(tmp_path / "r").cells():
+        by_method[cell["config"]["methods"][0]] = {r["metric"]: r["value"] for r in cell["rows"] if r["k_shot"] == 0}
+    assert set(by_method) == {"margin", "adapted_margin", "margin+sec"}
+    assert by_method["margin"] == by_method["adapted_margin"]
+    assert by_method["margin"] != by_method["margin+sec"]
