@@ -10,21 +10,29 @@ Timings are printed as ratios to the 1-worker run of the same process, plus abso
 
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/grid.py [--full] [--workers 1,2] [--methods '*']
 
-Measured 2026-11-23 on the shared 2-core dev machine (load average 10-14 from other jobs, so wall times are ~4x
-inflated; the summed per-cell CPU time is the robust number): sample of 21 methods x level 1 x seed 0 x k=0,2,5,10
-with --workers 2: 21 cells, 380 s of cell CPU (mean 18 s/cell; pretrained 32 s, adapted_* 17-57 s, plain DML 8-11 s)
--> full grid 504 cells ~ 9,100 CPU-s ~ 76 min on 2 idle cores (goal: 60 min, not met yet); 757 s wall under load.
+Measured 2026-11-23 15:40-15:53 UTC on the 2-core dev machine, now idle (load < 2; `--workers 1,2`, one process):
+sample of 21 methods x level 1 x seed 0 x k=0,2,5,10 = 21 cells; 1 worker 267.2 s (4.7 cells/min), 2 workers
+137.4 s (9.2 cells/min, ratio 0.51 to 1 worker); summed cell CPU 264 / 250 s -> full grid (504 cells) ~ 107 min
+with 1 worker and ~ 55 min with 2 (extrapolated; a second `--workers 2` run: 129.3 s -> 51.7 min). Under the
+one-hour goal with 2 workers. Per cell (CPU, 2-worker run): adapted_proto 32 s (its adaptation episode is the whole
+support: up to 1,000 rows per step), other adapted_* 16-23 s, weight_transfer 14.5 s, baseline 12.4 s, pretrained
+6.0 s, plain DML and protonet 3.6-4.8 s. Every cell computes with one thread, so the numbers don't depend on
+--workers.
 
-Methods that don't adapt (`uses_support=False`: pretrained, protonet, the 8 plain DML methods) now embed the test
+What got it there (same machine, idle, before -> after): PML's DistanceWeightedMiner draws negatives in a Python
+loop over the batch's labels and HistogramLoss deduplicates all triplets with torch.unique; oodml.methods.pml_batched
+samples / selects the same way with whole-batch tensors: adapted_margin 39.2 -> 19.5 s, adapted_histogram 56.3 ->
+16.5 s per cell (profiled, one thread); class-batch samplers vectorised (one sort instead of a per-class loop). The
+first idle sample (before; a 1-min test ran beside it) was 21 cells in 189.2 s with 2 workers, 279 s of cell
+CPU -> 75.7 min extrapolated.
+
+Methods that don't adapt (`uses_support=False`: pretrained, protonet, the 8 plain DML methods) embed the test
 images once per cell and run one kNN search deep enough for every episode and for k = 0 (oodml.eval.subsets).
 `--shared-vs-episodes` times that against the per-episode searches in one process (evaluation CPU, fit cached):
-measured 2026-11-23 14:25 UTC, same machine and load: pretrained 27.5 s -> 5.1 s (ratio 0.19), margin 6.7 s -> 2.3 s
+measured 2026-11-23 14:25 UTC under load ~11: pretrained 27.5 s -> 5.1 s (ratio 0.19), margin 6.7 s -> 2.3 s
 (0.34), protonet 6.6 s -> 2.3 s (0.36); zero-shot rows identical; episode values identical for margin, and for
 pretrained / protonet 22 / 30 of 180 differ by at most 3e-7 / 3e-6 (float32 rounding swaps near-equidistant
-neighbours). Sample mode for those 10 methods with --workers 2 (14:32 UTC, load ~11): 43.7 s of cell CPU (was 110.5 s:
-pretrained 31.9 -> 5.9 s, DML 7.9-11.3 -> 3.4-6.9 s, protonet 8.6 -> 4.1 s). With the 11 adapting methods unchanged
-(270 s in the sample above): ~314 CPU-s per level and seed -> full grid ~ 7,500 CPU-s ~ 63 min on 2 idle cores; the
-rest is adaptation (adapted_* and baseline/weight_transfer train on every episode's support).
+neighbours).
 """
 
 from __future__ import annotations
