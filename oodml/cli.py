@@ -95,12 +95,15 @@ def embed(
     out: Annotated[Path | None, typer.Option(help="features file to write (.npz)")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="images per forward pass")] = 64,
     workers: Annotated[int | None, typer.Option(min=0, help="image-decoding worker processes")] = None,
+    dataset_option: Annotated[list[str], typer.Option(
+        help="dataset loader option NAME=VALUE, e.g. rotations=true for omniglot (oodml list datasets)")] = [],
 ) -> None:
     """Embed every image of a dataset with a pretrained backbone into a features file (SPEC §2)."""
+    from oodml.config import dataset_options
     from oodml.features.extract import embed_dataset
 
     path = embed_dataset(dataset=dataset, backbone=backbone, data_root=data_root, classes=tuple(classes),
-                         out=out, batch_size=batch_size, workers=workers)
+                         out=out, batch_size=batch_size, workers=workers, options=dataset_options(dataset_option))
     typer.echo(str(path))
 
 
@@ -118,15 +121,19 @@ def make_splits(
     = None,
     seed: Annotated[int, typer.Option(min=0, help="seed for val classes and episodes")] = 0,
     out: Annotated[Path | None, typer.Option(help="split file (default splits/<dataset>.json)")] = None,
+    dataset_option: Annotated[list[str], typer.Option(
+        help="dataset loader option NAME=VALUE, e.g. rotations=true for omniglot (oodml list datasets)")] = [],
 ) -> None:
     """Build a ladder of train/test class splits with rising FID, plus k-shot episodes (SPEC §3)."""
+    from oodml.config import dataset_options
     from oodml.ranges import parse_int_list
     from oodml.splits.generate import make_splits_command
 
     ks = parse_int_list(k, "--k", minimum=1)
     assert ks is not None
     path = make_splits_command(dataset=dataset, backbone=backbone, data_root=data_root, features=features,
-                               levels=levels, ks=ks, episodes=episodes, ways=ways, seed=seed, out=out)
+                               levels=levels, ks=ks, episodes=episodes, ways=ways, seed=seed, out=out,
+                               dataset_options=dataset_options(dataset_option))
     typer.echo(str(path))
 
 
@@ -168,6 +175,8 @@ def run(
     force: Annotated[bool | None, typer.Option("--force/--no-force", help="recompute finished cells")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda")] = None,
     data_root: Annotated[Path | None, typer.Option(help="dataset root (full regime)")] = None,
+    dataset_option: Annotated[list[str], typer.Option(
+        help="dataset loader option NAME=VALUE, e.g. rotations=true for omniglot (oodml list datasets)")] = [],
 ) -> None:
     """Run methods x shift levels x k x seeds; each cell's result is stored as soon as it finishes."""
     from oodml.config import build_run_cfg, parse_param_overrides
@@ -177,7 +186,7 @@ def run(
         features=str(features) if features else None, shifts=shifts, k=k, seeds=seeds, regime=regime,
         executor=executor, address=address, workers=workers, results=str(results) if results else None,
         force=force, device=device, method_params=parse_param_overrides(method_param), plugins=tuple(plugin),
-        data_root=str(data_root) if data_root else None,
+        data_root=str(data_root) if data_root else None, dataset_options=list(dataset_option),
     )
     cfg = build_run_cfg(options, config)
     from oodml.runner import run_grid

@@ -42,6 +42,8 @@ class RunCfg:
     method_params: Mapping[str, Any] = field(default_factory=dict)
     plugins: tuple[str, ...] = ()
     data_root: str | None = None
+    #: loader options of the dataset (e.g. omniglot rotations=true), for embedding it and for the `full` regime
+    dataset_options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -59,6 +61,7 @@ class RunCfg:
         """Plain JSON-able dict of every field."""
         d = dataclasses.asdict(self)
         d["method_params"] = dict(self.method_params)
+        d["dataset_options"] = dict(self.dataset_options)
         return d
 
     def to_row(self) -> dict[str, Any]:
@@ -92,14 +95,15 @@ def cfg_hash(obj: Any) -> str:
     return hashlib.sha1(canonical_json(obj).encode()).hexdigest()
 
 
-def parse_param_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+def parse_param_overrides(items: list[str] | tuple[str, ...], option: str = "--method-param",
+                          example: str = "margin=0.2 or triplet.margin=0.2") -> dict[str, Any]:
     """`['margin=0.2', 'triplet.lr=1e-4']` -> {'margin': 0.2, 'triplet.lr': 0.0001}; values parsed as YAML scalars."""
     import yaml
 
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise OodmlError(f"--method-param {item!r} is not NAME=VALUE (e.g. margin=0.2 or triplet.margin=0.2)")
+            raise OodmlError(f"{option} {item!r} is not NAME=VALUE (e.g. {example})")
         key, value = item.split("=", 1)
         out[key.strip()] = _scalar(value.strip(), yaml)
     return out
@@ -117,7 +121,7 @@ def _scalar(text: str, yaml: Any) -> Any:
 
 _YAML_KEYS = {
     "dataset", "splits", "features", "method", "shifts", "k", "seeds", "regime", "executor", "address", "workers",
-    "results", "force", "device", "method_params", "plugins", "data_root",
+    "results", "force", "device", "method_params", "plugins", "data_root", "dataset_options",
 }
 
 
@@ -150,7 +154,7 @@ def build_run_cfg(options: Mapping[str, Any], config_file: str | Path | None = N
     """Merge a YAML study config with command-line options (those not None win) and validate into a RunCfg."""
     merged: dict[str, Any] = load_yaml_config(config_file) if config_file else {}
     for k, v in options.items():
-        if v is not None and not (k == "method_params" and not v) and not (k == "plugins" and not v):
+        if v is not None and not (k in ("method_params", "plugins", "dataset_options") and not v):
             merged[k] = v
     methods = merged.get("method")
     if methods is None:
@@ -159,6 +163,7 @@ def build_run_cfg(options: Mapping[str, Any], config_file: str | Path | None = N
     params = merged.get("method_params") or {}
     if isinstance(params, (list, tuple)):
         params = parse_param_overrides(list(params))
+    ds_opts = dataset_options(merged.get("dataset_options"))
     plugins = merged.get("plugins") or ()
     if isinstance(plugins, str):
         plugins = tuple(p for p in plugins.split(",") if p)
@@ -180,5 +185,17 @@ def build_run_cfg(options: Mapping[str, Any], config_file: str | Path | None = N
         method_params=dict(params),
         plugins=tuple(plugins),
         data_root=merged.get("data_root"),
+        dataset_options=ds_opts,
     )
     return RunCfg(**kw)
+
+
+def dataset_options(value: Any) -> dict[str, Any]:
+    """Dataset loader options from a YAML mapping or `--dataset-option NAME=VALUE` items ({} for none)."""
+    if not value:
+        return {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, str):
+        value = [value]
+    return parse_param_overrides(list(value), "--dataset-option", "rotations=true")

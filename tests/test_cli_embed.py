@@ -32,10 +32,10 @@ def test_embed_forwards_every_option(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     monkeypatch.setattr(oodml.features.extract, "embed_dataset", fake)
     r = CliRunner().invoke(app, ["embed", "cub200", "--backbone", "resnet50", "--data-root", "/d", "--classes",
                                  "00[1-3].*", "--classes", "01*", "--out", "f.npz", "--batch-size", "8",
-                                 "--workers", "2"])
+                                 "--workers", "2", "--dataset-option", "rotations=true"])
     assert r.exit_code == 0, r.output
     assert seen == [dict(dataset="cub200", backbone="resnet50", data_root=Path("/d"), classes=("00[1-3].*", "01*"),
-                         out=Path("f.npz"), batch_size=8, workers=2)]
+                         out=Path("f.npz"), batch_size=8, workers=2, options={"rotations": True})]
     assert r.output.strip() == str(tmp_path / "x.npz")
 
 
@@ -82,3 +82,19 @@ def test_python_m_oodml_missing_dataset_subprocess(tmp_path: Path) -> None:
                        capture_output=True, text=True, env=env)
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.count("\n") == 1 and p.stderr.startswith("error: dataset cub200 not found in /nonexistent")
+
+
+def test_embed_with_dataset_options(tmp_path: Path) -> None:
+    # Omniglot with rotations (Scott et al.): each character also rotated by 90/180/270 degrees as a class of its own
+    base = ["embed", "omniglot_small", "--classes", "Greek/character0[12]*", "--backbone", "conv4"]
+    r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "plain.npz")])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, [*base, "--dataset-option", "rotations=true", "--out", str(tmp_path / "rot.npz")])
+    assert r.exit_code == 0, r.output
+    with np.load(tmp_path / "plain.npz") as a, np.load(tmp_path / "rot.npz") as b:
+        assert len(b["class_names"]) == 4 * len(a["class_names"]) == 8
+        assert len(b["features"]) == 4 * len(a["features"])
+    r = CliRunner().invoke(app, [*base, "--dataset-option", "nosuch=1"])
+    assert r.exit_code == 2 and "has no option 'nosuch'" in r.output and len(r.output.strip().splitlines()) == 1
+    r = CliRunner().invoke(app, [*base, "--dataset-option", "rotations"])
+    assert r.exit_code == 2 and "is not NAME=VALUE" in r.output

@@ -48,3 +48,15 @@ def test_param_overrides_parse_yaml_scalars() -> None:
         "margin": 0.2, "triplet.lr": 1e-4, "mlp": True}
     with pytest.raises(OodmlError):
         parse_param_overrides(["margin"])
+
+
+def test_dataset_options_from_yaml_or_cli(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "study.yaml"
+    cfg_file.write_text("method: pretrained\ndataset_options:\n  rotations: true\n")
+    assert build_run_cfg({}, cfg_file).dataset_options == {"rotations": True}
+    assert build_run_cfg({"method": "pretrained"}).dataset_options == {}
+    cli = build_run_cfg({"dataset_options": ["rotations=false"]}, cfg_file)
+    assert cli.dataset_options == {"rotations": False}
+    assert cli.to_row()["dataset_options.rotations"] is False
+    with pytest.raises(OodmlError, match="--dataset-option 'rotations' is not NAME=VALUE"):
+        build_run_cfg({"method": "pretrained", "dataset_options": ["rotations"]})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -126,11 +126,15 @@ def _version(package: str) -> str:
 
 
 def features_file(dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: str | Path | None = None,
-                  classes: Sequence[str] = (), batch_size: int = 64, workers: int | None = None) -> Path:
-    """The cached features file for (dataset content, backbone, transform), computed and stored when absent."""
+                  classes: Sequence[str] = (), batch_size: int = 64, workers: int | None = None,
+                  options: Mapping[str, Any] | None = None) -> Path:
+    """The cached features file for (dataset content, backbone, transform), computed and stored when absent.
+
+    `options`: the dataset loader's options (e.g. omniglot `rotations`); they change the content hash and so the
+    cache entry."""
     if batch_size < 1:
         raise OodmlError(f"--batch-size must be >= 1, got {batch_size}")
-    ds = load_dataset(dataset, data_root)
+    ds = load_dataset(dataset, data_root, **dict(options or {}))
     if classes:
         ds = ds.subset_classes(classes)
     name = canonical_backbone(backbone)
@@ -144,7 +148,7 @@ def features_file(dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: str
     feats = compute_features(ds, bb, batch_size=batch_size, workers=workers)
     meta = {"dataset": ds.name, "backbone": name, "transform": bb.transform_id(), "weights": backbone_weights_id(name),
             "dataset_hash": content, "classes": list(classes), "input_size": bb.input_size,
-            "pretrained": bb.pretrained}
+            "pretrained": bb.pretrained, **({"dataset_options": dict(options)} if options else {})}
     split = np.array(ds.class_split) if ds.class_split is not None else None
     FeatureSet(feats, ds.labels, np.array(ds.class_names), np.array(ds.paths), meta, split).save(path)
     log(f"embed: wrote {path}")
@@ -153,11 +157,11 @@ def features_file(dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: str
 
 def embed_dataset(*, dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: str | Path | None = None,
                   classes: Sequence[str] = (), out: str | Path | None = None, batch_size: int = 64,
-                  workers: int | None = None) -> Path:
+                  workers: int | None = None, options: Mapping[str, Any] | None = None) -> Path:
     """The CLI's `embed`: features of every image (or of the `classes` subset); returns the written/cached file."""
     if out is not None and Path(out).suffix != ".npz":
         raise OodmlError(f"--out {str(out)!r} must end in .npz")
-    path = features_file(dataset, backbone, data_root, classes, batch_size, workers)
+    path = features_file(dataset, backbone, data_root, classes, batch_size, workers, options)
     if out is None:
         return path
     dest = Path(out)
@@ -169,7 +173,7 @@ def embed_dataset(*, dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: 
 
 
 def load_or_compute_features(dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: str | Path | None = None,
-                             classes: Sequence[str] = (), batch_size: int = 64,
-                             workers: int | None = None) -> FeatureSet:
+                             classes: Sequence[str] = (), batch_size: int = 64, workers: int | None = None,
+                             options: Mapping[str, Any] | None = None) -> FeatureSet:
     """The FeatureSet for (dataset, backbone), from the on-disk cache or computed and cached."""
-    return FeatureSet.load(features_file(dataset, backbone, data_root, classes, batch_size, workers))
+    return FeatureSet.load(features_file(dataset, backbone, data_root, classes, batch_size, workers, options))

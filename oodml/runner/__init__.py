@@ -53,7 +53,8 @@ def make_tasks(plan: Plan, store: Store) -> tuple[list[CellTask], int]:
             cell = dataclasses.replace(cell, ks=tuple(sorted(set(cell.ks) | set(stored))))
         tasks.append(CellTask(cell=cell, level=plan.levels[cell.level], overrides=dict(cfg.method_params),
                               plugins=tuple(cfg.plugins), device=plan.device, threads=threads,
-                              fit_cache=str(store.fits_dir.resolve()), refit=cfg.force, data_root=cfg.data_root))
+                              fit_cache=str(store.fits_dir.resolve()), refit=cfg.force, data_root=cfg.data_root,
+                              dataset_options=dict(cfg.dataset_options)))
     return tasks, skipped
 
 

@@ -41,6 +41,7 @@ class CellTask:
     fit_cache: str | None = None
     refit: bool = False
     data_root: str | None = None
+    dataset_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -124,7 +125,7 @@ def _evaluate(task: CellTask, fs: Any) -> tuple[list[dict[str, Any]], list[dict[
     if cell.regime == "full":
         from oodml.data import load_dataset
 
-        dataset = load_dataset(cell.dataset, task.data_root)
+        dataset = load_dataset(cell.dataset, task.data_root, **task.dataset_options)
 
     def inputs(rows: np.ndarray) -> Any:
         return api.make_inputs(cell.regime, features=fs, rows=rows, dataset=dataset, backbone=cell.backbone)

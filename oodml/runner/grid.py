@@ -197,7 +197,8 @@ def _load_features(cfg: RunCfg, spec: SplitSpec, splits_path: Path) -> tuple[Fea
     cached = find_cached_features(spec.feature_hash) if spec.feature_hash else None
     if cached is not None:
         return FeatureSet.load(cached), Path(cached)
-    fs = load_or_compute_features(spec.dataset, spec.backbone or "efficientnet_lite0", cfg.data_root)
+    fs = load_or_compute_features(spec.dataset, spec.backbone or "efficientnet_lite0", cfg.data_root,
+                                  options=cfg.dataset_options)
     path = find_cached_features(fs.hash)
     if path is None:
         raise OodmlError(f"features for split file {str(splits_path)!r} could not be cached; "
@@ -232,7 +233,7 @@ def _check_ks(spec: SplitSpec, levels: Sequence[Level], ks: Sequence[int], split
 def _check_full_regime(cfg: RunCfg, spec: SplitSpec, fs: FeatureSet) -> None:
     from oodml.data import load_dataset
 
-    ds = load_dataset(spec.dataset, cfg.data_root)
+    ds = load_dataset(spec.dataset, cfg.data_root, **dict(cfg.dataset_options))
     if list(ds.paths) != [str(p) for p in fs.paths]:
         raise OodmlError(f"--regime full: the {spec.dataset} images under the data root differ from the features "
                          f"file's image ids; pass --data-root with the dataset the features were computed on")

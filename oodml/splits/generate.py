@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -407,7 +408,8 @@ def plot_ladder(spec: SplitSpec, path: str | Path) -> Path:
 
 def make_splits_command(*, dataset: str | None, backbone: str, data_root: str | Path | None,
                         features: str | Path | None, levels: int, ks: tuple[int, ...], episodes: int,
-                        ways: int | None, seed: int, out: str | Path | None) -> Path:
+                        ways: int | None, seed: int, out: str | Path | None,
+                        dataset_options: Mapping[str, Any] | None = None) -> Path:
     """`oodml make-splits`: build the ladder from a features file or from the dataset's (cached) features, write the
     split file and its plot (`<out>.png`). Returns the split file path."""
     if features is not None:
@@ -425,8 +427,10 @@ def make_splits_command(*, dataset: str | None, backbone: str, data_root: str | 
             raise OodmlError("make-splits needs a DATASET or --features FILE.npz")
         from oodml.features.extract import load_or_compute_features
 
-        fs = load_or_compute_features(dataset, backbone, data_root)
+        fs = load_or_compute_features(dataset, backbone, data_root, options=dataset_options)
         classes_from = {"dataset": dataset, "data_root": str(data_root) if data_root else "default data root"}
+        if dataset_options:
+            classes_from["dataset_options"] = dict(dataset_options)
     names = [str(c) for c in fs.class_names]
     classes_from |= {"first_class": min(names), "last_class": max(names)}
     classes_from |= {k: fs.meta[k] for k in ("dataset_hash", "transform") if k in fs.meta}
