@@ -175,6 +175,8 @@ def run(
     force: Annotated[bool | None, typer.Option("--force/--no-force", help="recompute finished cells")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda")] = None,
     data_root: Annotated[Path | None, typer.Option(help="dataset root (full regime)")] = None,
+    backbone: Annotated[str | None, typer.Option(
+        help="full regime: the backbone to train on the images (default: the split file's)")] = None,
     dataset_option: Annotated[list[str], typer.Option(
         help="dataset loader option NAME=VALUE, e.g. rotations=true for omniglot (oodml list datasets)")] = [],
 ) -> None:
@@ -186,7 +188,7 @@ def run(
         features=str(features) if features else None, shifts=shifts, k=k, seeds=seeds, regime=regime,
         executor=executor, address=address, workers=workers, results=str(results) if results else None,
         force=force, device=device, method_params=parse_param_overrides(method_param), plugins=tuple(plugin),
-        data_root=str(data_root) if data_root else None, dataset_options=list(dataset_option),
+        data_root=str(data_root) if data_root else None, dataset_options=list(dataset_option), backbone=backbone,
     )
     cfg = build_run_cfg(options, config)
     from oodml.runner import run_grid

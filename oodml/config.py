@@ -44,6 +44,8 @@ class RunCfg:
     data_root: str | None = None
     #: loader options of the dataset (e.g. omniglot rotations=true), for embedding it and for the `full` regime
     dataset_options: Mapping[str, Any] = field(default_factory=dict)
+    #: the backbone the `full` regime trains (default: the split file's); in `head` it must be the features' backbone
+    backbone: str | None = None
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -121,7 +123,7 @@ def _scalar(text: str, yaml: Any) -> Any:
 
 _YAML_KEYS = {
     "dataset", "splits", "features", "method", "shifts", "k", "seeds", "regime", "executor", "address", "workers",
-    "results", "force", "device", "method_params", "plugins", "data_root", "dataset_options",
+    "results", "force", "device", "method_params", "plugins", "data_root", "dataset_options", "backbone",
 }
 
 
@@ -186,6 +188,7 @@ def build_run_cfg(options: Mapping[str, Any], config_file: str | Path | None = N
         plugins=tuple(plugins),
         data_root=merged.get("data_root"),
         dataset_options=ds_opts,
+        backbone=merged.get("backbone"),
     )
     return RunCfg(**kw)
 

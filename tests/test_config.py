@@ -60,3 +60,10 @@ def test_dataset_options_from_yaml_or_cli(tmp_path: Path) -> None:
     assert cli.to_row()["dataset_options.rotations"] is False
     with pytest.raises(OodmlError, match="--dataset-option 'rotations' is not NAME=VALUE"):
         build_run_cfg({"method": "pretrained", "dataset_options": ["rotations"]})
+
+
+def test_backbone_option_reaches_the_config(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "study.yaml"
+    cfg_file.write_text("method: protonet\nregime: full\nbackbone: conv4\n")
+    assert build_run_cfg({}, cfg_file).backbone == "conv4"
+    assert build_run_cfg({"method": "protonet"}).backbone is None

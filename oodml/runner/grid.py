@@ -155,12 +155,12 @@ def plan_grid(cfg: RunCfg) -> Plan:
             f"with `oodml make-splits --features {features_path}`")
     levels = _select_levels(spec, cfg.shifts)
     _check_ks(spec, levels, cfg.ks, splits_path)
+    backbone = _backbone(cfg, spec.backbone or fs.backbone)
     if cfg.regime == "full":
         _check_full_regime(cfg, spec, fs)
     index = ImageIndex(fs)
     # every k of the file, not just the requested ones: a resumed cell may extend a stored cell's k
     resolved = {lv.level: resolve_level(fs, index, lv, sorted(int(k) for k in lv.episodes)) for lv in levels}
-    backbone = spec.backbone or fs.backbone
     cells = [
         Cell(dataset=spec.dataset, backbone=backbone, feature_hash=fhash, regime=cfg.regime, method=m,
              params_json=canonical_json(params[m]), level=lv, split_hash=resolved[lv].split_hash, seed=s,
@@ -170,6 +170,20 @@ def plan_grid(cfg: RunCfg) -> Plan:
     return Plan(cfg=cfg, dataset=spec.dataset, backbone=backbone, spec=spec, splits_path=splits_path, features=fs,
                 features_path=features_path, feature_hash=fhash, device=resolve_device(cfg.device), methods=names,
                 params=params, families=families, levels=resolved, cells=cells)
+
+
+def _backbone(cfg: RunCfg, features_backbone: str) -> str:
+    """The cells' backbone: `--backbone` (full regime: the net to train, e.g. conv4 from scratch on the images of a
+    pixel-features split), else the split file's."""
+    if not cfg.backbone or cfg.backbone == features_backbone:
+        return features_backbone
+    if cfg.regime != "full":
+        raise OodmlError(f"--backbone {cfg.backbone} differs from the features' backbone {features_backbone!r}: the "
+                         f"head regime trains on those features; use --regime full to train {cfg.backbone} on the "
+                         "images, or make splits from its features")
+    from oodml.features.backbones import canonical_backbone
+
+    return canonical_backbone(cfg.backbone)  # an unknown name: OodmlError listing the registered ones
 
 
 def _splits_path(cfg: RunCfg) -> tuple[str, Path]:

@@ -12,6 +12,7 @@ import pytest
 
 from oodml.config import RunCfg, build_run_cfg
 from oodml.errors import OodmlError
+from oodml.features.io import FeatureSet
 from oodml.runner import Store, plan_grid, run_grid
 from oodml.runner.store import method_label
 from oodml.schema import EPISODE_COLUMNS, ROW_COLUMNS
@@ -73,6 +74,16 @@ def test_split_for_other_features_is_rejected(fakes: None, files: tuple[Path, Pa
     other, _ = write_inputs(tmp_path / "other", n_classes=12, per_class=7)
     with pytest.raises(OodmlError, match="built on features .* --features"):
         run_grid(cfg((other, files[1]), tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
+
+
+def test_backbone_option_is_for_the_full_regime(fakes: None, files: tuple[Path, Path], tmp_path: Path) -> None:
+    with pytest.raises(OodmlError, match="differs from the features' backbone .* --regime full"):
+        plan_grid(cfg(files, tmp_path / "r", backbone="conv4"))
+    with pytest.raises(OodmlError, match="unknown backbone 'conv5'"):
+        plan_grid(cfg(files, tmp_path / "r", backbone="conv5", regime="full"))
+    same = plan_grid(cfg(files, tmp_path / "r", backbone=FeatureSet.load(files[0]).backbone))
+    assert {c.backbone for c in same.cells} == {FeatureSet.load(files[0]).backbone}
     assert not (tmp_path / "r").exists()
 
 

@@ -26,8 +26,9 @@ def fakes() -> Iterator[None]:
 
 
 def inputs(tmp: Path, *, integer: bool) -> tuple[Path, Path]:
-    """20 classes x 9 images, D = 6; integer coordinates make every distance exact (and create real ties)."""
-    fs = make_blobs(n_classes=20, per_class=9, dim=6, seed=2, spread=2.0)
+    """20 classes x 16 images, D = 6 (k-shot supports stay under a fifth of the test rows, so the shared search is
+    taken); integer coordinates make every distance exact (and create real ties)."""
+    fs = make_blobs(n_classes=20, per_class=16, dim=6, seed=2, spread=2.0)
     feats = np.round(fs.features) if integer else fs.features
     fs = FeatureSet(feats.astype(np.float32), fs.labels, fs.class_names, fs.paths, fs.meta, fs.class_split)
     f = fs.save(tmp / "feats.npz")
@@ -71,7 +72,7 @@ def test_shared_search_equals_per_episode_path_exactly(fakes: None, tmp_path: Pa
     old = run_cells(files, tmp_path, "fake_fewonly", monkeypatch, shared=False)
     assert_same(new, old)
     rows = {(r["variant"], r["k"], r["metric"]): r for r in new[0].metrics}
-    assert rows[("raw", 3, "map@r")]["n_queries"] == 10 * 6 and rows[("raw", 3, "map@r")]["knn_k"] == 8
+    assert rows[("raw", 3, "map@r")]["n_queries"] == 10 * 13 and rows[("raw", 3, "map@r")]["knn_k"] == 12
     assert rows[("", 2, "accuracy")]["n_episodes"] == 3
     assert len(new[0].episodes) == 2 * 3 * 2 * 6  # k x episodes x variants x metrics
     assert 0.0 < rows[("raw", 2, "recall@1")]["value"] < 1.0  # not a degenerate layout
@@ -96,13 +97,17 @@ def test_methods_that_adapt_keep_the_per_episode_path(fakes: None, tmp_path: Pat
 
 
 def test_shared_search_only_where_it_pays_off() -> None:
-    """All-way episodes share one search; 2-way episodes over a 20-class pool would search nearly every row."""
+    """All-way 2-shot episodes share one search; 2-way episodes over a 20-class pool would search nearly every row,
+    and 6-shot all-way episodes (half the rows are support, as 10-shot Omniglot) look past too many rows."""
     from oodml.runner.grid import LevelData
 
-    fs = make_blobs(n_classes=20, per_class=9, dim=6)
+    fs = make_blobs(n_classes=20, per_class=12, dim=6)
     test_rows = np.arange(len(fs.labels))
     all_way = [np.concatenate([test_rows[fs.labels == c][:2] for c in range(20)])]
     two_way = [np.concatenate([test_rows[fs.labels == c][:2] for c in (0, 1)])]
-    lv = LevelData(1, 1.0, "h", np.array([], dtype=int), test_rows, 0, 20, supports={2: all_way, 3: two_way})
-    assert cell_mod._shared_search_pays_off(fs, lv, [2])
-    assert not cell_mod._shared_search_pays_off(fs, lv, [2, 3])
+    half = [np.concatenate([test_rows[fs.labels == c][:6] for c in range(20)])]
+    lv = LevelData(1, 1.0, "h", np.array([], dtype=int), test_rows, 0, 20,
+                   supports={2: all_way, 3: two_way, 6: half})
+    assert cell_mod._shared_search_pays_off(fs, lv, 2)
+    assert not cell_mod._shared_search_pays_off(fs, lv, 3)
+    assert not cell_mod._shared_search_pays_off(fs, lv, 6)
