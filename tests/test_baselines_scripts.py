@@ -63,4 +63,4 @@ def test_claims_error_reduction_and_trend(tmp_path: Path) -> None:
     pd.DataFrame(rows).to_csv(path2, index=False)
     text = claims.oodml_claims(str(path2))
     assert "| margin | 0.800 | 0.700 | -0.100 | -1.000 | yes |" in text
-    assert "| margin+sec | margin | 0.750 | 0.800 | 0.050 | yes |" in text
+    assert "| margin+sec | margin | 0.750 | 0.800 | 0.050 | 1/1 | yes |" in text
