@@ -223,11 +223,9 @@ def _few_shot(method: Any, inputs: Callable[[np.ndarray], Any], fs: Any, lv: Lev
 
     acc = _KShot(k)
     n_queries: list[int] = []
-    test_labels = fs.labels[lv.test_rows]
     for e, support in enumerate(lv.supports[k]):
         s_lab = fs.labels[support]
-        mask = np.isin(test_labels, np.unique(s_lab)) & ~np.isin(lv.test_rows, support)
-        queries = lv.test_rows[mask]
+        queries = lv.test_rows[_query_mask(fs, lv, support)]
         q_lab = fs.labels[queries]
         n_queries.append(len(queries))
         seed_everything(derive_seed("adapt", cell.cell_id, k, e))
@@ -269,6 +267,11 @@ class _KShot:
         return rows, self.episodes
 
 
+def _query_mask(fs: Any, lv: LevelData, support: np.ndarray) -> np.ndarray:
+    """Over the level's test rows: True for an episode's queries, i.e. its classes' test images less its support."""
+    return np.isin(fs.labels[lv.test_rows], np.unique(fs.labels[support])) & ~np.isin(lv.test_rows, support)
+
+
 def _supports_in_test(lv: LevelData, ks: list[int]) -> bool:
     """True when every support row of these k's episodes is a test row (as split files make them)."""
     return all(np.isin(s, lv.test_rows).all() for k in ks for s in lv.supports[k])
@@ -285,10 +288,9 @@ SHARED_SEARCH_MAX_OUTSIDE = 0.2
 def _shared_search_pays_off(fs: Any, lv: LevelData, k: int) -> bool:
     """True when no `k`-shot episode leaves more than `SHARED_SEARCH_MAX_OUTSIDE` of the test rows out of its
     queries (its support, and for n-way episodes the other classes)."""
-    test_labels = fs.labels[lv.test_rows]
-    n = len(test_labels)
+    n = len(lv.test_rows)
     for support in lv.supports[k]:
-        outside = n - int(np.isin(test_labels, np.unique(fs.labels[support])).sum()) + len(support)
+        outside = n - int(_query_mask(fs, lv, support).sum())
         if outside > SHARED_SEARCH_MAX_OUTSIDE * n:
             return False
     return True
@@ -314,9 +316,7 @@ def _shared_search(embs: dict[str, np.ndarray], fs: Any, lv: LevelData, ks: list
     for k in ks:
         for e, support in enumerate(lv.supports[k]):
             s_pos = np.searchsorted(lv.test_rows, support)
-            mask = np.isin(test_labels, np.unique(fs.labels[support]))
-            mask[s_pos] = False
-            plan.append((k, e, s_pos, mask))
+            plan.append((k, e, s_pos, _query_mask(fs, lv, support)))
     results: dict[tuple[str, int, int], dict[str, Any]] = {}
     zero_shot: dict[str, dict[str, Any]] = {}
     for variant, emb in embs.items():
