@@ -245,12 +245,23 @@ def _check_ks(spec: SplitSpec, levels: Sequence[Level], ks: Sequence[int], split
 
 
 def _check_full_regime(cfg: RunCfg, spec: SplitSpec, fs: FeatureSet) -> None:
+    """The full regime trains on the images behind the features file's rows: each row's image id must be an image of
+    the same class in the dataset under the data root. A features file of part of the images (`embed --classes`, a
+    Scott et al. split that keeps some of MNIST's images) is fine."""
     from oodml.data import load_dataset
 
     ds = load_dataset(spec.dataset, cfg.data_root, **dict(cfg.dataset_options))
-    if list(ds.paths) != [str(p) for p in fs.paths]:
-        raise OodmlError(f"--regime full: the {spec.dataset} images under the data root differ from the features "
-                         f"file's image ids; pass --data-root with the dataset the features were computed on")
+    where = {str(p): i for i, p in enumerate(ds.paths)}
+    for path, label in zip(fs.paths, fs.labels):
+        i = where.get(str(path))
+        if i is None:
+            raise OodmlError(f"--regime full: image {str(path)!r} of the features file is not among the "
+                             f"{spec.dataset} images under {ds.root}; pass --data-root with the dataset the features "
+                             "were computed on")
+        if ds.class_names[int(ds.labels[i])] != str(fs.class_names[label]):
+            raise OodmlError(f"--regime full: image {str(path)!r} is of class {str(fs.class_names[label])!r} in the "
+                             f"features file but {ds.class_names[int(ds.labels[i])]!r} under {ds.root}; pass "
+                             "--data-root with the dataset the features were computed on")
 
 
 class ImageIndex:

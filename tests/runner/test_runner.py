@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from oodml.config import RunCfg, build_run_cfg
@@ -16,7 +17,7 @@ from oodml.features.io import FeatureSet
 from oodml.runner import Store, plan_grid, run_grid
 from oodml.runner.store import method_label
 from oodml.schema import EPISODE_COLUMNS, ROW_COLUMNS
-from tests.runner.fakes import FIT_CALLS, fake_methods, write_inputs
+from tests.runner.fakes import FIT_CALLS, build_split, fake_methods, write_inputs
 
 VOLATILE = ("created_at", "wall_time_s", "peak_mem_mb", "git_sha")
 
@@ -232,3 +233,40 @@ def test_adapted_and_addon_variants_fit_from_the_same_source_seed(files: tuple[P
     assert set(by_method) == {"margin", "adapted_margin", "margin+sec"}
     assert by_method["margin"] == by_method["adapted_margin"]
     assert by_method["margin"] != by_method["margin+sec"]
+
+
+def _small_omniglot_features(tmp: Path, *, n_classes: int = 12, per_class: int = 4, corrupt: str = "") -> Path:
+    """Random features for part of the embedded omniglot_small images (the first `per_class` of `n_classes`)."""
+    from oodml.data import load_dataset
+
+    ds = load_dataset("omniglot_small")
+    rows = [r for c in range(n_classes) for r in np.flatnonzero(ds.labels == c)[:per_class]]
+    paths = [ds.paths[r] for r in rows]
+    names = [ds.class_names[c] for c in range(n_classes)]
+    if corrupt == "path":
+        paths[5] = paths[5].replace(".png", "_x.png")
+    elif corrupt == "class":
+        names[0], names[1] = names[1], names[0]
+    labels = np.asarray(ds.labels[rows], dtype=np.int64)
+    feats = np.random.default_rng(0).normal(size=(len(rows), 8)).astype(np.float32)
+    meta = {"dataset": "omniglot_small", "backbone": "pixels28", "transform": "none"}
+    fs = FeatureSet(feats, labels, np.array(names), np.array(paths), meta, None).sorted()
+    f = fs.save(tmp / "feats.npz")
+    return f
+
+
+@pytest.mark.parametrize("corrupt, needle", [("", ""), ("path", "is not among the omniglot_small images"),
+                                             ("class", "in the features file but")])
+def test_full_regime_accepts_features_of_part_of_the_images(fakes: None, tmp_path: Path, corrupt: str,
+                                                            needle: str) -> None:
+    # a features file of some classes and some of their images (embed --classes, Scott's MNIST subset) trains in
+    # the full regime; an image id the dataset lacks, or one filed under another class, is rejected before running
+    f = _small_omniglot_features(tmp_path, corrupt=corrupt)
+    s = build_split(FeatureSet.load(f), levels=2).save(tmp_path / "splits.json")
+    run = cfg((f, s), tmp_path / "r", backbone="conv4", regime="full")
+    if not needle:
+        plan = plan_grid(run)
+        assert len(plan.cells) == 4 and {c.backbone for c in plan.cells} == {"conv4"}
+        return
+    with pytest.raises(OodmlError, match=needle):
+        plan_grid(run)
