@@ -84,6 +84,12 @@ def method_family(spec: str) -> str:
     return METHODS.info(parse_spec(spec)[0]).family
 
 
+def _spec_fields(spec: str) -> set[str]:
+    """Hyperparameter names of a method spec (its method's and its add-ons')."""
+    name, addons = parse_spec(spec)
+    return field_names(METHODS.info(name).params).union(*(field_names(ADDONS[a].params) for a in addons))
+
+
 def _all_fields() -> set[str]:
     names: set[str] = set()
     for n in METHODS.names():
@@ -155,7 +161,7 @@ def validate_overrides(specs: Sequence[str], overrides: Mapping[str, Any]) -> No
     for key in overrides:
         if "." in key:
             continue
-        if not any(key in method_params(s) for s in specs):
+        if not any(key in _spec_fields(s) for s in specs):
             raise OodmlError(f"--method-param {key}=... applies to none of the methods {', '.join(specs)}")
 
 

@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
 from oodml.errors import OodmlError, suggest
 
 HEADS = ("linear", "mlp")
 ADAPT_SCOPES = ("last", "all")
+ADAPT_STOPS = ("fixed", "plateau")
+
+#: field metadata of hyperparameters added after results were published: such a field is left out of a method's
+#: resolved parameters (and so of its cells' ids) while it has its default, which keeps the old behaviour, so that
+#: finished cells keep their ids and are not rerun.
+LATER = {"omit_at_default": True}
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,15 @@ class TrainParams:
         adapt_lr: learning rate of the adaptation.
         adapt_scope: `last` (the head's last layer plus loss parameters, ooDML) or `all` (all trainable parameters,
             Scott et al.).
+        adapt_stop: `fixed` (exactly `adapt_iterations` steps, ooDML) or `plateau` (Scott et al.: at most
+            `adapt_iterations` steps; every `adapt_check_every` steps the fit to the support is scored (classifier
+            methods: the classifier's accuracy on the support; embedding methods: leave-one-out 1-NN accuracy among
+            the support images); the weights with the best score are kept, and training stops once the best score
+            gained less than `adapt_min_gain` (relative) over `adapt_patience` steps. An embedding method with one
+            image per class has nothing to score, so it is not adapted, as in Scott et al.'s code at k = 1).
+        adapt_check_every: `plateau`: steps between two scorings of the support.
+        adapt_patience: `plateau`: window of steps over which the best score must improve.
+        adapt_min_gain: `plateau`: relative improvement of the best score required per window (Scott et al.: 0.01).
     """
 
     embed_dim: int = 128
@@ -51,9 +66,20 @@ class TrainParams:
     adapt_iterations: int = 100
     adapt_lr: float = 1e-3
     adapt_scope: str = "last"
+    adapt_stop: str = field(default="fixed", metadata=LATER)
+    adapt_check_every: int = field(default=1, metadata=LATER)
+    adapt_patience: int = field(default=100, metadata=LATER)
+    adapt_min_gain: float = field(default=0.01, metadata=LATER)
 
     def validate(self) -> None:
         """Raise OodmlError for out-of-range values."""
+        if self.adapt_stop not in ADAPT_STOPS:
+            raise OodmlError(f"adapt_stop={self.adapt_stop!r} is not one of {', '.join(ADAPT_STOPS)}")
+        if not 1 <= self.adapt_check_every <= self.adapt_patience:
+            raise OodmlError(f"need 1 <= adapt_check_every <= adapt_patience, got {self.adapt_check_every} and "
+                             f"{self.adapt_patience}")
+        if self.adapt_min_gain < 0:
+            raise OodmlError(f"adapt_min_gain must be >= 0, got {self.adapt_min_gain}")
         if self.head not in HEADS:
             raise OodmlError(f"head={self.head!r} is not one of {', '.join(HEADS)}")
         if self.adapt_scope not in ADAPT_SCOPES:
@@ -279,7 +305,14 @@ def build_params(cls: type, values: Mapping[str, Any], *, what: str) -> Any:
 
 
 def to_jsonable(obj: Any) -> dict[str, Any]:
-    """A params dataclass as a JSON-able dict (tuples become lists)."""
+    """A params dataclass as a JSON-able dict (tuples become lists); `LATER` fields only where not at their
+    default."""
     if obj is None:
         return {}
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(obj).items()}
+    out = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if f.metadata.get("omit_at_default") and v == f.default:
+            continue
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from abc import abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -71,6 +71,43 @@ def class_means(e: torch.Tensor, y: np.ndarray, n_classes: int) -> torch.Tensor:
     sums = torch.zeros(n_classes, e.shape[1], dtype=e.dtype, device=e.device).index_add_(0, yt, e)
     counts = torch.bincount(yt, minlength=n_classes).clamp_min(1).to(e.dtype)
     return sums / counts[:, None]
+
+
+def loo_nn_accuracy(e: torch.Tensor, y: np.ndarray) -> float | None:
+    """Leave-one-out 1-nearest-neighbour accuracy (Euclidean) among the rows of `e` whose class has >= 2 rows;
+    None when no class has 2 (nothing to score)."""
+    labels = torch.as_tensor(np.asarray(y), dtype=torch.long)
+    counts = torch.bincount(labels)
+    scored = counts[labels] >= 2
+    if not bool(scored.any()):
+        return None
+    d = torch.cdist(e.double(), e.double())
+    d.fill_diagonal_(float("inf"))
+    hit = labels[d.argmin(dim=1)] == labels
+    return float(hit[scored].double().mean())
+
+
+class _Plateau:
+    """Scott et al.'s stopping rule for the adaptation: keep the weights with the best support score; stop once the
+    best score gained less than `min_gain` (relative) since the previous window."""
+
+    def __init__(self, min_gain: float) -> None:
+        self.min_gain = min_gain
+        self.best = float("-inf")
+        self.best_state: Any = None
+        self.reference = 0.0
+
+    def update(self, score: float | None, snapshot: Callable[[], Any]) -> None:
+        """Record a scoring; snapshot the weights when the score is a new best (ties keep the earlier weights)."""
+        if score is not None and score > self.best:
+            self.best, self.best_state = score, snapshot()
+
+    def plateaued(self) -> bool:
+        """At the end of a window: True to stop."""
+        if self.best - self.reference < self.min_gain * self.reference or self.best == float("-inf"):
+            return True
+        self.reference = self.best
+        return False
 
 
 class EmbeddingMethod(Method):
@@ -242,6 +279,7 @@ class EmbeddingMethod(Method):
         opts = [torch.optim.Adam(g, weight_decay=p.weight_decay) if g else None for g in groups]
         self._train_mode(stage)
         show = progress(f"{stage} {self.spec}", iterations) if stage == "fit" else contextlib.nullcontext()
+        stop = _Plateau(p.adapt_min_gain) if stage == "adapt" and p.adapt_stop == "plateau" else None
         with self._only_training(groups), show as bar:
             for it in range(iterations):
                 idx = self.batch_indices(y, rng, stage)
@@ -256,8 +294,28 @@ class EmbeddingMethod(Method):
                             opt.step()
                 if bar is not None:
                     bar.update(1)
+                if stop is not None and (it + 1) % p.adapt_check_every == 0:
+                    stop.update(self.support_score(x, y), self._snapshot)
+                    self._train_mode(stage)
+                if stop is not None and (it + 1) % p.adapt_patience == 0 and stop.plateaued():
+                    break
+        if stop is not None and stop.best_state is not None:
+            self._restore(stop.best_state)
         for net in self.nets:
             net.eval()
+
+    def _snapshot(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        return ([copy.deepcopy(n.state_dict()) for n in self.nets],
+                [copy.deepcopy(o.state_dict()) for o in self.objectives])
+
+    def _restore(self, state: tuple[list[dict[str, Any]], list[dict[str, Any]]]) -> None:
+        for module, sd in zip([*self.nets, *self.objectives], [*state[0], *state[1]]):
+            module.load_state_dict(sd)
+
+    def support_score(self, x: Inputs, y: np.ndarray) -> float | None:
+        """How well model 1 fits the support `x` (labels 0..C-1), for the `plateau` adaptation stop: leave-one-out
+        1-NN accuracy of its embeddings; None when no class has two images."""
+        return loo_nn_accuracy(torch.from_numpy(self._embed_net(0, x)), y)
 
     # ----------------------------------------------------------------------------------------------- protocol
     def fit(self, x: Inputs, y: np.ndarray) -> None:
@@ -293,6 +351,8 @@ class EmbeddingMethod(Method):
         yi = yi.astype(np.int64)
         with seeded_torch(self._seed("adapt")):
             new.prepare_adapt(x, yi, len(classes))
+            if new.params.adapt_stop == "plateau" and new.support_score(x, yi) is None:
+                return new  # one image per class: nothing to score the adaptation on (Scott et al. don't adapt)
             new._train(x, yi, "adapt")
         return new
 

@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -48,6 +49,15 @@ class ClassifierMethod(EmbeddingMethod):
     def make_objective(self, n_classes: int, stage: str) -> nn.Module:
         """Linear classifier + cross-entropy."""
         return ClassifierObjective(self.params.embed_dim, n_classes)
+
+    def support_score(self, x: Inputs, y: np.ndarray) -> float | None:
+        """The classifier's accuracy on the support (what Scott et al. watch when fine-tuning a classifier)."""
+        e = torch.from_numpy(self._embed_net(0, x))
+        objective = self.objectives[0]
+        assert isinstance(objective, ClassifierObjective)
+        with torch.no_grad():
+            pred = objective.fc(e.to(self.ctx.device)).argmax(dim=1).cpu().numpy()
+        return float(np.mean(pred == np.asarray(y)))
 
 
 class BaselineMethod(ClassifierMethod):
