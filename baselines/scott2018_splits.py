@@ -1,10 +1,10 @@
 """Build the inputs of the Scott et al. (2018, "Adapted Deep Embeddings") studies: a pixel features file and a
 one-level split file per target-task shape.
 
-Scott et al. train every network from scratch on 28 x 28 images. On the project's 2-core CPU the `full` regime
-(conv4 on images) is too slow for their grid, so these studies run in the `head` regime on raw pixels: the
-"features" are the 28 x 28 grayscale images themselves (784-d, scaled to [-1, 1]) and every method trains its MLP
-head (784 -> 512 -> 128) from scratch, which is the paper's setting with an MLP instead of a conv net.
+The features file holds the raw 28 x 28 pixels (784-d, scaled to [-1, 1]). The `head`-regime configs
+(`baselines/scott2018_{mnist,omniglot_5way,omniglot_20way}.yaml`) train an MLP head (784 -> 512 -> 128) from scratch
+on them; the `_conv4` configs train Scott et al.'s kind of net, a conv net from scratch on the images themselves
+(`--regime full --backbone conv4`), on the same split files (same classes, tasks and support images).
 
 - `mnist`: source = digits 0-4 (the 60,000-image `train` part), target = digits 5-9 (200 random `t10k` images per
   digit, `--target-per-class`); one level, 5-way episodes with k support images per digit, the other target images
