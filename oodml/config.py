@@ -156,15 +156,19 @@ def build_run_cfg(options: Mapping[str, Any], config_file: str | Path | None = N
     """Merge a YAML study config with command-line options (those not None win) and validate into a RunCfg."""
     merged: dict[str, Any] = load_yaml_config(config_file) if config_file else {}
     for k, v in options.items():
-        if v is not None and not (k in ("method_params", "plugins", "dataset_options") and not v):
+        if v is None or (k in ("method_params", "plugins", "dataset_options") and not v):
+            continue
+        if k == "method_params":  # per name: `--method-param lr=...` on top of a config keeps its other values
+            merged[k] = {**_param_map(merged.get(k)), **_param_map(v)}
+        elif k == "dataset_options":
+            merged[k] = {**dataset_options(merged.get(k)), **dataset_options(v)}
+        else:
             merged[k] = v
     methods = merged.get("method")
     if methods is None:
         raise OodmlError("no method given; pass --method NAME[,NAME...] (`oodml list methods` shows all)")
     method_list = tuple(m.strip() for m in _as_text(methods).split(",") if m.strip())
-    params = merged.get("method_params") or {}
-    if isinstance(params, (list, tuple)):
-        params = parse_param_overrides(list(params))
+    params = _param_map(merged.get("method_params"))
     ds_opts = dataset_options(merged.get("dataset_options"))
     plugins = merged.get("plugins") or ()
     if isinstance(plugins, str):
@@ -191,6 +195,15 @@ def build_run_cfg(options: Mapping[str, Any], config_file: str | Path | None = N
         backbone=merged.get("backbone"),
     )
     return RunCfg(**kw)
+
+
+def _param_map(value: Any) -> dict[str, Any]:
+    """Method hyperparameters from a YAML mapping or `--method-param NAME=VALUE` items ({} for none)."""
+    if not value:
+        return {}
+    if isinstance(value, (list, tuple)):
+        return parse_param_overrides(list(value))
+    return dict(value)
 
 
 def dataset_options(value: Any) -> dict[str, Any]:

@@ -67,3 +67,16 @@ def test_backbone_option_reaches_the_config(tmp_path: Path) -> None:
     cfg_file.write_text("method: protonet\nregime: full\nbackbone: conv4\n")
     assert build_run_cfg({}, cfg_file).backbone == "conv4"
     assert build_run_cfg({"method": "protonet"}).backbone is None
+
+
+def test_cli_method_params_and_dataset_options_merge_into_the_config(tmp_path: Path) -> None:
+    # `oodml run --config study.yaml --method-param adapt_lr=...` changes that value only: the config's other
+    # hyperparameters stay (they were silently dropped before)
+    cfg_file = tmp_path / "s.yaml"
+    cfg_file.write_text("method: adapted_proto\nmethod_params:\n  head: mlp\n  adapt_lr: 0.001\n"
+                        "dataset_options:\n  rotations: true\n")
+    cfg = build_run_cfg({"method_params": {"adapt_lr": 1e-4, "adapted_proto.iterations": 5},
+                         "dataset_options": ["other=1"]}, cfg_file)
+    assert cfg.method_params == {"head": "mlp", "adapt_lr": 1e-4, "adapted_proto.iterations": 5}
+    assert cfg.dataset_options == {"rotations": True, "other": 1}
+    assert build_run_cfg({"method_params": {}}, cfg_file).method_params == {"head": "mlp", "adapt_lr": 0.001}
