@@ -16,6 +16,7 @@ from oodml.errors import OodmlError, suggest
 HEADS = ("linear", "mlp")
 ADAPT_SCOPES = ("last", "all")
 ADAPT_STOPS = ("fixed", "plateau")
+ADAPT_BN = ("train", "frozen")
 
 #: field metadata of hyperparameters added after results were published: such a field is left out of a method's
 #: resolved parameters (and so of its cells' ids) while it has its default, which keeps the old behaviour, so that
@@ -51,6 +52,9 @@ class TrainParams:
         adapt_check_every: `plateau`: steps between two scorings of the support.
         adapt_patience: `plateau`: window of steps over which the best score must improve.
         adapt_min_gain: `plateau`: relative improvement of the best score required per window (Scott et al.: 0.01).
+        adapt_bn: `train`: BatchNorm layers that adapt re-estimate their running statistics on the support batches
+            (as in training; Scott et al.'s code); `frozen`: they keep the source statistics while their weights
+            adapt (a 5-image support batch gives noisy statistics).
     """
 
     embed_dim: int = 128
@@ -70,6 +74,7 @@ class TrainParams:
     adapt_check_every: int = field(default=1, metadata=LATER)
     adapt_patience: int = field(default=100, metadata=LATER)
     adapt_min_gain: float = field(default=0.01, metadata=LATER)
+    adapt_bn: str = field(default="train", metadata=LATER)
 
     def validate(self) -> None:
         """Raise OodmlError for out-of-range values."""
@@ -78,6 +83,8 @@ class TrainParams:
         if not 1 <= self.adapt_check_every <= self.adapt_patience:
             raise OodmlError(f"need 1 <= adapt_check_every <= adapt_patience, got {self.adapt_check_every} and "
                              f"{self.adapt_patience}")
+        if self.adapt_bn not in ADAPT_BN:
+            raise OodmlError(f"adapt_bn={self.adapt_bn!r} is not one of {', '.join(ADAPT_BN)}")
         if self.adapt_min_gain < 0:
             raise OodmlError(f"adapt_min_gain must be >= 0, got {self.adapt_min_gain}")
         if self.head not in HEADS:

@@ -233,12 +233,17 @@ class EmbeddingMethod(Method):
         return out
 
     def _train_mode(self, stage: str) -> None:
-        """Train mode for what `stage` trains; the frozen part stays in eval mode (no BatchNorm statistics change)."""
+        """Train mode for what `stage` trains; the frozen part stays in eval mode (no BatchNorm statistics change),
+        and so does every BatchNorm layer when adapting with `adapt_bn=frozen`."""
         for net in self.nets:
             net.train()
             if stage == "adapt" and self.params.adapt_scope == "last":
                 for mod in [net.trunk, *list(net.head)[:-1]]:
                     mod.eval()
+            if stage == "adapt" and self.params.adapt_bn == "frozen":
+                for mod in net.modules():
+                    if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                        mod.eval()
 
     def _losses(self, x: Inputs, idx: np.ndarray, y: np.ndarray, key: tuple[object, ...]) -> list[torch.Tensor]:
         """One loss per cohort model on the batch `idx` (labels `y` are 0..C-1)."""

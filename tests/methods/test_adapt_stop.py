@@ -1,4 +1,5 @@
-"""The `plateau` adaptation stop (Scott et al.): best-support-score weights, early stop, no adaptation at k = 1."""
+"""Adaptation options: the `plateau` stop (Scott et al.: best-support-score weights, early stop, no adaptation at
+k = 1) and `adapt_bn` (BatchNorm statistics re-estimated on the support or kept)."""
 
 from __future__ import annotations
 
@@ -125,6 +126,27 @@ def test_stop_options_keep_old_cell_ids_and_are_validated() -> None:
     assert method_params("adapted_proto", {"adapt_stop": "plateau"})["adapt_stop"] == "plateau"
     for bad, needle in [({"adapt_stop": "early"}, "one of fixed, plateau"),
                         ({"adapt_check_every": 5, "adapt_patience": 2}, "adapt_check_every <= adapt_patience"),
-                        ({"adapt_min_gain": -0.1}, "adapt_min_gain must be >= 0")]:
+                        ({"adapt_min_gain": -0.1}, "adapt_min_gain must be >= 0"),
+                        ({"adapt_bn": "fixed"}, "one of train, frozen")]:
         with pytest.raises(OodmlError, match=needle):
             method_params("adapted_proto", bad)
+
+
+def _bn_stats(m: EmbeddingMethod) -> list[torch.Tensor]:
+    return [b.clone() for net in m.nets for name, b in net.named_buffers() if name.endswith("running_mean")]
+
+
+@pytest.mark.parametrize("spec", ["adapted_proto", "weight_transfer"])
+def test_adapt_bn_frozen_keeps_the_source_statistics(spec: str, data: tuple) -> None:
+    fs = data[0]
+    sup = _support(data, 2)
+    xs = make_inputs("head", features=fs, rows=sup)
+    stats = {}
+    for mode in ("train", "frozen"):
+        m = _fitted(spec, data, head="mlp", hidden_dim=16, adapt_iterations=3, adapt_scope="all", adapt_bn=mode)
+        source = _bn_stats(m)
+        assert source  # the mlp head has a BatchNorm layer
+        a = m.adapt(xs, fs.labels[sup])
+        stats[mode] = all(torch.equal(s, t) for s, t in zip(source, _bn_stats(a)))
+        assert not any(mod.training for net in a.nets for mod in net.modules())  # eval mode after adapting
+    assert stats == {"train": False, "frozen": True}
