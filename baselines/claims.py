@@ -11,7 +11,7 @@ Only reads `results/<study>/<dataset>/all.csv`; computes differences and rank co
 
 Usage:
     python baselines/claims.py oodml results/oodml_cub200_subset/cub200/all.csv
-    python baselines/claims.py scott results/scott2018_mnist/mnist/all.csv [more all.csv ...]
+    python baselines/claims.py scott results/scott2018_mnist/mnist/all.csv [more all.csv ...] [--plot claim4.png]
     python baselines/claims.py cost results/oodml_cub200_subset [more results folders ...]
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 from scipy.stats import spearmanr
@@ -104,10 +105,9 @@ def oodml_claims(path: str) -> str:
     return "\n".join(out)
 
 
-def scott_claims(paths: Sequence[str], labels: Sequence[str]) -> str:
-    """Markdown table: error of the best single family vs the best hybrid per (study, k), relative reduction."""
-    rows = []
-    reductions = []
+def scott_records(paths: Sequence[str], labels: Sequence[str]) -> list[dict[str, Any]]:
+    """Per (study, k): the best single family and the best hybrid, their errors and the relative error reduction."""
+    out: list[dict[str, Any]] = []
     for path, label in zip(paths, labels):
         d = load(path, "accuracy")
         for k, g in d.groupby("k_shot"):
@@ -117,13 +117,66 @@ def scott_claims(paths: Sequence[str], labels: Sequence[str]) -> str:
             if singles.empty or hybrids.empty:
                 continue
             e_s, e_h = 1 - float(singles.max()), 1 - float(hybrids.max())
-            red = (e_s - e_h) / e_s if e_s > 0 else float("nan")
-            reductions.append(red)
-            rows.append([label, int(k), f"{singles.idxmax()}", e_s, f"{hybrids.idxmax()}", e_h, f"{100 * red:.0f}%"])
-    mean = sum(reductions) / len(reductions) if reductions else float("nan")
+            out.append({"study": label, "k": int(k), "single": str(singles.idxmax()), "e_single": e_s,
+                        "hybrid": str(hybrids.idxmax()), "e_hybrid": e_h,
+                        "reduction": (e_s - e_h) / e_s if e_s > 0 else float("nan")})
+    return out
+
+
+def scott_claims(paths: Sequence[str], labels: Sequence[str]) -> str:
+    """Markdown table: error of the best single family vs the best hybrid per (study, k), relative reduction."""
+    recs = scott_records(paths, labels)
+    rows = [[r["study"], r["k"], r["single"], r["e_single"], r["hybrid"], r["e_hybrid"],
+             f"{100 * float(r['reduction']):.0f}%"] for r in recs]
+    reds = [float(r["reduction"]) for r in recs]
+    mean = sum(reds) / len(reds) if reds else float("nan")
     return (_table(rows, ["study", "k", "best single family", "its error", "best hybrid", "its error",
                           "error reduction"]) + f"\n\nMean error reduction over these settings: {100 * mean:.0f}% "
             "(paper: 34% on average)")
+
+
+#: study-name suffix -> how the variant differs from the pixel-MLP study with fixed adaptation steps
+VARIANTS = {"": "MLP on pixels, fixed adaptation steps", "_plateau": "MLP on pixels, Scott et al.'s stopping rule",
+            "_conv4": "conv4 on the images, fixed adaptation steps"}
+
+
+def scott_plot(paths: Sequence[str], labels: Sequence[str], out: str) -> str:
+    """Dot plot of the error reduction per task setting, one colour per study variant, the paper's 34% as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = scott_records(paths, labels)
+    def split(study: str) -> tuple[str, str]:
+        for suffix in sorted(VARIANTS, key=len, reverse=True):
+            if suffix and study.endswith(suffix):
+                return study.removeprefix("scott2018_").removesuffix(suffix), suffix
+        return study.removeprefix("scott2018_"), ""
+    tasks = list(dict.fromkeys(split(str(r["study"]))[0] for r in recs))  # in the order given
+    settings = sorted({(split(str(r["study"]))[0], int(str(r["k"]))) for r in recs},
+                      key=lambda tk: (tasks.index(tk[0]), tk[1]))
+    x = {s: i for i, s in enumerate(settings)}
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(settings) + 5), 4.6))
+    variants = [v for v in VARIANTS if any(split(str(r["study"]))[1] == v for r in recs)]
+    for j, v in enumerate(variants):
+        pts = [(x[(split(str(r["study"]))[0], int(str(r["k"])))] + 0.18 * (j - (len(variants) - 1) / 2),
+                100 * float(r["reduction"])) for r in recs if split(str(r["study"]))[1] == v]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=VARIANTS[v], s=36, zorder=3)
+    ax.axhline(34, color="black", ls="--", lw=1, label="paper: +34% on average")
+    ax.axhline(0, color="grey", lw=0.8)
+    def pretty(task: str) -> str:
+        name, _, ways = task.partition("_")
+        return f"{name.capitalize() if name != 'mnist' else 'MNIST'}\n{ways.replace('way', '-way') or '5-way'}"
+    ax.set_xticks(range(len(settings)), [f"{pretty(t)}\nk = {k}" for t, k in settings], fontsize=8)
+    ax.set_ylabel("error reduction of the best hybrid\nvs the best single family (%)")
+    ax.set_title("Scott et al. (2018), Claim 4: adapted embeddings vs the best single family")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(out, dpi=120, metadata={"Software": None})
+    plt.close(fig)
+    return out
 
 
 def cost(results: str) -> str:
@@ -146,13 +199,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("kind", choices=("oodml", "scott", "cost"))
     ap.add_argument("csv", nargs="+")
+    ap.add_argument("--plot", help="scott: also write a dot plot of the error reductions to this PNG")
     a = ap.parse_args(argv)
     if a.kind == "cost":
         print("\n".join(cost(r) for r in a.csv))
     elif a.kind == "oodml":
         print(oodml_claims(a.csv[0]))
     else:
-        print(scott_claims(a.csv, [p.split("/")[-3] if p.count("/") >= 2 else p for p in a.csv]))
+        labels = [p.split("/")[-3] if p.count("/") >= 2 else p for p in a.csv]
+        print(scott_claims(a.csv, labels))
+        if a.plot:
+            print(f"\nplot: {scott_plot(a.csv, labels, a.plot)}")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,14 @@ def test_claims_error_reduction_and_trend(tmp_path: Path) -> None:
     pd.DataFrame([_rows(m, 1, 5, v, "accuracy") for m, v in acc.items()]).to_csv(path, index=False)
     out = claims.scott_claims([str(path)], ["s"])
     assert "weight_transfer | 0.300 | adapted_proto | 0.200 | 33%" in out  # (0.3 - 0.2) / 0.3
+    # the dot plot: one point per (task, k) and variant; the same input gives the same bytes
+    recs = claims.scott_records([str(path)] * 2, ["scott2018_x", "scott2018_x_plateau"])
+    assert [(r["study"], r["k"], round(float(r["reduction"]), 3)) for r in recs] == [
+        ("scott2018_x", 5, 0.333), ("scott2018_x_plateau", 5, 0.333)]
+    pngs = [claims.scott_plot([str(path)] * 2, ["scott2018_x", "scott2018_x_plateau"], str(tmp_path / f"{i}.png"))
+            for i in range(2)]
+    data = [Path(f).read_bytes() for f in pngs]
+    assert data[0][:8] == b"\x89PNG\r\n\x1a\n" and data[0] == data[1]
     rows = [_rows(m, lv, 0, v) for m, base in (("margin", 0.8), ("margin+sec", 0.85))
             for lv, v in ((1, base), (2, base - 0.05), (3, base - 0.1))]
     path2 = tmp_path / "oodml.csv"
