@@ -155,6 +155,9 @@ def _as_text(v: Any) -> str:
 def build_run_cfg(options: Mapping[str, Any], config_file: str | Path | None = None) -> RunCfg:
     """Merge a YAML study config with command-line options (those not None win) and validate into a RunCfg."""
     merged: dict[str, Any] = load_yaml_config(config_file) if config_file else {}
+    if options.get("method") is not None and merged.get("method_params"):
+        merged["method_params"] = _for_methods(_param_map(merged["method_params"]), options["method"],
+                                               merged.get("plugins") or options.get("plugins") or ())
     for k, v in options.items():
         if v is None or (k in ("method_params", "plugins", "dataset_options") and not v):
             continue
@@ -195,6 +198,15 @@ def build_run_cfg(options: Mapping[str, Any], config_file: str | Path | None = N
         backbone=merged.get("backbone"),
     )
     return RunCfg(**kw)
+
+
+def _for_methods(params: dict[str, Any], methods: Any, plugins: Any) -> dict[str, Any]:
+    """A config's method_params restricted to those that apply to the command line's `--method` list."""
+    from oodml import methods as methods_api
+
+    methods_api.load_plugins(tuple(p for p in _as_text(plugins).split(",") if p))
+    specs = methods_api.resolve_methods(tuple(m.strip() for m in _as_text(methods).split(",") if m.strip()))
+    return methods_api.applicable_params(specs, params)
 
 
 def _param_map(value: Any) -> dict[str, Any]:

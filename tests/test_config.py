@@ -80,3 +80,25 @@ def test_cli_method_params_and_dataset_options_merge_into_the_config(tmp_path: P
     assert cfg.method_params == {"head": "mlp", "adapt_lr": 1e-4, "adapted_proto.iterations": 5}
     assert cfg.dataset_options == {"rotations": True, "other": 1}
     assert build_run_cfg({"method_params": {}}, cfg_file).method_params == {"head": "mlp", "adapt_lr": 0.001}
+
+
+def test_cli_method_subset_drops_config_params_of_other_methods(tmp_path: Path) -> None:
+    # `oodml run --config scott.yaml --method baseline` (one cell of a study): the config's `ways` is a protonet /
+    # adapted-method field, written for the config's methods; it is dropped, not an error. A typo stays an error, and
+    # so does a command-line value that applies to none of the chosen methods.
+    from oodml.methods import validate_overrides
+
+    cfg_file = tmp_path / "s.yaml"
+    cfg_file.write_text("method: [baseline, protonet]\nmethod_params:\n  ways: 5\n  iterations: 7\n"
+                        "  protonet.lr: 0.01\n")
+    cfg = build_run_cfg({"method": "baseline", "method_params": {}}, cfg_file)
+    assert cfg.methods == ("baseline",)
+    assert cfg.method_params == {"iterations": 7}
+    validate_overrides(["baseline"], cfg.method_params)
+    assert build_run_cfg({}, cfg_file).method_params == {"ways": 5, "iterations": 7, "protonet.lr": 0.01}
+    cli = build_run_cfg({"method": "baseline", "method_params": {"ways": 3}}, cfg_file)
+    with pytest.raises(OodmlError, match="applies to none"):
+        validate_overrides(["baseline"], cli.method_params)
+    cfg_file.write_text("method: baseline\nmethod_params:\n  wyas: 5\n")
+    with pytest.raises(OodmlError, match="no method has a hyperparameter 'wyas'"):
+        validate_overrides(["baseline"], build_run_cfg({"method": "baseline"}, cfg_file).method_params)

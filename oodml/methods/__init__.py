@@ -22,7 +22,7 @@ from oodml.methods.trainer import EmbeddingMethod
 __all__ = [
     "ADDONS", "AddonInfo", "EmbeddingMethod", "FeatureInputs", "ImageInputs", "Inputs", "METHODS", "Method",
     "MethodContext", "MethodInfo", "build_method", "canonical_spec", "load_plugins", "make_inputs", "method_family",
-    "method_params", "parse_spec", "resolve_methods", "resolve_params", "validate_overrides",
+    "applicable_params", "method_params", "parse_spec", "resolve_methods", "resolve_params", "validate_overrides",
 ]
 
 ENTRY_POINT_GROUP = "oodml.methods"
@@ -151,6 +151,25 @@ def method_params(spec: str, overrides: Mapping[str, Any] = {}) -> dict[str, Any
     out = to_jsonable(params)
     for p in addons.values():
         out.update(to_jsonable(p))
+    return out
+
+
+def applicable_params(specs: Sequence[str], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The overrides that apply to at least one of `specs` (bare names by field, `method.name` by method).
+
+    A study config's `method_params` are written for the config's methods; when the command line picks a subset of
+    methods (`--config study.yaml --method baseline`), the config's values for the other methods are dropped rather
+    than rejected. Unknown names are kept, so that `validate_overrides` still reports them.
+    """
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if "." in key:
+            target = _targets(key)
+            keep = any(target in (parse_spec(s)[0], canonical_spec(s)) for s in specs)
+        else:
+            keep = key not in _all_fields() or any(key in _spec_fields(s) for s in specs)
+        if keep:
+            out[key] = value
     return out
 
 
