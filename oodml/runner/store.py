@@ -100,7 +100,28 @@ def provenance() -> dict[str, Any]:
             libs[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
-    return {"oodml_version": __version__, "git_sha": _git_sha(), "libraries": libs}
+    return {"oodml_version": __version__, "git_sha": _git_sha(), "libraries": libs, "host": host()}
+
+
+def host() -> dict[str, Any]:
+    """The CPU a cell ran on. CPU numbers are bit-identical for the same seed on the same kind of CPU; the math
+    libraries (MKL, oneDNN) pick kernels by instruction set, so another kind of CPU may differ in the last bits."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    out: dict[str, Any] = {"cpu": cpu, "machine": platform.machine()}
+    try:
+        import torch
+
+        out["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # noqa: BLE001 -- provenance is best effort
+        pass
+    return out
 
 
 def _git_sha() -> str | None:

@@ -111,6 +111,7 @@ def test_run_writes_ok_cells_with_schema_rows(fakes: None, files: tuple[Path, Pa
     assert r0["method_family"] == "baseline" and json.loads(r0["method_params"]) == {"dim": 4}
     assert r0["split_fid"] in (10.0, 20.0) and r0["n_train_classes"] == 6 and r0["wall_time_s"] > 0
     assert c["provenance"]["oodml_version"] and "torch" in c["provenance"]["libraries"]
+    assert c["provenance"]["host"]["cpu"] and c["provenance"]["host"]["torch_cpu_capability"]  # which CPU kind
     assert not list((tmp_path / "r" / "cells").glob("*.tmp"))
 
 
