@@ -12,11 +12,24 @@ singular). No D × D matrix square root is formed.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
 from oodml.errors import OodmlError
+
+
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Run BLAS/LAPACK on one thread inside the block: a multi-threaded GEMM sums in a thread-count-dependent order,
+    which moves the FID in its last digits, and the split file's bytes with it (`OMP_NUM_THREADS` must not change a
+    split file)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 @dataclass(frozen=True)
@@ -64,8 +77,18 @@ def moments_from_sums(n: int, total: np.ndarray, gram: np.ndarray) -> Moments:
 
 
 def _sqrt_sum(eigenvalues: np.ndarray) -> float:
-    """Σ √λ over the eigenvalues of a PSD matrix; rounding-level negatives count as 0."""
-    return float(np.sqrt(np.clip(eigenvalues, 0.0, None)).sum())
+    """Σ √λ over the eigenvalues of a PSD matrix; eigenvalues at rounding level (|λ| ≤ n ε max|λ|, the rank
+    tolerance of `np.linalg.matrix_rank`) count as 0.
+
+    A rank-deficient matrix (fewer class means than dimensions on one side) has exact zero eigenvalues that come out
+    of `eigvalsh` as ±1e-16 max|λ|; their square roots (1e-8 √max|λ|) would put noise into the 8th digit of the FID
+    that changes with the BLAS kernels and thread count, and with it the split file's bytes.
+    """
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    if lam.size == 0:
+        return 0.0
+    tol = float(np.abs(lam).max()) * lam.size * np.finfo(np.float64).eps
+    return float(np.sqrt(np.where(lam > tol, lam, 0.0)).sum())
 
 
 def _congruence(cov_a: np.ndarray, cov_b: np.ndarray) -> np.ndarray:
@@ -131,7 +154,9 @@ def frechet_distance(means_a: np.ndarray, means_b: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to two sets of class means (rows), SPEC §3.
 
     Sample mean and `np.cov(rowvar=False)` (ddof 1) per set; exact to float64 rounding, no eps. Identical sets (in
-    any row order) give exactly 0.0, and swapping the arguments gives exactly the same value.
+    any row order) give exactly 0.0, and swapping the arguments gives exactly the same value. BLAS runs on one
+    thread, so the value does not depend on `OMP_NUM_THREADS` (it can differ in the last digits on another kind of
+    CPU, whose BLAS kernels sum in another order).
 
     Args:
         means_a: (n_a, D) class means, n_a ≥ 2.
@@ -148,4 +173,5 @@ def frechet_distance(means_a: np.ndarray, means_b: np.ndarray) -> float:
         return 0.0
     if (a.shape[0], a.tobytes()) > (b.shape[0], b.tobytes()):  # a fixed argument order makes the result symmetric
         a, b = b, a
-    return frechet_from_moments(moments_of(a), moments_of(b))
+    with one_blas_thread():
+        return frechet_from_moments(moments_of(a), moments_of(b))

@@ -32,7 +32,7 @@ from oodml.errors import OodmlError
 from oodml.features.io import FeatureSet
 from oodml.progress import log, progress
 from oodml.splits.episodes import sample_episodes
-from oodml.splits.frechet import Moments, frechet_distance, frechet_from_moments, moments_from_sums
+from oodml.splits.frechet import Moments, frechet_distance, frechet_from_moments, moments_from_sums, one_blas_thread
 from oodml.splits.spec import Level, SplitSpec
 
 TRAIN, TEST, REMOVED = 0, 1, 2
@@ -303,6 +303,16 @@ def build_ladder(fs: FeatureSet, *, levels: int = 8, ks: tuple[int, ...] = (2, 5
     Returns:
         The validated SplitSpec, levels 1..L by strictly increasing FID.
     """
+    with one_blas_thread():  # the walk's choices and the level FIDs must not depend on OMP_NUM_THREADS
+        return _build_ladder(fs, levels=levels, ks=ks, episodes=episodes, seed=seed, ways=ways,
+                             val_fraction=val_fraction, floor_fraction=floor_fraction, tabu=tabu,
+                             swaps_per_step=swaps_per_step, max_steps=max_steps, patience=patience,
+                             min_gain=min_gain, classes_from=classes_from)
+
+
+def _build_ladder(fs: FeatureSet, *, levels: int, ks: tuple[int, ...], episodes: int, seed: int, ways: int | None,
+                  val_fraction: float, floor_fraction: float, tabu: int, swaps_per_step: int | None, max_steps: int,
+                  patience: int, min_gain: float, classes_from: dict[str, Any] | None) -> SplitSpec:
     cfg = LadderCfg(levels=levels, ks=tuple(ks), episodes=episodes, seed=seed, ways=ways, val_fraction=val_fraction,
                     floor_fraction=floor_fraction, tabu=tabu, swaps_per_step=swaps_per_step, max_steps=max_steps,
                     patience=patience, min_gain=min_gain)

@@ -97,3 +97,32 @@ def test_bad_inputs_are_user_errors() -> None:
     bad[0, 0] = np.nan
     with pytest.raises(OodmlError, match="NaN"):
         frechet_distance(bad, b)
+
+
+def test_rank_deficient_side_has_no_rounding_noise_from_zero_eigenvalues() -> None:
+    # a: 6 class means in 40-d (factor form, rank 5); b: a's rows 9 times over, shifted by c (54 rows > 40 dims:
+    # covariance form). Then Σ_b = 9·(n_a − 1)/(n_b − 1) Σ_a = s Σ_a with s = 45/53, and
+    # FID = ‖c‖² + Tr Σ_a (1 − √s)². The eigenproblem behind Tr (Σ_a Σ_b)^½ is 6 × 6 of rank 5: its zero eigenvalue
+    # comes out at ±1e-16 max λ, whose square root (1e-8) used to land in the 8th digit of the FID.
+    g = np.random.default_rng(4)  # seeds 2-5 put the zero eigenvalue above 0 (the old error: 3e-7 to 8e-7 relative)
+    a = g.normal(size=(6, 40)) * np.linspace(0.5, 3.0, 40)
+    c = g.normal(size=40) * 0.1
+    b = np.tile(a, (9, 1)) + c
+    s = 9 * 5 / 53
+    tr_a = float(np.trace(np.cov(a, rowvar=False)))
+    expected = float(c @ c) + tr_a * (1 - np.sqrt(s)) ** 2
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+def test_value_does_not_depend_on_the_blas_thread_count() -> None:
+    # the split file's bytes must not change with OMP_NUM_THREADS: the FID runs BLAS on one thread whatever the limit
+    from threadpoolctl import threadpool_limits
+
+    g = np.random.default_rng(3)  # without the one-thread pin: 1229.93634465977 (1 thread) vs ...46018 (2 threads)
+    big = g.normal(size=(2000, 300)) @ g.normal(size=(300, 300)) / 10
+    small = g.normal(size=(40, 300)) @ g.normal(size=(300, 300)) / 10 + 0.3
+    values = set()
+    for threads in (1, 2, 4):
+        with threadpool_limits(limits=threads, user_api="blas"):
+            values.add(frechet_distance(big, small))
+    assert len(values) == 1
