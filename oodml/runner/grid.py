@@ -33,7 +33,7 @@ class Cell:
 
     dataset: str
     backbone: str
-    feature_hash: str
+    feature_hash: str  # the features the split file was built on (the same features up to rounding may be used)
     regime: str
     method: str
     params_json: str
@@ -148,12 +148,9 @@ def plan_grid(cfg: RunCfg) -> Plan:
                          f"{cfg.dataset!r}; pass the matching --splits")
     fs, features_path = _load_features(cfg, spec, splits_path)
     fhash = fs.hash
-    if spec.feature_hash and spec.feature_hash != fhash:
-        raise OodmlError(
-            f"split file {str(splits_path)!r} was built on features {spec.feature_hash[:12]}..., but "
-            f"{str(features_path)!r} holds {fhash[:12]}...; pass the matching --features or rebuild the splits "
-            f"with `oodml make-splits --features {features_path}`")
     levels = _select_levels(spec, cfg.shifts)
+    if spec.feature_hash and spec.feature_hash != fhash:
+        _check_equivalent_features(spec, fs, levels, splits_path, features_path)
     _check_ks(spec, levels, cfg.ks, splits_path)
     backbone = _backbone(cfg, spec.backbone or fs.backbone)
     if cfg.regime == "full":
@@ -161,8 +158,11 @@ def plan_grid(cfg: RunCfg) -> Plan:
     index = ImageIndex(fs)
     # every k of the file, not just the requested ones: a resumed cell may extend a stored cell's k
     resolved = {lv.level: resolve_level(fs, index, lv, sorted(int(k) for k in lv.episodes)) for lv in levels}
+    # the cells' identity (ids, seeds) names the split file's features, so that the same features recomputed on
+    # another kind of CPU (see _check_equivalent_features) give the same cells, fitted from the same seeds
+    identity = spec.feature_hash or fhash
     cells = [
-        Cell(dataset=spec.dataset, backbone=backbone, feature_hash=fhash, regime=cfg.regime, method=m,
+        Cell(dataset=spec.dataset, backbone=backbone, feature_hash=identity, regime=cfg.regime, method=m,
              params_json=canonical_json(params[m]), level=lv, split_hash=resolved[lv].split_hash, seed=s,
              ks=tuple(cfg.ks))
         for m in names for lv in resolved for s in cfg.seeds
@@ -218,6 +218,45 @@ def _load_features(cfg: RunCfg, spec: SplitSpec, splits_path: Path) -> tuple[Fea
         raise OodmlError(f"features for split file {str(splits_path)!r} could not be cached; "
                          f"run `oodml embed {spec.dataset} --out F.npz` and pass --features F.npz")
     return fs, Path(path)
+
+
+FEATURE_FID_TOLERANCE = 1e-4  # relative; recomputing the features on another kind of CPU moves level FIDs by ~1e-7
+
+
+def _check_equivalent_features(spec: SplitSpec, fs: FeatureSet, levels: Sequence[Level], splits_path: Path,
+                               features_path: Path) -> None:
+    """Features other than those the split file was built on: go on only when they are the same features up to
+    rounding, i.e. they hold every class of the levels and give the levels' recorded FIDs to FEATURE_FID_TOLERANCE.
+
+    That is the case when the same images are embedded by the same backbone on another kind of CPU (its convolution
+    kernels round differently: the features differ by ~1e-7 relative, and with them the content hash). Anything
+    else (another backbone, other images, a stale split file) is an error, as a hash mismatch always was.
+    """
+    from oodml.progress import log
+    from oodml.splits.frechet import frechet_distance
+
+    mismatch = (f"split file {str(splits_path)!r} was built on features {spec.feature_hash[:12]}..., but "
+                f"{str(features_path)!r} holds {fs.hash[:12]}...")
+    fix = f"pass the matching --features or rebuild the splits with `oodml make-splits --features {features_path}`"
+    index = fs.class_index()
+    means = fs.class_means()
+    worst = 0.0
+    for lv in levels:
+        absent = [c for c in (*lv.train_classes, *lv.test_classes) if c not in index]
+        if absent:
+            raise OodmlError(f"{mismatch}, which lack {len(absent)} class(es) of level {lv.level} "
+                             f"(e.g. {absent[0]!r}); {fix}")
+        if len(lv.train_classes) < 2 or len(lv.test_classes) < 2:
+            continue
+        fid = frechet_distance(means[[index[c] for c in lv.train_classes]],
+                               means[[index[c] for c in lv.test_classes]])
+        worst = max(worst, abs(fid - lv.fid) / max(abs(lv.fid), 1e-12))
+        if worst > FEATURE_FID_TOLERANCE:
+            raise OodmlError(f"{mismatch}, on which level {lv.level} has FID {fid:.6g}, not the file's "
+                             f"{lv.fid:.6g}; {fix}")
+    log(f"note: {mismatch}; the same images and backbone computed on another kind of CPU, most likely: the level "
+        f"FIDs agree to {worst:.1e} (relative), so the run goes on, but its numbers match results made on the split "
+        "file's own features only to about that precision, not bit for bit")
 
 
 def _select_levels(spec: SplitSpec, shifts: Sequence[int] | None) -> list[Level]:

@@ -146,7 +146,7 @@ def cell_payload(plan: Plan, cell: Cell, result: CellResult) -> dict[str, Any]:
     base = {
         "schema_version": SCHEMA_VERSION, "oodml_version": prov["oodml_version"], "git_sha": prov["git_sha"],
         "created_at": now, "cell_id": cell.cell_id, "dataset": cell.dataset, "backbone": cell.backbone,
-        "feature_hash": cell.feature_hash, "method_family": plan.families[cell.method],
+        "feature_hash": plan.feature_hash, "method_family": plan.families[cell.method],
         "method_params": cell.params_json, "split_level": cell.level, "split_fid": lv.fid,
         "n_train_classes": lv.n_train_classes, "n_test_classes": lv.n_test_classes, "split_hash": cell.split_hash,
         "seed": cell.seed, "wall_time_s": result.wall_time_s, "peak_mem_mb": result.peak_mem_mb,

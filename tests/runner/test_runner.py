@@ -17,6 +17,7 @@ from oodml.features.io import FeatureSet
 from oodml.runner import Store, plan_grid, run_grid
 from oodml.runner.store import method_label
 from oodml.schema import EPISODE_COLUMNS, ROW_COLUMNS
+from oodml.splits.spec import SplitSpec
 from tests.runner.fakes import FIT_CALLS, build_split, fake_methods, write_inputs
 
 VOLATILE = ("created_at", "wall_time_s", "peak_mem_mb", "git_sha")
@@ -76,6 +77,35 @@ def test_split_for_other_features_is_rejected(fakes: None, files: tuple[Path, Pa
     with pytest.raises(OodmlError, match="built on features .* --features"):
         run_grid(cfg((other, files[1]), tmp_path / "r"))
     assert not (tmp_path / "r").exists()
+
+
+def test_same_features_rounded_differently_run_with_a_note(fakes: None, files: tuple[Path, Path], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    # the split file's features embedded again on another kind of CPU: ~1e-7 relative differences, another hash.
+    # The level FIDs agree to that precision, so the grid runs (with a note); a real difference is still an error.
+    from oodml.splits.frechet import frechet_distance
+
+    fs = FeatureSet.load(files[0])
+    spec = SplitSpec.load(files[1])
+    spec.levels = spec.levels[:1]  # the fake ladder's FIDs are 10, 20, 30: one level with its real FID
+    means, index = fs.class_means(), fs.class_index()
+    for lv in spec.levels:
+        lv.fid = frechet_distance(means[[index[c] for c in lv.train_classes]],
+                                  means[[index[c] for c in lv.test_classes]])
+    split = spec.save(tmp_path / "real_fid.json")
+    g = np.random.default_rng(0)
+    for scale, ok in ((1e-7, True), (1e-2, False)):
+        moved = FeatureSet(fs.features * (1 + scale * g.standard_normal(fs.features.shape)).astype(np.float32),
+                           fs.labels, fs.class_names, fs.paths, dict(fs.meta))
+        path = moved.save(tmp_path / f"moved_{scale}.npz")
+        assert moved.hash != fs.hash
+        if ok:
+            plan = plan_grid(cfg((path, split), tmp_path / "r", shifts="1"))
+            assert plan.feature_hash == moved.hash
+            assert "the level FIDs agree to" in capsys.readouterr().err
+        else:
+            with pytest.raises(OodmlError, match="built on features .* has FID .* --features"):
+                plan_grid(cfg((path, split), tmp_path / "r", shifts="1"))
 
 
 def test_backbone_option_is_for_the_full_regime(fakes: None, files: tuple[Path, Path], tmp_path: Path) -> None:
