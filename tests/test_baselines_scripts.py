@@ -45,6 +45,20 @@ def test_scott_split_nway_tests_only_task_classes(tmp_path: Path) -> None:
     assert every.levels[0].test_classes == sorted(target) and not every.levels[0].removed_classes
 
 
+def test_scott_features_only_rebuilds_the_features_the_committed_split_names(
+        shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a fresh machine: `--features-only` puts into the cache exactly the features splits/scott2018_mnist.json was
+    # built on (same hash), and writes no split file
+    monkeypatch.setenv("OODML_CACHE", str(tmp_path / "cache"))
+    scott = _load("scott2018_splits")
+    scott.main(["mnist", "--data-root", str(shared_data / "mnist"), "--features-only", "--out-dir",
+                str(tmp_path / "out")])
+    committed = SplitSpec.load(BASELINES.parent / "splits" / "scott2018_mnist.json")
+    cached = list((tmp_path / "cache").rglob("*.npz"))
+    assert [p.name for p in cached] == [f"pixels28-{committed.feature_hash[:20]}.npz"]
+    assert not (tmp_path / "out").exists()
+
+
 def _rows(method: str, level: int, k: int, value: float, metric: str = "recall@1") -> dict[str, object]:
     return {"method": method, "split_level": level, "split_fid": 10.0 * level, "k_shot": k, "seed": 0,
             "metric": metric, "value": value, "status": "ok"}

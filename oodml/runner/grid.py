@@ -211,6 +211,14 @@ def _load_features(cfg: RunCfg, spec: SplitSpec, splits_path: Path) -> tuple[Fea
     cached = find_cached_features(spec.feature_hash) if spec.feature_hash else None
     if cached is not None:
         return FeatureSet.load(cached), Path(cached)
+    from oodml.features.backbones import BACKBONES, TIMM_PREFIX
+
+    backbone = spec.backbone or "efficientnet_lite0"
+    if not backbone.startswith(TIMM_PREFIX) and backbone not in BACKBONES:
+        raise OodmlError(f"split file {str(splits_path)!r} was built on features {spec.feature_hash[:12]}... of "
+                         f"backbone {backbone!r}, which are not in the feature cache and which oodml cannot compute "
+                         f"({backbone!r} is not a registered backbone); the file was written by {spec.source!r}: "
+                         "rebuild the features with it, or pass --features")
     fs = load_or_compute_features(spec.dataset, spec.backbone or "efficientnet_lite0", cfg.data_root,
                                   options=cfg.dataset_options)
     path = find_cached_features(fs.hash)

@@ -241,6 +241,19 @@ def test_defaults_split_file_from_dataset_and_cached_features(fakes: None, files
         plan_grid(build_run_cfg(dict(method="fake_proj", dataset="cars196", results="res2")))
 
 
+def test_split_of_features_oodml_cannot_compute_says_where_they_come_from(
+        fakes: None, files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the Scott et al. split files name raw-pixel features written by baselines/scott2018_splits.py: on a fresh
+    # machine (empty cache) the run must say so, not fail on "unknown backbone 'pixels28'"
+    monkeypatch.setenv("OODML_CACHE", str(tmp_path / "cache"))
+    spec = SplitSpec.load(files[1])
+    spec.backbone, spec.source = "pixels28", "oodml 0.1.0 baselines/scott2018_splits.py"
+    split = spec.save(tmp_path / "scott.json")
+    c = build_run_cfg(dict(method="fake_proj", splits=str(split), shifts="1", k="0", seeds="0", results="res"))
+    with pytest.raises(OodmlError, match="not a registered backbone.*baselines/scott2018_splits.py"):
+        plan_grid(c)
+
+
 def test_report_reads_the_store(fakes: None, files: tuple[Path, Path], tmp_path: Path) -> None:
     """The reporter accepts what the runner writes, error cells included."""
     from oodml.report import build_report
