@@ -178,12 +178,18 @@ def fetch_official(dataset: str, files: Sequence[RemoteFile], root: Path, looked
         download_file(f, root)
 
 
+_NOTED: set[tuple[str, tuple[str, ...]]] = set()
+
+
 def note_unofficial(dataset: str, paths: Iterable[Path], official: Sequence[RemoteFile]) -> None:
-    """Log one line when local archives are not byte-identical to the official files (their layout was checked)."""
+    """Log one line when local archives are not byte-identical to the official files (their layout was checked);
+    once per process, not once per cell that loads the dataset."""
     table = {f.name: f for f in official}
-    odd = [p.name for p in paths if p.name not in table or not table[p.name].matches(file_digests(p))]
-    if odd:
-        log(f"note: {dataset}: {', '.join(odd)}: checksum differs from the official file; "
+    odd = [p for p in paths if p.name not in table or not table[p.name].matches(file_digests(p))]
+    key = (dataset, tuple(str(p.resolve()) for p in odd))
+    if odd and key not in _NOTED:
+        _NOTED.add(key)
+        log(f"note: {dataset}: {', '.join(p.name for p in odd)}: checksum differs from the official file; "
             "the layout is valid, using it")
 
 

@@ -81,3 +81,13 @@ def test_files_digest_depends_on_bytes(tmp_path: Path) -> None:
     assert h != files_digest(tmp_path, ["a"])
     (tmp_path / "b").write_bytes(b"3")
     assert files_digest(tmp_path, ["a", "b"]) != h
+
+
+def test_note_unofficial_once_per_process(payload: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a grid loads the dataset once per cell: the note about the same archives is logged once, not per cell
+    official = _remote(payload, name="payload.bin")
+    odd = tmp_path / "rebuilt.bin"
+    odd.write_bytes(b"rebuilt")
+    for _ in range(3):
+        note_unofficial("ds", [odd], [official])
+    assert capsys.readouterr().err.count("checksum differs") == 1
