@@ -152,12 +152,17 @@ def _as_text(v: Any) -> str:
     return str(v)
 
 
+def _names(v: Any) -> tuple[str, ...]:
+    """Names from a YAML list or a comma-separated string (`a,b` or `[a, b]`); () for None."""
+    return tuple(n.strip() for n in _as_text(v).split(",") if n.strip()) if v else ()
+
+
 def build_run_cfg(options: Mapping[str, Any], config_file: str | Path | None = None) -> RunCfg:
     """Merge a YAML study config with command-line options (those not None win) and validate into a RunCfg."""
     merged: dict[str, Any] = load_yaml_config(config_file) if config_file else {}
     if options.get("method") is not None and merged.get("method_params"):
         merged["method_params"] = _for_methods(_param_map(merged["method_params"]), options["method"],
-                                               merged.get("plugins") or options.get("plugins") or ())
+                                               options.get("plugins") or merged.get("plugins"))
     for k, v in options.items():
         if v is None or (k in ("method_params", "plugins", "dataset_options") and not v):
             continue
@@ -170,12 +175,10 @@ def build_run_cfg(options: Mapping[str, Any], config_file: str | Path | None = N
     methods = merged.get("method")
     if methods is None:
         raise OodmlError("no method given; pass --method NAME[,NAME...] (`oodml list methods` shows all)")
-    method_list = tuple(m.strip() for m in _as_text(methods).split(",") if m.strip())
+    method_list = _names(methods)
     params = _param_map(merged.get("method_params"))
     ds_opts = dataset_options(merged.get("dataset_options"))
-    plugins = merged.get("plugins") or ()
-    if isinstance(plugins, str):
-        plugins = tuple(p for p in plugins.split(",") if p)
+    plugins = _names(merged.get("plugins"))
     kw: dict[str, Any] = dict(
         methods=method_list,
         dataset=merged.get("dataset"),
@@ -204,9 +207,8 @@ def _for_methods(params: dict[str, Any], methods: Any, plugins: Any) -> dict[str
     """A config's method_params restricted to those that apply to the command line's `--method` list."""
     from oodml import methods as methods_api
 
-    methods_api.load_plugins(tuple(p for p in _as_text(plugins).split(",") if p))
-    specs = methods_api.resolve_methods(tuple(m.strip() for m in _as_text(methods).split(",") if m.strip()))
-    return methods_api.applicable_params(specs, params)
+    methods_api.load_plugins(_names(plugins))
+    return methods_api.applicable_params(methods_api.resolve_methods(_names(methods)), params)
 
 
 def _param_map(value: Any) -> dict[str, Any]:

@@ -19,7 +19,9 @@ import numpy as np
 from oodml.config import RunCfg, canonical_json
 from oodml.errors import OodmlError
 from oodml.features.io import FeatureSet
+from oodml.progress import log
 from oodml.ranges import format_int_list
+from oodml.splits.frechet import frechet_distance
 from oodml.splits.spec import Level, SplitSpec
 
 DEFAULT_DATASET = "cub200"
@@ -211,16 +213,17 @@ def _load_features(cfg: RunCfg, spec: SplitSpec, splits_path: Path) -> tuple[Fea
     cached = find_cached_features(spec.feature_hash) if spec.feature_hash else None
     if cached is not None:
         return FeatureSet.load(cached), Path(cached)
-    from oodml.features.backbones import BACKBONES, TIMM_PREFIX
+    from oodml.features.backbones import DEFAULT_BACKBONE, canonical_backbone
 
-    backbone = spec.backbone or "efficientnet_lite0"
-    if not backbone.startswith(TIMM_PREFIX) and backbone not in BACKBONES:
+    backbone = spec.backbone or DEFAULT_BACKBONE
+    try:
+        canonical_backbone(backbone)
+    except OodmlError:
         raise OodmlError(f"split file {str(splits_path)!r} was built on features {spec.feature_hash[:12]}... of "
                          f"backbone {backbone!r}, which are not in the feature cache and which oodml cannot compute "
                          f"({backbone!r} is not a registered backbone); the file was written by {spec.source!r}: "
-                         "rebuild the features with it, or pass --features")
-    fs = load_or_compute_features(spec.dataset, spec.backbone or "efficientnet_lite0", cfg.data_root,
-                                  options=cfg.dataset_options)
+                         "rebuild the features with it, or pass --features") from None
+    fs = load_or_compute_features(spec.dataset, backbone, cfg.data_root, options=cfg.dataset_options)
     path = find_cached_features(fs.hash)
     if path is None:
         raise OodmlError(f"features for split file {str(splits_path)!r} could not be cached; "
@@ -240,9 +243,6 @@ def _check_equivalent_features(spec: SplitSpec, fs: FeatureSet, levels: Sequence
     kernels round differently: the features differ by ~1e-7 relative, and with them the content hash). Anything
     else (another backbone, other images, a stale split file) is an error, as a hash mismatch always was.
     """
-    from oodml.progress import log
-    from oodml.splits.frechet import frechet_distance
-
     mismatch = (f"split file {str(splits_path)!r} was built on features {spec.feature_hash[:12]}..., but "
                 f"{str(features_path)!r} holds {fs.hash[:12]}...")
     fix = f"pass the matching --features or rebuild the splits with `oodml make-splits --features {features_path}`"

@@ -288,6 +288,7 @@ def _names(fs: FeatureSet, side: np.ndarray, s: int) -> list[str]:
     return sorted(str(c) for c in fs.class_names[side == s])
 
 
+@one_blas_thread()  # the walk's choices and the level FIDs must not depend on OMP_NUM_THREADS
 def build_ladder(fs: FeatureSet, *, levels: int = 8, ks: tuple[int, ...] = (2, 5, 10), episodes: int = 10,
                  seed: int = 0, ways: int | None = None, val_fraction: float = 0.25, floor_fraction: float = 0.5,
                  tabu: int = 5, swaps_per_step: int | None = None, max_steps: int = 300, patience: int = 5,
@@ -303,16 +304,6 @@ def build_ladder(fs: FeatureSet, *, levels: int = 8, ks: tuple[int, ...] = (2, 5
     Returns:
         The validated SplitSpec, levels 1..L by strictly increasing FID.
     """
-    with one_blas_thread():  # the walk's choices and the level FIDs must not depend on OMP_NUM_THREADS
-        return _build_ladder(fs, levels=levels, ks=ks, episodes=episodes, seed=seed, ways=ways,
-                             val_fraction=val_fraction, floor_fraction=floor_fraction, tabu=tabu,
-                             swaps_per_step=swaps_per_step, max_steps=max_steps, patience=patience,
-                             min_gain=min_gain, classes_from=classes_from)
-
-
-def _build_ladder(fs: FeatureSet, *, levels: int, ks: tuple[int, ...], episodes: int, seed: int, ways: int | None,
-                  val_fraction: float, floor_fraction: float, tabu: int, swaps_per_step: int | None, max_steps: int,
-                  patience: int, min_gain: float, classes_from: dict[str, Any] | None) -> SplitSpec:
     cfg = LadderCfg(levels=levels, ks=tuple(ks), episodes=episodes, seed=seed, ways=ways, val_fraction=val_fraction,
                     floor_fraction=floor_fraction, tabu=tabu, swaps_per_step=swaps_per_step, max_steps=max_steps,
                     patience=patience, min_gain=min_gain)
