@@ -281,6 +281,11 @@ class EmbeddingMethod(Method):
         if iterations == 0 or not any(groups):
             return
         rng = np.random.default_rng(self._seed(stage, "batches"))
+        prefetch = getattr(x, "prefetch", None)
+        if prefetch is not None:  # full regime: workers decode/augment the same batches, drawn ahead from a copy
+            ahead = copy.deepcopy(rng)
+            prefetch((b, True, m) for b in (self.batch_indices(y, ahead, stage) for _ in range(iterations))
+                     for m in range(self.n_models))
         opts = [torch.optim.Adam(g, weight_decay=p.weight_decay) if g else None for g in groups]
         self._train_mode(stage)
         show = progress(f"{stage} {self.spec}", iterations) if stage == "fit" else contextlib.nullcontext()
