@@ -126,13 +126,14 @@ class ImageInputs:
             torch.manual_seed(derive_seed(self.seed, view, idx.tobytes().hex()))
             return torch.stack([self.train_transform(im) for im in images])
 
-    def prefetch(self, requests: Iterable[tuple[np.ndarray, bool, int]]) -> None:
+    def prefetch(self, requests: Iterable[tuple[np.ndarray, bool, int]], *, replace: bool = True) -> None:
         """Announce the coming `fetch` calls, in order, as (rows, train, view); the workers compute them ahead.
 
         The iterable is read lazily (a few batches ahead of the consumer). A `fetch` that is not the next announced
-        one is computed in process; a new `prefetch` drops what is left of the previous one. No-op without workers.
+        one is computed in process; a new `prefetch` drops what is left of the previous one, unless `replace` is
+        False and that one is still in flight (then the new one is computed in process). No-op without workers.
         """
-        if self.loader_workers < 1:
+        if self.loader_workers < 1 or (not replace and self._requests is not None and self._requests.issued):
             return
         if self._loader is None:
             self._requests = _Requests()
@@ -296,8 +297,8 @@ def batched_forward(fn: Callable[[torch.Tensor], torch.Tensor], x: Inputs, devic
     n = len(x)
     out = []
     prefetch = getattr(x, "prefetch", None)
-    if prefetch is not None:  # images: decoded ahead in worker processes when the inputs have them
-        prefetch((np.arange(s, min(n, s + batch_size)), False, 0) for s in range(0, n, batch_size))
+    if prefetch is not None:  # images: decoded ahead in worker processes (not replacing a training stream)
+        prefetch(((np.arange(s, min(n, s + batch_size)), False, 0) for s in range(0, n, batch_size)), replace=False)
     with torch.no_grad():
         for s in range(0, n, batch_size):
             xb = x.fetch(np.arange(s, min(n, s + batch_size))).to(device=device, dtype=torch.float32,

@@ -59,8 +59,11 @@ def test_prefetched_batches_equal_computed_ones_and_others_are_computed(images: 
     for idx, train, view in plan[1:]:
         assert torch.equal(x.fetch(idx, train=train, view=view), x.compute(idx, train=train, view=view))
     assert x.prefetched == len(plan)
-    x.prefetch([(np.arange(3), False, 0)])  # a new plan replaces what is left of the old one
+    x.prefetch([(np.arange(3), False, 0), (np.arange(2), False, 0)])  # replaces what is left of the old plan
+    x.prefetch([(np.arange(5), False, 0)], replace=False)  # the running plan stays (an evaluation mid-training)
+    assert torch.equal(x.fetch(np.arange(5)), x.compute(np.arange(5)))
     assert torch.equal(x.fetch(np.arange(3)), x.compute(np.arange(3)))
+    assert x.prefetched == len(plan) + 1
 
 
 def test_cpu_defaults_are_unchanged(images: ImageDataset, monkeypatch: pytest.MonkeyPatch) -> None:
