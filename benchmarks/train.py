@@ -30,7 +30,7 @@ from torch import nn
 from oodml.data import load_dataset
 from oodml.features.backbones import create_backbone
 from oodml.methods import MethodContext, build_method, make_inputs
-from oodml.methods.nets import amp_dtype
+from oodml.methods.nets import amp_dtype, autocast
 
 
 class _Train(torch.utils.data.Dataset):  # type: ignore[type-arg]
@@ -53,7 +53,6 @@ def bare_rate(ds: object, backbone: str, batch: int, iterations: int, workers: i
     cuda = device.startswith("cuda")
     if cuda:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    dtype = amp_dtype(torch.device(device))
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     loader = torch.utils.data.DataLoader(
         _Train(ds, bb.train_transform), batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
@@ -68,7 +67,7 @@ def bare_rate(ds: object, backbone: str, batch: int, iterations: int, workers: i
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.split(":")[0], dtype=dtype or torch.float32, enabled=dtype is not None):
+        with autocast(torch.device(device)):
             loss = nn.functional.cross_entropy(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()

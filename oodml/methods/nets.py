@@ -227,6 +227,12 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
     return None
 
 
+def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """`torch.autocast` to `amp_dtype(device)`, or a no-op context where that is None."""
+    dtype = amp_dtype(device)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
 def freeze_batchnorm(module: nn.Module) -> None:
     """Put every BatchNorm layer in eval mode and stop its affine parameters from training (ooDML)."""
     for m in module.modules():
@@ -265,8 +271,7 @@ class EmbeddingNet(nn.Module):
         if not self._channels_last:
             self.trunk.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             self._channels_last = True
-        dtype = amp_dtype(x.device)
-        with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+        with autocast(x.device):
             z = self.trunk(x.contiguous(memory_format=torch.channels_last))
         return self.head(z.float())
 

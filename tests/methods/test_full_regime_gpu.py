@@ -109,4 +109,4 @@ def test_full_regime_cell_on_cuda_agrees_with_cpu(spec: str, images: ImageDatase
         means = np.stack([e[labels == c].mean(0) for c in classes])
         return float((classes[(e @ means.T).argmax(1)] == labels).mean())
 
-    assert abs(accuracy(cpu) - accuracy(gpu)) <= 0.05
+    assert abs(accuracy(cpu) - accuracy(gpu)) <= 0.1  # at most 3 of the 30 target images
