@@ -118,8 +118,8 @@ def features_file(dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: str
     """The cached features file for (dataset content, backbone, transform, runtime), computed and stored when absent.
 
     `options`: the dataset loader's options (e.g. omniglot `rotations`); they change the content hash and so the
-    cache entry. `runtime`: `auto` (ONNX Runtime when it works, else torch), `onnx` or `torch`; the one used is
-    recorded in `meta.runtime`."""
+    cache entry. `runtime`: `auto` (ONNX Runtime when it works, else torch; a cached torch file is used as it is),
+    `onnx` or `torch`; the one used is recorded in `meta.runtime`."""
     if batch_size < 1:
         raise OodmlError(f"--batch-size must be >= 1, got {batch_size}")
     wanted = resolve_runtime(runtime)
@@ -141,12 +141,14 @@ def features_file(dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: str
     path, found = cached(wanted)
     if found:
         return path
+    if runtime == "auto" and wanted != "torch":  # features cached before ONNX Runtime: reuse, don't recompute
+        torch_path, found = cached("torch")
+        if found:
+            return torch_path
     bb = create_backbone(name)
     forward = make_forward(bb, runtime, batch_size=batch_size)
-    if forward.runtime != wanted:  # auto fell back to torch
-        path, found = cached(forward.runtime)
-        if found:
-            return path
+    if forward.runtime != wanted:  # auto fell back to torch (whose cache entry is absent, see above)
+        path = cached(forward.runtime)[0]
     feats = compute_features(ds, bb, batch_size=batch_size, workers=workers, forward=forward)
     meta = {"dataset": ds.name, "backbone": name, "transform": bb.transform_id(), "weights": backbone_weights_id(name),
             "dataset_hash": content, "classes": list(classes), "input_size": bb.input_size,

@@ -48,6 +48,12 @@ def test_onnx_and_torch_features_agree_and_are_cached_apart(tree: Path) -> None:
     assert len(sorted((Path(rt.cache_dir()) / "features" / "folder").glob("*.npz"))) == 2  # auto hit onnx's file
 
 
+def test_auto_reuses_features_cached_by_torch(tree: Path) -> None:
+    torch_ = _embed(tree, "torch")
+    again = _embed(tree, "auto")  # e.g. a cache filled before ONNX Runtime: used, not recomputed
+    assert again.meta["runtime"] == "torch" and np.array_equal(again.features, torch_.features)
+
+
 def test_torch_cache_key_is_the_one_from_before_runtimes() -> None:
     from oodml.features.cache import cache_key
 
