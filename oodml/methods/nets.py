@@ -138,9 +138,9 @@ class ImageInputs:
         if self._loader is None:
             self._requests = _Requests()
             self._loader = torch.utils.data.DataLoader(
-                _Batches(dataclasses.replace(self, loader_workers=0)), batch_size=None, sampler=self._requests, num_workers=self.loader_workers,
-                pin_memory=self.pin_memory, persistent_workers=True, prefetch_factor=2,
-                worker_init_fn=_worker_init)
+                _Batches(dataclasses.replace(self, loader_workers=0)), batch_size=None, sampler=self._requests,
+                num_workers=self.loader_workers, pin_memory=self.pin_memory, persistent_workers=True,
+                prefetch_factor=2, worker_init_fn=_worker_init)
         assert self._requests is not None
         self._requests.issued.clear()
         self._requests.source = ((np.asarray(i, dtype=np.int64).tobytes(), bool(t), int(v)) for i, t, v in requests)
