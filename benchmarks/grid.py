@@ -74,13 +74,13 @@ def cub_sized_features(seed: int = 0, n_classes: int = 200, per_class: tuple[int
 
 def build_inputs(folder: Path, levels: int, ks: tuple[int, ...], episodes: int) -> tuple[Path, Path, float]:
     """Features and split files in `folder`; returns their paths and the ladder build time."""
-    from oodml.splits.generate import build_ladder
+    from oodml.splits.generate import LadderCfg, build_ladder
 
     fs = cub_sized_features()
     feats = fs.save(folder / "cub_sized.npz")
     fs = FeatureSet.load(feats)
     t0 = time.perf_counter()
-    spec = build_ladder(fs, levels=levels, ks=ks, episodes=episodes, seed=0)
+    spec = build_ladder(fs, LadderCfg(levels=levels, ks=ks, episodes=episodes, seed=0))
     dt = time.perf_counter() - t0
     return feats, spec.save(folder / "cub_sized.json"), dt
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from oodml.config import RunCfg
+from oodml.config import RunCfg, check_grid_size
 from oodml.progress import log
 from oodml.runner.cell import CellResult, CellTask, execute
 from oodml.runner.executors import EXECUTORS, ExecOptions, Sink
@@ -87,7 +87,9 @@ def _headline(payload: dict[str, object]) -> str:
 
 def run_grid(cfg: RunCfg) -> int:
     """Run the grid described by `cfg`; returns 0 when every cell ended ok (or skipped), else 1."""
+    EXECUTORS.resolve(cfg.executor)  # an unknown executor: OodmlError with the closest names, before any work
     plan = plan_grid(cfg)
+    check_grid_size(len(plan.cells), cfg)
     store = Store(cfg.results)
     tasks, skipped = make_tasks(plan, store)
     log(describe(plan, len(tasks), skipped))
