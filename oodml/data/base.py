@@ -283,7 +283,11 @@ class ImageDataset:
 def resolve_root(name: str, data_root: str | Path | None) -> Path:
     """`--data-root`, else `$OODML_DATA/<name>`, else `~/.cache/oodml/data/<name>`."""
     if data_root is not None and str(data_root) != "":
-        return Path(data_root).expanduser()
+        root = Path(data_root).expanduser()
+        if root.exists() and not root.is_dir():
+            raise OodmlError(f"--data-root {str(root)!r} is a file; pass the folder that holds the dataset's "
+                             "archives or extracted files")
+        return root
     env = os.environ.get("OODML_DATA")
     if env:
         return Path(env).expanduser() / name

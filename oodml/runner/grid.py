@@ -22,7 +22,7 @@ from oodml.features.io import FeatureSet
 from oodml.progress import log
 from oodml.ranges import format_int_list
 from oodml.splits.frechet import frechet_distance
-from oodml.splits.spec import Level, SplitSpec
+from oodml.splits.spec import Level, SplitSpec, check_level_fids
 
 DEFAULT_DATASET = "cub200"
 #: RunCfg fields that change how a grid runs but never a number in it; left out of a cell's resolved config.
@@ -153,6 +153,8 @@ def plan_grid(cfg: RunCfg) -> Plan:
     levels = _select_levels(spec, cfg.shifts)
     if spec.feature_hash and spec.feature_hash != fhash:
         _check_equivalent_features(spec, fs, levels, splits_path, features_path)
+    elif spec.feature_hash:
+        check_level_fids(levels, fs, str(splits_path))
     _check_ks(spec, levels, cfg.ks, splits_path)
     backbone = _backbone(cfg, spec.backbone or fs.backbone)
     if cfg.regime == "full":

@@ -39,7 +39,7 @@ def inputs(tmp: Path, *, integer: bool) -> tuple[Path, Path]:
 def run_cells(files: tuple[Path, Path], tmp: Path, method: str, monkeypatch: pytest.MonkeyPatch, *,
               shared: bool, params: tuple[str, ...] = ()) -> list[CellResult]:
     cfg = build_run_cfg(dict(method=method, features=str(files[0]), splits=str(files[1]), shifts="1", k="0,2,3",
-                             seeds="0", results=str(tmp / "r"), workers=1, method_param=list(params)))
+                             seeds="0", results=str(tmp / "r"), workers=1, method_params=list(params)))
     plan = plan_grid(cfg)
     calls: list[bool] = []
     real = cell_mod._shared_search
