@@ -314,6 +314,7 @@ def build_run_cfg(options: Mapping[str, Any], config_file: str | Path | None = N
             continue
         kw[f.name] = _READERS[kind](key, value, limit) if kind in _INT_LISTS else _READERS[kind](key, value)
     cfg = RunCfg(**kw)
+    _check_dataset(cfg)
     _check_grid_bound(cfg)
     _check_cli_method_params(cfg, _param_map(options.get("method_params")))
     require_device(cfg.device)
@@ -330,6 +331,15 @@ def check_grid_size(n_cells: int, cfg: RunCfg) -> None:
     """Refuse a planned grid of more than `cfg.max_cells` cells."""
     if n_cells > cfg.max_cells:
         raise grid_size_error(n_cells, "", cfg.max_cells)
+
+
+def _check_dataset(cfg: RunCfg) -> None:
+    """`--dataset` without `--splits` names the split file `splits/<dataset>.json`: when there is none, an
+    unregistered name is most likely a typo, reported with the closest registered names."""
+    if cfg.dataset and not cfg.splits and not (Path("splits") / f"{cfg.dataset}.json").is_file():
+        from oodml.data import DATASETS
+
+        DATASETS.resolve(cfg.dataset)
 
 
 def _check_grid_bound(cfg: RunCfg) -> None:

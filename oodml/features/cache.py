@@ -38,7 +38,7 @@ def read_meta(path: Path) -> dict[str, object]:
     try:
         with np.load(path, allow_pickle=False) as z:
             return dict(json.loads(str(z["meta"])))
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return {}
 
 
