@@ -78,7 +78,7 @@ class RunCfg:
             raise OodmlError(f"--max-cells must be >= 1, got {self.max_cells}")
         if self.shifts is not None and any(s < 1 for s in self.shifts):
             raise OodmlError("--shifts values are split levels, numbered from 1")
-        if not _DEVICE.match(self.device):
+        if not _DEVICE.fullmatch(self.device):
             raise OodmlError(f"--device {self.device!r} is not auto, cpu, cuda or cuda:N")
         if self.address and self.executor == "local":
             raise OodmlError(f"--address {self.address} is for --executor ray; the local executor runs on this "

@@ -35,7 +35,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 def check_name(name: str, what: str) -> str:
     """Return `name` when it is safe as one path component (NAME_PATTERN), else raise OodmlError naming `what`."""
-    if not isinstance(name, str) or not NAME_PATTERN.match(name) or ".." in name:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
         raise OodmlError(f"{what}: {str(name)[:80]!r} is not a valid name (letters, digits, '_', '-' and '.', "
                          "starting with a letter or digit, no '..' or '/'): it would become part of a path")
     return name
