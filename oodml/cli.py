@@ -65,6 +65,17 @@ _IO_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDI
               errno.ENAMETOOLONG, errno.ELOOP}
 
 
+def _default(name: str) -> str:
+    """`(default: X)` for help texts, X being RunCfg's default for the field `name` (the one place it is stated)."""
+    from oodml.config import RunCfg
+    from oodml.ranges import format_int_list
+
+    value = RunCfg.__dataclass_fields__[name].default
+    shown = format_int_list(value) if value is None or isinstance(value, tuple) else f"{value:,}" \
+        if isinstance(value, int) else str(value)
+    return f"(default: {shown})"
+
+
 def _default_backbone() -> str:
     from oodml.features.backbones import DEFAULT_BACKBONE
 
@@ -211,26 +222,29 @@ def run(
     = None,
     features: Annotated[str | None, typer.Option(
         metavar="FILE", help="features file (default: the split file's features)")] = None,
-    shifts: Annotated[str | None, typer.Option(help="levels: 3, 1,3,5, 1..8, all")] = None,
-    k: Annotated[str | None, typer.Option("--k", help="shots: 0 (zero-shot), 2, 5, 10 ...")] = None,
-    seeds: Annotated[str | None, typer.Option(help="seeds: 0..2")] = None,
-    regime: Annotated[str | None, typer.Option(help="head (frozen backbone, cached features) or full")] = None,
-    executor: Annotated[str | None, typer.Option(help="local or ray")] = None,
+    shifts: Annotated[str | None, typer.Option(help=f"levels: 3, 1,3,5, 1..8, all {_default('shifts')}")] = None,
+    k: Annotated[str | None, typer.Option("--k", help=f"shots: 0 (zero-shot), 2, 5, 10 ... {_default('ks')}")]
+    = None,
+    seeds: Annotated[str | None, typer.Option(help=f"seeds, e.g. 0..2 {_default('seeds')}")] = None,
+    regime: Annotated[str | None, typer.Option(
+        help=f"head (frozen backbone, cached features) or full {_default('regime')}")] = None,
+    executor: Annotated[str | None, typer.Option(help=f"local or ray {_default('executor')}")] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster address HOST:PORT")] = None,
     workers: Annotated[int | None, typer.Option(
         help="parallel cells, one thread each, so no number depends on it (default: CPU count)")] = None,
-    results: Annotated[str | None, typer.Option(metavar="DIR", help="results folder (default: results)")] = None,
+    results: Annotated[str | None, typer.Option(metavar="DIR", help=f"results folder {_default('results')}")] = None,
     config: Annotated[Path | None, typer.Option(help="study config YAML with the same option names")] = None,
     method_param: Annotated[list[str], typer.Option(help="override a hyperparameter: name=value or m.name=value")]
     = [],
     plugin: Annotated[list[str], typer.Option(help="import this module to register more methods")] = [],
     force: Annotated[bool | None, typer.Option("--force/--no-force", help="recompute finished cells")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda")] = None,
+    device: Annotated[str | None, typer.Option(help=f"auto, cpu, cuda or cuda:N {_default('device')}")] = None,
     data_root: Annotated[str | None, typer.Option(metavar="DIR", help="dataset root (full regime)")] = None,
     backbone: Annotated[str | None, typer.Option(
         help="full regime: the backbone to train on the images (default: the split file's)")] = None,
     max_cells: Annotated[int | None, typer.Option(
-        help="refuse a grid of more cells than this (default: 10,000 = MAX_CELLS); raise it to confirm")] = None,
+        help=f"refuse a grid of more cells than this; raise it to confirm a bigger one {_default('max_cells')}")]
+    = None,
     dataset_option: Annotated[list[str], typer.Option(
         help="dataset loader option NAME=VALUE, e.g. rotations=true for omniglot (oodml list datasets)")] = [],
 ) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from oodml.config import RunCfg, canonical_json
-from oodml.errors import OodmlError
+from oodml.errors import OodmlError, check_writable
 from oodml.features.io import FeatureSet
 from oodml.progress import log
 from oodml.ranges import format_int_list
@@ -225,6 +225,9 @@ def _load_features(cfg: RunCfg, spec: SplitSpec, splits_path: Path) -> tuple[Fea
                          f"backbone {backbone!r}, which are not in the feature cache and which oodml cannot compute "
                          f"({backbone!r} is not a registered backbone); the file was written by {spec.source!r}: "
                          "rebuild the features with it, or pass --features") from None
+    from oodml.data.files import cache_dir
+
+    check_writable(cache_dir(), "the oodml cache ($OODML_CACHE), where the features will be computed,")
     fs = load_or_compute_features(spec.dataset, backbone, cfg.data_root, options=cfg.dataset_options)
     path = find_cached_features(fs.hash)
     if path is None:

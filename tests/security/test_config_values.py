@@ -148,3 +148,10 @@ def test_wrong_hyperparameter_type_message(capsys: pytest.CaptureFixture[str]) -
         resolve_params("margin", {"lr": "abc"})
     with pytest.raises(OodmlError, match="iterations=1.5 is not a valid integer"):
         resolve_params("margin", {"iterations": 1.5})
+
+
+def test_dataset_option_types_follow_the_loader(tmp_path: Path) -> None:
+    from oodml.data import load_dataset
+
+    with pytest.raises(OodmlError, match="rotations='no' must be a bool"):
+        load_dataset("omniglot_small", tmp_path, rotations="no")

@@ -156,3 +156,21 @@ def test_os_errors_of_a_path_are_one_line(tmp_path: Path, capsys: pytest.Capture
 
         main(["report", "--results", str(tmp_path)])
     assert os.environ["OODML_DEBUG"] == "1" and np is not None
+
+
+def test_run_checks_the_cache_before_computing_features(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a split file whose features are not cached: `run` would embed the images into $OODML_CACHE; an unusable
+    # cache is reported before that work
+    from oodml.config import build_run_cfg
+    from oodml.runner import plan_grid
+
+    _, split = write_inputs(tmp_path)
+    split.write_text(split.read_text().replace('"backbone": "none"', '"backbone": "efficientnet_lite0"'))
+    (tmp_path / "cachefile").write_text("x")
+    monkeypatch.setenv("OODML_CACHE", str(tmp_path / "cachefile"))
+    import oodml.features.extract as extract
+
+    monkeypatch.setattr(extract, "load_or_compute_features", lambda *a, **k: pytest.fail("computed features"))
+    cfg = build_run_cfg({"method": "pretrained", "splits": str(split), "results": str(tmp_path / "r")})
+    with pytest.raises(OodmlError, match="OODML_CACHE"):
+        plan_grid(cfg)
