@@ -37,25 +37,17 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def user_errors(fn: F) -> F:
-    """Turn OodmlError (and a missing input file) into one `error:` line and exit 2."""
+    """Turn OodmlError (and a path that can't be used) into one `error:` line and exit 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except OodmlError as e:
-            if os.environ.get("OODML_DEBUG") == "1":
+        except (OodmlError, OSError) as e:
+            message = _user_message(e)
+            if message is None or os.environ.get("OODML_DEBUG") == "1":
                 raise
-            raise _fail(str(e)) from None
-        except FileNotFoundError as e:
-            if os.environ.get("OODML_DEBUG") == "1":
-                raise
-            raise _fail(f"file not found: {e.filename or e}") from None
-        except OSError as e:
-            if os.environ.get("OODML_DEBUG") == "1" or e.errno not in _IO_ERRNOS:
-                raise
-            where = f" {e.filename!r}" if e.filename else ""
-            raise _fail(f"cannot access{where}: {e.strerror}; check the path and its permissions") from None
+            raise _fail(message) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -65,15 +57,27 @@ _IO_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDI
               errno.ENAMETOOLONG, errno.ELOOP}
 
 
+def _user_message(e: Exception) -> str | None:
+    """The one-line message for a user error, or None for an error that is a bug (shown as a traceback)."""
+    if isinstance(e, OodmlError):
+        return str(e)
+    if isinstance(e, FileNotFoundError):
+        return f"file not found: {e.filename or e}"
+    if isinstance(e, OSError) and e.errno in _IO_ERRNOS:
+        where = f" {e.filename!r}" if e.filename else ""
+        return f"cannot access{where}: {e.strerror}; check the path and its permissions"
+    return None
+
+
 def _default(name: str) -> str:
     """`(default: X)` for help texts, X being RunCfg's default for the field `name` (the one place it is stated)."""
     from oodml.config import RunCfg
     from oodml.ranges import format_int_list
 
     value = RunCfg.__dataclass_fields__[name].default
-    shown = format_int_list(value) if value is None or isinstance(value, tuple) else f"{value:,}" \
-        if isinstance(value, int) else str(value)
-    return f"(default: {shown})"
+    if value is None or isinstance(value, tuple):
+        return f"(default: {format_int_list(value)})"
+    return f"(default: {value:,})" if isinstance(value, int) else f"(default: {value})"
 
 
 def _default_backbone() -> str:

@@ -25,6 +25,8 @@ REGIMES = ("head", "full")
 MAX_CELLS = 10_000
 #: largest study config file read (a study config is a few hundred bytes)
 MAX_CONFIG_BYTES = 1 << 20
+#: most values a study config may hold once its YAML aliases are expanded (the shipped ones hold under 100)
+MAX_CONFIG_VALUES = 100_000
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -142,7 +144,6 @@ def _scalar(text: str, yaml: Any) -> Any:
         except ValueError:
             pass
     return yaml.safe_load(text)
-
 
 
 def config_keys() -> dict[str, dataclasses.Field[Any]]:
@@ -269,7 +270,7 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
     unknown = sorted(str(k) for k in set(data) - set(keys))
     if unknown:
         raise OodmlError(f"config file {str(p)!r} has unknown keys {unknown}; valid keys: {sorted(keys)}")
-    check_bounded(data, f"config file {str(p)!r}")
+    check_bounded(data, f"config file {str(p)!r}", max_nodes=MAX_CONFIG_VALUES)
     return data
 
 
