@@ -109,6 +109,7 @@ def test_cli_method_subset_drops_config_params_of_other_methods(tmp_path: Path) 
 SHIPPED_HASHES = {
     "baselines/oodml_cars196.yaml": "fa38f4484613019af5db1384b3da0f7b41545e90",
     "baselines/oodml_cub200.yaml": "0b03dbcc21c5b60f54a409356b748f3cf492cccb",
+    "baselines/oodml_cub200_lite0_ownloss.yaml": "760b7d97bc84618a3f6842653f9f2ac8de9771b8",  # at 2082372
     "baselines/oodml_cub200_subset.yaml": "50c86812e14c6169b8046a5e2a80d292cf701562",
     "baselines/oodml_omniglot.yaml": "9f8dc89872db32a2d1d19b9cbae240e10ecc765a",
     "baselines/oodml_sop.yaml": "04a85ef26b882307ae292423c918d17160a655c8",
