@@ -113,6 +113,7 @@ def compare_shared(feats: Path, splits: Path, folder: Path, methods: str, k: str
 
     The fit is done once before timing (fit cache), so both timed runs measure the evaluation only.
     """
+    from oodml.eval import protocol
     from oodml.runner import cell as cell_mod
     from oodml.runner import plan_grid
 
@@ -121,19 +122,19 @@ def compare_shared(feats: Path, splits: Path, folder: Path, methods: str, k: str
     plan = plan_grid(cfg)
     cell_mod.set_threads(1)
     cell_mod.warm_up()
-    shared_test = cell_mod._supports_in_test
+    shared_test = protocol.supports_in_test
     out: dict[str, dict[str, float]] = {}
     for c in plan.cells:
         task = cell_mod.CellTask(cell=c, level=plan.levels[c.level], overrides=dict(cfg.method_params),
                                  fit_cache=str(folder / "fits"))
         first = cell_mod.execute(task, plan.features)  # fits and fills the cache
         runs = {}
-        for name, test in (("per_episode", lambda lv, ks: False), ("shared", shared_test)):
-            cell_mod._supports_in_test = test  # type: ignore[assignment]
+        for name, test in (("per_episode", lambda data, shots: False), ("shared", shared_test)):
+            protocol.supports_in_test = test  # type: ignore[assignment]
             try:
                 runs[name] = cell_mod.execute(task, plan.features)
             finally:
-                cell_mod._supports_in_test = shared_test
+                protocol.supports_in_test = shared_test
         old, new = runs["per_episode"], runs["shared"]
         pairs = [(a["value"], b["value"]) for a, b in zip(old.episodes, new.episodes, strict=True)]
         diff = [abs(a - b) for a, b in pairs]

@@ -13,7 +13,8 @@ from oodml.config import RunCfg
 from oodml.progress import log
 from oodml.runner.cell import CellResult, CellTask, execute
 from oodml.runner.executors import EXECUTORS, ExecOptions, Sink
-from oodml.runner.grid import Cell, Plan, describe, plan_grid
+from oodml.runner.grid import plan_grid
+from oodml.runner.plan import Cell, Plan, describe
 from oodml.runner.live import GridProgress
 from oodml.runner.store import Store, cell_payload
 

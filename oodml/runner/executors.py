@@ -16,10 +16,9 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
-from oodml.errors import OodmlError
+from oodml.compat import RAY_INSTALL, import_ray  # noqa: F401 -- import_ray: alias of its home
 from oodml.registry import Registry
 from oodml.runner.cell import CellResult, CellTask, execute, set_threads, warm_up
 
@@ -160,19 +159,6 @@ def _pool_round(queue: Iterator[CellTask], opts: ExecOptions, sink: Sink) -> int
 
 
 # --- ray ---------------------------------------------------------------------------------------------------------
-
-RAY_INSTALL = "pip install 'oodml[ray]'  (or: pip install 'ray>=2.9')"
-
-
-def import_ray() -> ModuleType:
-    """Import Ray; OodmlError with the install command when it is missing."""
-    try:
-        import ray
-    except ImportError:
-        raise OodmlError(f"--executor ray needs Ray, which is not installed; install it with {RAY_INSTALL}, "
-                         f"or use --executor local") from None
-    return ray
-
 
 def _ray_execute(task: CellTask, features: Any, threads: int) -> CellResult:
     set_threads(threads)

@@ -18,7 +18,7 @@ from typing import Any
 
 from oodml.config import canonical_json, cfg_hash
 from oodml.runner.cell import CellResult
-from oodml.runner.grid import Cell, Plan
+from oodml.runner.plan import Cell, Plan
 from oodml.schema import EPISODE_COLUMNS, ROW_COLUMNS, SCHEMA_VERSION
 
 DONE_STATUSES = ("ok", "skipped")

@@ -1,0 +1,236 @@
+"""The evaluation protocol over arrays: zero-shot retrieval on all test rows (k = 0) and k-shot episodes (k > 0).
+
+Everything here works on feature-row indices and labels (no split objects, no files): `test_rows` are the level's
+test rows, `supports[shots]` one array of support rows per episode, `labels` the class of every row. A method is
+anything with `embed_variants(inputs) -> {variant: (n, D) array}`, `adapt(inputs, labels)` and `info`
+(`zero_shot`, `uses_support`); `inputs(rows)` turns rows into what the method embeds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from oodml.seeding import derive_seed, seed_everything
+
+ZERO_SHOT_METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi")
+FEW_SHOT_METRICS = ("accuracy", "recall@1", "recall@2", "recall@4", "recall@8", "map@r")
+RETRIEVAL_KS = (1, 2, 4, 8)
+
+Inputs = Callable[[np.ndarray], Any]
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """What the protocol evaluates on: every row's label, the test rows, and the support rows of each episode."""
+
+    labels: np.ndarray
+    test_rows: np.ndarray
+    supports: Mapping[int, Sequence[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class EvalSeeds:
+    """Keys the protocol's random streams derive from: NMI's k-means (per variant) and each episode's adaptation."""
+
+    nmi_key: str
+    adapt_key: str
+
+
+def contiguous(labels: np.ndarray) -> np.ndarray:
+    """Relabel to 0..C-1 (in sorted label order) for methods that train classifiers or proxies."""
+    return np.unique(labels, return_inverse=True)[1].astype(np.int64)
+
+
+def evaluate(method: Any, inputs: Inputs, data: EvalData, shots: Sequence[int], seeds: EvalSeeds,
+             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows (one per variant x shots x metric) and episode rows of a fitted `method` for every `shots` value."""
+    metrics: list[dict[str, Any]] = []
+    episodes: list[dict[str, Any]] = []
+    # a method that doesn't adapt embeds the test images alike in every episode: embed once, search once
+    few = [k for k in shots if k > 0]
+    shared_ks = ([k for k in few if shared_search_pays_off(data, k)]
+                 if few and not method.info.uses_support and supports_in_test(data, few) else [])
+    embs = method.embed_variants(inputs(data.test_rows)) if shared_ks else None
+    zero_ok = 0 in shots and method.info.zero_shot
+    zero, shared = shared_search(embs, data, shared_ks, zero_ok) if embs is not None else ({}, {})
+    for k in shots:
+        if k == 0 and not method.info.zero_shot:
+            metrics += [metric_row("", 0, m, None, status="skipped") for m in ZERO_SHOT_METRICS]
+        elif k == 0:
+            metrics += zero_shot(method, inputs, data, seeds, embs, zero)
+        else:
+            m, e = shared[k] if k in shared else few_shot(method, inputs, data, seeds, k)
+            metrics += m
+            episodes += e
+    return metrics, episodes
+
+
+def metric_row(variant: str, k: int, metric: str, value: float | None, *, std: float | None = None,
+               n_episodes: int = 0, n_queries: int | None = None, knn_k: int | None = None,
+               knn_backend: str | None = None, status: str = "ok") -> dict[str, Any]:
+    """One aggregated metric of one variant and shots value."""
+    return {"variant": variant, "k": k, "metric": metric, "value": value, "episode_std": std,
+            "n_episodes": n_episodes, "n_queries": n_queries, "knn_k": knn_k, "knn_backend": knn_backend,
+            "status": status}
+
+
+def finite(value: Any, what: str) -> float:
+    """`value` as a float; ValueError naming `what` when it is NaN or infinite."""
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{what} is {v}; the embeddings contain NaN or inf")
+    return v
+
+
+def zero_shot(method: Any, inputs: Inputs, data: EvalData, seeds: EvalSeeds,
+              embs: dict[str, np.ndarray] | None = None,
+              retrieval: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """k = 0 rows; `embs`: the test rows' embedding variants, `retrieval`: their retrieval metrics, when already
+    computed (`shared_search`)."""
+    from oodml.eval import nmi, retrieval_metrics
+
+    labels = data.labels[data.test_rows]
+    out: list[dict[str, Any]] = []
+    for variant, emb in (method.embed_variants(inputs(data.test_rows)) if embs is None else embs).items():
+        r = retrieval[variant] if retrieval else retrieval_metrics(emb, labels, RETRIEVAL_KS)
+        for m in ZERO_SHOT_METRICS[:-1]:
+            out.append(metric_row(variant, 0, m, finite(r[m], f"{m} ({variant or 'base'}, k=0)"),
+                                  n_queries=int(r["n_queries"]), knn_k=r.get("knn_k"),
+                                  knn_backend=r.get("knn_backend")))
+        value = nmi(emb, labels, seed=derive_seed("nmi", seeds.nmi_key, variant) % 2**32)
+        out.append(metric_row(variant, 0, "nmi", finite(value, f"nmi ({variant or 'base'}, k=0)"),
+                              n_queries=len(labels)))
+    return out
+
+
+def few_shot(method: Any, inputs: Inputs, data: EvalData, seeds: EvalSeeds,
+             k: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The `k`-shot rows and episode rows, one adaptation (for methods that adapt) and search per episode."""
+    from oodml.eval import prototype_accuracy, retrieval_metrics
+
+    acc = KShot(k)
+    n_queries: list[int] = []
+    for e, support in enumerate(data.supports[k]):
+        s_lab = data.labels[support]
+        queries = data.test_rows[query_mask(data, support)]
+        q_lab = data.labels[queries]
+        n_queries.append(len(queries))
+        seed_everything(derive_seed("adapt", seeds.adapt_key, k, e))
+        model = method.adapt(inputs(support), contiguous(s_lab)) if method.info.uses_support else method
+        both = model.embed_variants(inputs(np.concatenate([support, queries])))
+        for variant, emb in both.items():
+            s_emb, q_emb = emb[: len(support)], emb[len(support):]
+            r = dict(retrieval_metrics(q_emb, q_lab, RETRIEVAL_KS))
+            r["accuracy"] = prototype_accuracy(s_emb, s_lab, q_emb, q_lab)
+            acc.add(variant, e, r)
+    return acc.result(n_queries)
+
+
+class KShot:
+    """Collects one k's per-episode metrics (episode rows) and aggregates them (mean, std over episodes)."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.values: dict[tuple[str, str], list[float]] = {}
+        self.extra: dict[tuple[str, str], dict[str, Any]] = {}
+        self.episodes: list[dict[str, Any]] = []
+
+    def add(self, variant: str, episode: int, r: dict[str, Any]) -> None:
+        """Record one episode's metrics `r` (retrieval metrics plus `accuracy`) of one variant."""
+        for m in FEW_SHOT_METRICS:
+            v = finite(r[m], f"{m} ({variant or 'base'}, k={self.k}, episode {episode})")
+            self.values.setdefault((variant, m), []).append(v)
+            self.episodes.append({"variant": variant, "k": self.k, "episode": episode, "metric": m, "value": v})
+            if m != "accuracy":
+                self.extra[(variant, m)] = {"knn_k": r.get("knn_k"), "knn_backend": r.get("knn_backend")}
+
+    def result(self, n_queries: list[int]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(one row per variant and metric, the episode rows); `n_queries`: each episode's query count."""
+        rows = []
+        for (variant, m), vals in self.values.items():
+            arr = np.asarray(vals, dtype=np.float64)
+            rows.append(metric_row(variant, self.k, m, float(arr.mean()), std=float(arr.std()),
+                                   n_episodes=len(vals), n_queries=int(round(float(np.mean(n_queries)))),
+                                   **self.extra.get((variant, m), {})))
+        return rows, self.episodes
+
+
+def query_mask(data: EvalData, support: np.ndarray) -> np.ndarray:
+    """Over the test rows: True for an episode's queries, i.e. its classes' test rows less its support."""
+    return np.isin(data.labels[data.test_rows], np.unique(data.labels[support])) & ~np.isin(data.test_rows, support)
+
+
+def supports_in_test(data: EvalData, shots: Sequence[int]) -> bool:
+    """True when every support row of these shots' episodes is a test row (as split files make them)."""
+    return all(np.isin(s, data.test_rows).all() for k in shots for s in data.supports[k])
+
+
+#: the shared search must look past every row outside an episode's queries, and each episode then scans all of
+#: those neighbour lists; beyond this share of the test rows per-episode searches are cheaper. Measured on
+#: Omniglot (13,180 test images, 10 episodes per k): 10-shot episodes hold half the test rows as support, and a
+#: shared search 6,600 deep made a plain method's cell ~50 s instead of ~15 s; CUB-sized 10-shot episodes (17%
+#: outside) are 3x cheaper shared (benchmarks/grid.py --shared-vs-episodes).
+SHARED_SEARCH_MAX_OUTSIDE = 0.2
+
+
+def shared_search_pays_off(data: EvalData, k: int) -> bool:
+    """True when no `k`-shot episode leaves more than `SHARED_SEARCH_MAX_OUTSIDE` of the test rows out of its
+    queries (its support, and for n-way episodes the other classes)."""
+    n = len(data.test_rows)
+    for support in data.supports[k]:
+        outside = n - int(query_mask(data, support).sum())
+        if outside > SHARED_SEARCH_MAX_OUTSIDE * n:
+            return False
+    return True
+
+
+def shared_search(embs: dict[str, np.ndarray], data: EvalData, shots: Sequence[int], zero: bool,
+                  ) -> tuple[dict[str, dict[str, Any]], dict[int, tuple[list[dict[str, Any]], list[dict[str, Any]]]]]:
+    """The k-shot episodes of `shots` for a method that doesn't adapt, from one embedding of the test rows and one
+    kNN search per variant, deep enough for every episode (`SubsetRetrieval.depth`); rows and episodes as
+    `few_shot` makes them. With `zero`, the same search also gives the zero-shot retrieval metrics (variant ->
+    `retrieval_metrics` dict).
+
+    An episode's queries keep their test-row order, so dropping the non-queries from the shared neighbour lists
+    gives the (distance, index) order of a search over the queries alone, up to faiss's float32 rounding, which
+    depends on the database layout: neighbours within ~1e-5 relative distance may swap (CUB-sized benchmark:
+    episode values differ by at most 3e-6; benchmarks/grid.py --shared-vs-episodes).
+    """
+    from oodml.eval import knn_batches, prototype_accuracy
+    from oodml.eval.subsets import SubsetRetrieval
+
+    test_labels = data.labels[data.test_rows]
+    plan: list[tuple[int, int, np.ndarray, np.ndarray]] = []  # (shots, episode, support positions, query mask)
+    for k in shots:
+        for e, support in enumerate(data.supports[k]):
+            s_pos = np.searchsorted(data.test_rows, support)
+            plan.append((k, e, s_pos, query_mask(data, support)))
+    results: dict[tuple[str, int, int], dict[str, Any]] = {}
+    zero_shot_r: dict[str, dict[str, Any]] = {}
+    for variant, emb in embs.items():
+        everything = [SubsetRetrieval(test_labels, np.ones(len(test_labels), dtype=bool), RETRIEVAL_KS)] if zero else []
+        accs = [SubsetRetrieval(test_labels, mask, RETRIEVAL_KS) for _, _, _, mask in plan]
+        if accs or everything:
+            depth = max(a.depth for a in accs + everything)
+            for s, e, _, idx in knn_batches(emb, depth, backend="faiss")[1]:
+                for a in accs + everything:
+                    a.update(s, e, idx)
+        if everything:
+            zero_shot_r[variant] = everything[0].result()
+        for (k, ep, s_pos, mask), a in zip(plan, accs, strict=True):
+            r = a.result()
+            r["accuracy"] = prototype_accuracy(emb[s_pos], test_labels[s_pos], emb[mask], test_labels[mask])
+            results[(variant, k, ep)] = r
+    out: dict[int, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
+    for k in shots:
+        acc = KShot(k)
+        for ep in range(len(data.supports[k])):
+            for variant in embs:
+                acc.add(variant, ep, results[(variant, k, ep)])
+        out[k] = acc.result([int(mask.sum()) for kk, _, _, mask in plan if kk == k])
+    return zero_shot_r, out
