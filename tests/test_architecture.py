@@ -96,7 +96,7 @@ def test_cycle_finder_finds_a_cycle() -> None:
 
 def test_module_level_import_graph_is_acyclic() -> None:
     g = graph(top_level_only=True)
-    assert "oodml.runner.cell" in g and "oodml.eval.protocol" in g["oodml.runner.cell"]
+    assert "oodml.runner.plan" in g["oodml.runner.cell"]  # the graph sees imports
     assert find_cycle(g) is None, " -> ".join(find_cycle(g) or [])
 
 

@@ -15,29 +15,45 @@ from typing import Any
 
 import numpy as np
 
+from oodml.eval.metrics import FEW_SHOT, ZERO_SHOT, protocol_metrics
+from oodml.eval.retrieval import RetrievalResult, retrieval_per_query
 from oodml.seeding import derive_seed, seed_everything
 
-ZERO_SHOT_METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi")
-FEW_SHOT_METRICS = ("accuracy", "recall@1", "recall@2", "recall@4", "recall@8", "map@r")
-RETRIEVAL_KS = (1, 2, 4, 8)
-
 Inputs = Callable[[np.ndarray], Any]
+Rows = list[dict[str, Any]]
+
+
+def zero_shot_metrics() -> list[str]:
+    """Names of the zero-shot metrics (the `METRICS` registry's, in its order)."""
+    return [m.info.name for m in protocol_metrics(ZERO_SHOT)]
+
+
+def few_shot_metrics() -> list[str]:
+    """Names of the k-shot metrics (the `METRICS` registry's, in its order)."""
+    return [m.info.name for m in protocol_metrics(FEW_SHOT)]
 
 
 @dataclass(frozen=True)
 class EvalData:
-    """What the protocol evaluates on: every row's label, the test rows, and the support rows of each episode."""
+    """What the protocol evaluates on: every row's label, the test rows, the support rows of each episode, and the
+    class names the labels index (per-class values are stored under these names)."""
 
     labels: np.ndarray
     test_rows: np.ndarray
     supports: Mapping[int, Sequence[np.ndarray]]
+    class_names: Sequence[str] | None = None
+
+    def class_name(self, label: Any) -> str:
+        """The name of class `label`."""
+        return str(self.class_names[int(label)]) if self.class_names is not None else str(label)
 
 
 @dataclass(frozen=True)
 class EvalSeeds:
-    """Keys the protocol's random streams derive from: NMI's k-means (per variant) and each episode's adaptation."""
+    """Keys the protocol's random streams derive from: set metrics such as NMI's k-means (per variant), and each
+    episode's adaptation."""
 
-    nmi_key: str
+    metric_key: str
     adapt_key: str
 
 
@@ -47,10 +63,12 @@ def contiguous(labels: np.ndarray) -> np.ndarray:
 
 
 def evaluate(method: Any, inputs: Inputs, data: EvalData, shots: Sequence[int], seeds: EvalSeeds,
-             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Rows (one per variant x shots x metric) and episode rows of a fitted `method` for every `shots` value."""
-    metrics: list[dict[str, Any]] = []
-    episodes: list[dict[str, Any]] = []
+             ) -> tuple[Rows, Rows, Rows]:
+    """Rows (one per variant x shots x metric), episode rows (k > 0) and class rows (k = 0) of a fitted `method`
+    for every `shots` value."""
+    metrics: Rows = []
+    episodes: Rows = []
+    classes: Rows = []
     # a method that doesn't adapt embeds the test images alike in every episode: embed once, search once
     few = [k for k in shots if k > 0]
     shared_ks = ([k for k in few if shared_search_pays_off(data, k)]
@@ -60,14 +78,16 @@ def evaluate(method: Any, inputs: Inputs, data: EvalData, shots: Sequence[int], 
     zero, shared = shared_search(embs, data, shared_ks, zero_ok) if embs is not None else ({}, {})
     for k in shots:
         if k == 0 and not method.info.zero_shot:
-            metrics += [metric_row("", 0, m, None, status="skipped") for m in ZERO_SHOT_METRICS]
+            metrics += [metric_row("", 0, m, None, status="skipped") for m in zero_shot_metrics()]
         elif k == 0:
-            metrics += zero_shot(method, inputs, data, seeds, embs, zero)
+            m, c = zero_shot(method, inputs, data, seeds, embs, zero)
+            metrics += m
+            classes += c
         else:
             m, e = shared[k] if k in shared else few_shot(method, inputs, data, seeds, k)
             metrics += m
             episodes += e
-    return metrics, episodes
+    return metrics, episodes, classes
 
 
 def metric_row(variant: str, k: int, metric: str, value: float | None, *, std: float | None = None,
@@ -89,30 +109,39 @@ def finite(value: Any, what: str) -> float:
 
 def zero_shot(method: Any, inputs: Inputs, data: EvalData, seeds: EvalSeeds,
               embs: dict[str, np.ndarray] | None = None,
-              retrieval: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """k = 0 rows; `embs`: the test rows' embedding variants, `retrieval`: their retrieval metrics, when already
-    computed (`shared_search`)."""
-    from oodml.eval import nmi, retrieval_metrics
-
+              retrieval: dict[str, RetrievalResult] | None = None) -> tuple[Rows, Rows]:
+    """k = 0 rows and class rows (each retrieval metric per test class: the mean of that class's per-query values,
+    with its query count); `embs`: the test rows' embedding variants, `retrieval`: their per-query retrieval values,
+    when already computed (`shared_search`)."""
     labels = data.labels[data.test_rows]
-    out: list[dict[str, Any]] = []
+    chosen = protocol_metrics(ZERO_SHOT)
+    on_queries = [m for m in chosen if m.info.kind == "retrieval"]
+    out: Rows = []
+    classes: Rows = []
     for variant, emb in (method.embed_variants(inputs(data.test_rows)) if embs is None else embs).items():
-        r = retrieval[variant] if retrieval else retrieval_metrics(emb, labels, RETRIEVAL_KS)
-        for m in ZERO_SHOT_METRICS[:-1]:
-            out.append(metric_row(variant, 0, m, finite(r[m], f"{m} ({variant or 'base'}, k=0)"),
-                                  n_queries=int(r["n_queries"]), knn_k=r.get("knn_k"),
-                                  knn_backend=r.get("knn_backend")))
-        value = nmi(emb, labels, seed=derive_seed("nmi", seeds.nmi_key, variant) % 2**32)
-        out.append(metric_row(variant, 0, "nmi", finite(value, f"nmi ({variant or 'base'}, k=0)"),
-                              n_queries=len(labels)))
-    return out
+        res = retrieval[variant] if retrieval else retrieval_per_query(emb, labels, metrics=on_queries)
+        r = res.summary()
+        for m in chosen:
+            name, what = m.info.name, f"{m.info.name} ({variant or 'base'}, k=0)"
+            if m.info.kind == "retrieval":
+                out.append(metric_row(variant, 0, name, finite(r[name], what), n_queries=int(r["n_queries"]),
+                                      knn_k=r.get("knn_k"), knn_backend=r.get("knn_backend")))
+            else:
+                value = m.factory(emb, labels, derive_seed(name, seeds.metric_key, variant) % 2**32)
+                out.append(metric_row(variant, 0, name, finite(value, what), n_queries=len(labels)))
+        for label, n, values in res.per_class(labels[res.query_ids]):
+            cls = data.class_name(label)
+            classes += [{"variant": variant, "k": 0, "class": cls, "metric": name,
+                         "value": finite(v, f"{name} ({variant or 'base'}, k=0, class {cls})"), "n_queries": n}
+                        for name, v in values.items()]
+    return out, classes
 
 
 def few_shot(method: Any, inputs: Inputs, data: EvalData, seeds: EvalSeeds,
              k: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The `k`-shot rows and episode rows, one adaptation (for methods that adapt) and search per episode."""
-    from oodml.eval import prototype_accuracy, retrieval_metrics
-
+    chosen = protocol_metrics(FEW_SHOT)
+    on_queries = [m for m in chosen if m.info.kind == "retrieval"]
     acc = KShot(k)
     n_queries: list[int] = []
     for e, support in enumerate(data.supports[k]):
@@ -125,10 +154,18 @@ def few_shot(method: Any, inputs: Inputs, data: EvalData, seeds: EvalSeeds,
         both = model.embed_variants(inputs(np.concatenate([support, queries])))
         for variant, emb in both.items():
             s_emb, q_emb = emb[: len(support)], emb[len(support):]
-            r = dict(retrieval_metrics(q_emb, q_lab, RETRIEVAL_KS))
-            r["accuracy"] = prototype_accuracy(s_emb, s_lab, q_emb, q_lab)
-            acc.add(variant, e, r)
+            r = retrieval_per_query(q_emb, q_lab, metrics=on_queries).summary()
+            acc.add(variant, e, episode_metrics(r, s_emb, s_lab, q_emb, q_lab))
     return acc.result(n_queries)
+
+
+def episode_metrics(r: dict[str, Any], s_emb: np.ndarray, s_lab: np.ndarray, q_emb: np.ndarray,
+                    q_lab: np.ndarray) -> dict[str, Any]:
+    """An episode's retrieval summary `r` plus its classification metrics (support vs. queries)."""
+    out = dict(r)
+    for m in protocol_metrics(FEW_SHOT, "classification"):
+        out[m.info.name] = m.factory(s_emb, s_lab, q_emb, q_lab)
+    return out
 
 
 class KShot:
@@ -139,14 +176,16 @@ class KShot:
         self.values: dict[tuple[str, str], list[float]] = {}
         self.extra: dict[tuple[str, str], dict[str, Any]] = {}
         self.episodes: list[dict[str, Any]] = []
+        self.metrics = protocol_metrics(FEW_SHOT)
 
     def add(self, variant: str, episode: int, r: dict[str, Any]) -> None:
-        """Record one episode's metrics `r` (retrieval metrics plus `accuracy`) of one variant."""
-        for m in FEW_SHOT_METRICS:
+        """Record one episode's metrics `r` (`episode_metrics`) of one variant."""
+        for entry in self.metrics:
+            m = entry.info.name
             v = finite(r[m], f"{m} ({variant or 'base'}, k={self.k}, episode {episode})")
             self.values.setdefault((variant, m), []).append(v)
             self.episodes.append({"variant": variant, "k": self.k, "episode": episode, "metric": m, "value": v})
-            if m != "accuracy":
+            if entry.info.kind == "retrieval":
                 self.extra[(variant, m)] = {"knn_k": r.get("knn_k"), "knn_backend": r.get("knn_backend")}
 
     def result(self, n_queries: list[int]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -190,20 +229,22 @@ def shared_search_pays_off(data: EvalData, k: int) -> bool:
 
 
 def shared_search(embs: dict[str, np.ndarray], data: EvalData, shots: Sequence[int], zero: bool,
-                  ) -> tuple[dict[str, dict[str, Any]], dict[int, tuple[list[dict[str, Any]], list[dict[str, Any]]]]]:
+                  ) -> tuple[dict[str, RetrievalResult], dict[int, tuple[Rows, Rows]]]:
     """The k-shot episodes of `shots` for a method that doesn't adapt, from one embedding of the test rows and one
     kNN search per variant, deep enough for every episode (`SubsetRetrieval.depth`); rows and episodes as
-    `few_shot` makes them. With `zero`, the same search also gives the zero-shot retrieval metrics (variant ->
-    `retrieval_metrics` dict).
+    `few_shot` makes them. With `zero`, the same search also gives the zero-shot retrieval values (variant ->
+    `RetrievalResult`).
 
     An episode's queries keep their test-row order, so dropping the non-queries from the shared neighbour lists
     gives the (distance, index) order of a search over the queries alone, up to faiss's float32 rounding, which
     depends on the database layout: neighbours within ~1e-5 relative distance may swap (CUB-sized benchmark:
     episode values differ by at most 3e-6; benchmarks/grid.py --shared-vs-episodes).
     """
-    from oodml.eval import knn_batches, prototype_accuracy
+    from oodml.eval import knn_batches
     from oodml.eval.subsets import SubsetRetrieval
 
+    few = [m for m in protocol_metrics(FEW_SHOT) if m.info.kind == "retrieval"]
+    zero_metrics = [m for m in protocol_metrics(ZERO_SHOT) if m.info.kind == "retrieval"]
     test_labels = data.labels[data.test_rows]
     plan: list[tuple[int, int, np.ndarray, np.ndarray]] = []  # (shots, episode, support positions, query mask)
     for k in shots:
@@ -211,22 +252,22 @@ def shared_search(embs: dict[str, np.ndarray], data: EvalData, shots: Sequence[i
             s_pos = np.searchsorted(data.test_rows, support)
             plan.append((k, e, s_pos, query_mask(data, support)))
     results: dict[tuple[str, int, int], dict[str, Any]] = {}
-    zero_shot_r: dict[str, dict[str, Any]] = {}
+    zero_shot_r: dict[str, RetrievalResult] = {}
     for variant, emb in embs.items():
-        everything = [SubsetRetrieval(test_labels, np.ones(len(test_labels), dtype=bool), RETRIEVAL_KS)] if zero else []
-        accs = [SubsetRetrieval(test_labels, mask, RETRIEVAL_KS) for _, _, _, mask in plan]
+        everything = ([SubsetRetrieval(test_labels, np.ones(len(test_labels), dtype=bool), metrics=zero_metrics)]
+                      if zero else [])
+        accs = [SubsetRetrieval(test_labels, mask, metrics=few) for _, _, _, mask in plan]
         if accs or everything:
             depth = max(a.depth for a in accs + everything)
             for s, e, _, idx in knn_batches(emb, depth, backend="faiss")[1]:
                 for a in accs + everything:
                     a.update(s, e, idx)
         if everything:
-            zero_shot_r[variant] = everything[0].result()
+            zero_shot_r[variant] = everything[0].per_query()
         for (k, ep, s_pos, mask), a in zip(plan, accs, strict=True):
-            r = a.result()
-            r["accuracy"] = prototype_accuracy(emb[s_pos], test_labels[s_pos], emb[mask], test_labels[mask])
-            results[(variant, k, ep)] = r
-    out: dict[int, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
+            results[(variant, k, ep)] = episode_metrics(a.result(), emb[s_pos], test_labels[s_pos], emb[mask],
+                                                        test_labels[mask])
+    out: dict[int, tuple[Rows, Rows]] = {}
     for k in shots:
         acc = KShot(k)
         for ep in range(len(data.supports[k])):

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from oodml.config import canonical_json
-from oodml.eval.protocol import RETRIEVAL_KS
 from oodml.runner.plan import Cell
 from oodml.seeding import derive_seed, seed_everything
 from oodml.splits.levels import LevelData
@@ -42,7 +41,8 @@ class CellTask:
 
 @dataclass
 class CellResult:
-    """Aggregated metrics (one dict per variant x k x metric), per-episode values, status and resources."""
+    """Aggregated metrics (one dict per variant x k x metric), per-episode values (k > 0), per-class values (k = 0),
+    status and resources."""
 
     cell_id: str
     status: str
@@ -50,6 +50,7 @@ class CellResult:
     traceback: str | None = None
     metrics: list[dict[str, Any]] = field(default_factory=list)
     episodes: list[dict[str, Any]] = field(default_factory=list)
+    classes: list[dict[str, Any]] = field(default_factory=list)
     wall_time_s: float = 0.0
     cpu_time_s: float = 0.0
     peak_mem_mb: float | None = None
@@ -61,10 +62,11 @@ def execute(task: CellTask, features: Any) -> CellResult:
     t0, c0 = time.perf_counter(), time.process_time()
     _reset_peak_rss()
     try:
-        metrics, episodes, cached = _evaluate(task, features)
+        metrics, episodes, classes, cached = _evaluate(task, features)
         statuses = {m["status"] for m in metrics}
         status = "skipped" if statuses == {"skipped"} else "ok"
-        result = CellResult(task.cell.cell_id, status, metrics=metrics, episodes=episodes, fit_cached=cached)
+        result = CellResult(task.cell.cell_id, status, metrics=metrics, episodes=episodes, classes=classes,
+                            fit_cached=cached)
     except Exception as e:  # one failing cell must not stop the grid (GUIDE §1.11)
         msg = " ".join(f"{type(e).__name__}: {e}".split())
         result = CellResult(task.cell.cell_id, "error", error=msg, traceback=traceback.format_exc())
@@ -84,7 +86,7 @@ def warm_up(plugins: tuple[str, ...] = ()) -> None:
     seed_everything(0)  # its first call imports torch._inductor (seconds)
     x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
     y = np.repeat(np.arange(4), 2)
-    ev.retrieval_metrics(x, y, RETRIEVAL_KS)
+    ev.retrieval_metrics(x, y)
     ev.nmi(x, y, seed=0)
     ev.prototype_accuracy(x[::2], y[::2], x[1::2], y[1::2])
     try:
@@ -106,7 +108,8 @@ def set_threads(n: int) -> None:
         pass
 
 
-def _evaluate(task: CellTask, fs: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
+def _evaluate(task: CellTask, fs: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]],
+                                               bool]:
     from oodml import methods as api
     from oodml.eval.protocol import EvalData, EvalSeeds, contiguous, evaluate
     from oodml.methods.base import MethodContext
@@ -129,9 +132,10 @@ def _evaluate(task: CellTask, fs: Any) -> tuple[list[dict[str, Any]], list[dict[
     seed_everything(fit_seed)
     method = api.build_method(cell.method, ctx, task.overrides)
     cached = _fit(method, inputs(lv.train_rows), contiguous(fs.labels[lv.train_rows]), task)
-    data = EvalData(labels=fs.labels, test_rows=lv.test_rows, supports=lv.supports)
-    metrics, episodes = evaluate(method, inputs, data, cell.ks, EvalSeeds(nmi_key=seed_key, adapt_key=cell.cell_id))
-    return metrics, episodes, cached
+    data = EvalData(labels=fs.labels, test_rows=lv.test_rows, supports=lv.supports, class_names=fs.class_names)
+    seeds = EvalSeeds(metric_key=seed_key, adapt_key=cell.cell_id)
+    metrics, episodes, classes = evaluate(method, inputs, data, cell.ks, seeds)
+    return metrics, episodes, classes, cached
 
 
 def _fit(method: Any, x: Any, y: np.ndarray, task: CellTask) -> bool:

@@ -136,7 +136,8 @@ def _git_sha() -> str | None:
 
 
 def cell_payload(plan: Plan, cell: Cell, result: CellResult) -> dict[str, Any]:
-    """The cell file: id, status, error, resolved config, provenance, tidy rows and per-episode rows."""
+    """The cell file: id, status, error, resolved config, provenance, tidy rows, per-episode rows (k > 0) and
+    per-class rows (k = 0: `{"variant", "k", "class", "metric", "value", "n_queries"}`)."""
     prov = provenance()
     config = plan.config_for(cell)
     config_hash = cfg_hash(config)
@@ -176,7 +177,7 @@ def cell_payload(plan: Plan, cell: Cell, result: CellResult) -> dict[str, Any]:
         "cell_id": cell.cell_id, "status": result.status, "error": result.error, "config": config,
         "config_hash": config_hash, "provenance": prov, "wall_time_s": result.wall_time_s,
         "cpu_time_s": result.cpu_time_s, "peak_mem_mb": result.peak_mem_mb, "fit_cached": result.fit_cached,
-        "rows": rows, "episodes": episodes,
+        "rows": rows, "episodes": episodes, "classes": list(result.classes),
     }
     if result.traceback:
         payload["traceback"] = result.traceback
