@@ -90,6 +90,7 @@ def run_grid(cfg: RunCfg) -> int:
     """Run the grid described by `cfg`; returns 0 when every cell ended ok (or skipped), else 1."""
     plan = plan_grid(cfg)
     store = Store(cfg.results)
+    store.remove_stale_temps()
     tasks, skipped = make_tasks(plan, store)
     log(describe(plan, len(tasks), skipped))
     log(f"run: results in {store.cells_dir}")

@@ -7,10 +7,10 @@ This is what a worker process or a Ray task executes; it writes nothing but the 
 
 from __future__ import annotations
 
-import os
 import resource
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from oodml.config import canonical_json
+from oodml.io import atomic_write
+from oodml.progress import log
 from oodml.runner.plan import Cell
 from oodml.seeding import derive_seed, seed_everything
 from oodml.splits.levels import LevelData
@@ -129,38 +131,50 @@ def _evaluate(task: CellTask, fs: Any) -> tuple[list[dict[str, Any]], list[dict[
     fit_seed = derive_seed("fit", seed_key)
     ctx = MethodContext(regime=cell.regime, in_dim=int(fs.features.shape[1]), backbone=cell.backbone,
                         dataset=cell.dataset, device=task.device, seed=fit_seed % 2**32)
-    seed_everything(fit_seed)
-    method = api.build_method(cell.method, ctx, task.overrides)
-    cached = _fit(method, inputs(lv.train_rows), contiguous(fs.labels[lv.train_rows]), task)
+
+    def build() -> Any:
+        seed_everything(fit_seed)
+        return api.build_method(cell.method, ctx, task.overrides)
+
+    method, cached = _fitted(build, inputs, lv.train_rows, contiguous(fs.labels[lv.train_rows]), task)
     data = EvalData(labels=fs.labels, test_rows=lv.test_rows, supports=lv.supports, class_names=fs.class_names)
     seeds = EvalSeeds(metric_key=seed_key, adapt_key=cell.cell_id)
     metrics, episodes, classes = evaluate(method, inputs, data, cell.ks, seeds)
     return metrics, episodes, classes, cached
 
 
-def _fit(method: Any, x: Any, y: np.ndarray, task: CellTask) -> bool:
-    """Fit, or restore the fitted source state from the cache; returns True when the cache was used."""
+def _fitted(build: Callable[[], Any], inputs: Callable[[np.ndarray], Any], rows: np.ndarray, y: np.ndarray,
+            task: CellTask) -> tuple[Any, bool]:
+    """A freshly built method fitted on the source `rows`, or restored from the fit cache (True when it was).
+
+    The cache holds tensors and plain values only and is read with `torch.load(weights_only=True)`, so a planted
+    file cannot run code; an unreadable, foreign or stale entry is refitted (from a freshly built method, as
+    without a cache) with a one-line note, and overwritten.
+    """
     import torch
 
+    method = build()
+    x = inputs(rows)
     path = Path(task.fit_cache) / f"{task.cell.cell_id}.pt" if task.fit_cache else None
     if path is not None and path.is_file() and not task.refit:
         try:
-            # our own cache file (may hold numpy arrays besides tensors), written below by this function
-            state = torch.load(path, map_location=task.device, weights_only=False)
-        except Exception:  # a truncated or stale cache entry: fit again and overwrite it
-            state = None
-        if state is not None:
+            state = torch.load(path, map_location=task.device, weights_only=True)
+            if not isinstance(state, dict) or not state:
+                raise ValueError("not a state dict")
             method.load_state_dict(state)
-            return True
+            return method, True
+        except Exception as e:  # noqa: BLE001 -- any unusable entry is refitted
+            why = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+            log(f"note: fit cache {path} is unreadable or stale ({why}); fitting again")
+            method = build()
     method.fit(x, y)
     if path is not None:
         state = method.state_dict()
         if state:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            torch.save(state, tmp)
-            os.replace(tmp, path)
-    return False
+            with atomic_write(path, "wb") as f:
+                torch.save(state, f)
+    return method, False
 
 
 def _reset_peak_rss() -> None:

@@ -21,6 +21,7 @@ from typing import Any
 from oodml.compat import RAY_INSTALL, import_ray  # noqa: F401 -- import_ray: alias of its home
 from oodml.registry import Registry
 from oodml.runner.cell import CellResult, CellTask, execute, set_threads, warm_up
+from oodml.runner.procs import die_with_parent, mark_run
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(features_path: str, threads: int, plugins: tuple[str, ...]) -> None:
     from oodml.features.io import FeatureSet
 
+    die_with_parent()  # the forkserver, which dies with the run
     set_threads(threads)
     _WORKER["features"] = FeatureSet.load(features_path)
     warm_up(plugins)
@@ -107,7 +109,8 @@ def _mp_context() -> mp.context.BaseContext:
     if "forkserver" not in mp.get_all_start_methods():  # pragma: no cover - Windows
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["oodml.runner.cell", "oodml.methods", "oodml.eval", "faiss", "sklearn.metrics",
+    mark_run()
+    ctx.set_forkserver_preload(["oodml.runner.forkserver", "oodml.runner.cell", "oodml.methods", "oodml.eval", "faiss", "sklearn.metrics",
                                 "pytorch_metric_learning.losses", "torch._inductor"])
     return ctx
 

@@ -11,12 +11,13 @@ import functools
 import json
 import os
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from oodml.config import canonical_json, cfg_hash
+from oodml.io import atomic_write, remove_stale_temps
+from oodml.progress import log
 from oodml.runner.cell import CellResult
 from oodml.runner.plan import Cell, Plan
 from oodml.schema import EPISODE_COLUMNS, ROW_COLUMNS, SCHEMA_VERSION
@@ -48,36 +49,31 @@ class Store:
         return data if isinstance(data, dict) else None
 
     def is_done(self, cell: Cell) -> bool:
-        """True when the cell's file finished (`ok`/`skipped`) and covers every k the cell asks for."""
-        data = self.read(cell.cell_id)
-        if data is None or data.get("status") not in DONE_STATUSES:
-            return False
-        have = set((data.get("config") or {}).get("ks") or [])
-        return set(cell.ks) <= have
+        """True when the cell's file is a finished cell (`finished_cell`) that covers every k the cell asks for."""
+        return set(cell.ks) <= set(self.stored_ks(cell))
 
     def stored_ks(self, cell: Cell) -> tuple[int, ...]:
-        """The k values a finished file of this cell already holds (empty when none)."""
+        """The k values a finished file of this cell already holds (empty when none, or when the file is not a
+        well-formed finished cell: it is then recomputed)."""
         data = self.read(cell.cell_id)
-        if data is None or data.get("status") not in DONE_STATUSES:
+        if data is None or not finished_cell(data, cell.cell_id):
             return ()
-        return tuple(int(k) for k in (data.get("config") or {}).get("ks") or [])
+        return tuple(int(k) for k in data["config"]["ks"])
 
     def write(self, payload: dict[str, Any]) -> Path:
         """Write one cell file atomically (temp file in the same folder, fsync, rename)."""
         self.cells_dir.mkdir(parents=True, exist_ok=True)
         final = self.path(payload["cell_id"])
         text = json.dumps(payload, indent=1, allow_nan=False) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=self.cells_dir)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(final) as f:
+            f.write(text)
         return final
+
+    def remove_stale_temps(self) -> None:
+        """Remove temp files that killed runs left in the cells and fits folders (one line when there were any)."""
+        removed = remove_stale_temps(self.cells_dir) + remove_stale_temps(self.fits_dir)
+        if removed:
+            log(f"run: removed {len(removed)} temp file(s) left by an interrupted run under {self.root}")
 
     def cells(self) -> list[dict[str, Any]]:
         """Every readable cell file, sorted by cell id."""
@@ -87,6 +83,22 @@ class Store:
             if data is not None:
                 out.append(data)
         return out
+
+
+def finished_cell(data: dict[str, Any], cell_id: str) -> bool:
+    """True when `data` is a finished cell file of `cell_id` as the runner writes it: status ok/skipped, its id,
+    a config listing its k, and rows with every schema column (anything else is recomputed, not skipped)."""
+    config = data.get("config")
+    rows = data.get("rows")
+    if data.get("status") not in DONE_STATUSES or data.get("cell_id") != cell_id or not isinstance(config, dict):
+        return False
+    ks = config.get("ks")
+    if not isinstance(ks, list) or not ks or not all(isinstance(k, int) and not isinstance(k, bool) for k in ks):
+        return False
+    if not isinstance(rows, list) or not rows or not isinstance(data.get("episodes", []), list):
+        return False
+    return all(isinstance(r, dict) and all(c in r for c in ROW_COLUMNS) and r.get("cell_id") == cell_id
+               for r in rows)
 
 
 @functools.lru_cache(maxsize=1)
