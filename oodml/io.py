@@ -104,8 +104,8 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temps(folder: str | Path) -> list[Path]:
-    """Remove the temp files (`*.tmp`) in `folder` whose writer process is gone (or that name none, as older
-    oodml's did); a live process's file in progress stays. Returns the removed paths."""
+    """Remove the temp files (`*.tmp`) in `folder` whose writer process is gone (or whose name
+    carries no writer pid); a live process's file in progress stays. Returns the removed paths."""
     removed: list[Path] = []
     d = Path(folder)
     if not d.is_dir():

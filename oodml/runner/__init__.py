@@ -49,9 +49,9 @@ def make_tasks(plan: Plan, store: Store) -> tuple[list[CellTask], int]:
         if not cfg.force and store.is_done(cell):
             skipped += 1
             continue
-        stored = () if cfg.force else store.stored_ks(cell)
+        stored = () if cfg.force else store.stored_shots(cell)
         if stored:
-            cell = dataclasses.replace(cell, ks=tuple(sorted(set(cell.ks) | set(stored))))
+            cell = dataclasses.replace(cell, shots=tuple(sorted(set(cell.shots) | set(stored))))
         tasks.append(CellTask(cell=cell, level=plan.levels[cell.level], overrides=dict(cfg.method_params),
                               plugins=tuple(cfg.plugins), device=plan.device, threads=threads,
                               fit_cache=str(store.fits_dir.resolve()), refit=cfg.force, data_root=cfg.data_root,

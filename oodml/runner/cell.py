@@ -130,7 +130,7 @@ def _evaluate(task: CellTask, fs: Any) -> tuple[list[dict[str, Any]], list[dict[
     seed_key = canonical_json(cell.seed_key())
     fit_seed = derive_seed("fit", seed_key)
     ctx = MethodContext(regime=cell.regime, in_dim=int(fs.features.shape[1]), backbone=cell.backbone,
-                        dataset=cell.dataset, device=task.device, seed=fit_seed % 2**32)
+                        device=task.device, seed=fit_seed % 2**32)
 
     def build() -> Any:
         seed_everything(fit_seed)
@@ -139,7 +139,7 @@ def _evaluate(task: CellTask, fs: Any) -> tuple[list[dict[str, Any]], list[dict[
     method, cached = _fitted(build, inputs, lv.train_rows, contiguous(fs.labels[lv.train_rows]), task)
     data = EvalData(labels=fs.labels, test_rows=lv.test_rows, supports=lv.supports, class_names=fs.class_names)
     seeds = EvalSeeds(metric_key=seed_key, adapt_key=cell.cell_id)
-    metrics, episodes, classes = evaluate(method, inputs, data, cell.ks, seeds)
+    metrics, episodes, classes = evaluate(method, inputs, data, cell.shots, seeds)
     return metrics, episodes, classes, cached
 
 

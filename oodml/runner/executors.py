@@ -12,7 +12,7 @@ import multiprocessing as mp
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -42,8 +42,8 @@ class Sink:
         """`task` is done; the parent stores `result`."""
 
 
-#: An executor runs `tasks` with `features` (a FeatureSet) and its options, reporting to a Sink.
-ExecutorFn = Callable[..., None]
+#: name -> executor `fn(tasks, features, opts, sink)`: runs the tasks with the features (a FeatureSet), reporting
+#: to the Sink
 EXECUTORS: Registry[ExecutorInfo] = Registry("executor")  # type: ignore[type-var]  # frozen vs HasName
 
 

@@ -99,7 +99,7 @@ def _check_equivalent_features(spec: SplitSpec, fs: FeatureSet, levels: Sequence
 
     That is the case when the same images are embedded by the same backbone on another kind of CPU (its convolution
     kernels round differently: the features differ by ~1e-7 relative, and with them the content hash). Anything
-    else (another backbone, other images, a stale split file) is an error, as a hash mismatch always was.
+    else (another backbone, other images, a stale split file) is an error.
     """
     mismatch = (f"split file {str(splits_path)!r} was built on features {spec.feature_hash[:12]}..., but "
                 f"{str(features_path)!r} holds {fs.hash[:12]}...")

@@ -26,7 +26,8 @@ OPERATIONAL_FIELDS = ("executor", "address", "workers", "force", "results")
 
 @dataclass(frozen=True)
 class Cell:
-    """One unit of work: a method fitted once on one level and seed, evaluated for every k in `ks`."""
+    """One unit of work: a method fitted once on one level and seed, evaluated for every number of support images
+    per class in `shots` (0: zero-shot)."""
 
     dataset: str
     backbone: str
@@ -37,10 +38,15 @@ class Cell:
     level: int
     split_hash: str
     seed: int
-    ks: tuple[int, ...]
+    shots: tuple[int, ...]
+
+    @property
+    def ks(self) -> tuple[int, ...]:
+        """Alias of `shots`."""
+        return self.shots
 
     def key(self) -> dict[str, Any]:
-        """The identity of the cell (everything but `ks`): what its fit and its results depend on."""
+        """The identity of the cell (everything but `shots`): what its fit and its results depend on."""
         return {"dataset": self.dataset, "backbone": self.backbone, "feature_hash": self.feature_hash,
                 "regime": self.regime, "method": self.method, "method_params": self.params_json,
                 "level": self.level, "split_hash": self.split_hash, "seed": self.seed}
@@ -89,7 +95,7 @@ class Plan:
         for name in OPERATIONAL_FIELDS:
             d.pop(name, None)
         d.update(
-            methods=[cell.method], shifts=[cell.level], seeds=[cell.seed], ks=list(cell.ks),
+            methods=[cell.method], shifts=[cell.level], seeds=[cell.seed], ks=list(cell.shots),
             dataset=self.dataset, backbone=self.backbone, splits=str(self.splits_path),
             features=str(self.features_path), feature_hash=self.feature_hash, split_hash=cell.split_hash,
             device=self.device, method_params=dict(self.params[cell.method]),
@@ -146,7 +152,7 @@ def build_plan(cfg: RunCfg, methods: MethodPlan, spec: SplitSpec, splits_path: P
     cells = [
         Cell(dataset=spec.dataset, backbone=backbone, feature_hash=identity, regime=cfg.regime, method=m,
              params_json=canonical_json(methods.params[m]), level=lv, split_hash=resolved[lv].split_hash, seed=s,
-             ks=tuple(cfg.ks))
+             shots=tuple(cfg.ks))
         for m in methods.names for lv in resolved for s in cfg.seeds
     ]
     return Plan(cfg=cfg, dataset=spec.dataset, backbone=backbone, spec=spec, splits_path=splits_path, features=fs,

@@ -27,8 +27,9 @@ DONE_STATUSES = ("ok", "skipped")
 LIBRARIES = ("torch", "numpy", "faiss-cpu", "pytorch-metric-learning", "timm", "scipy", "scikit-learn", "ray")
 
 
-class Store:
-    """Cell files under `<root>/cells/`; the fit cache under `<root>/fits/`."""
+class CellStore:
+    """The writer's side of the results store: cell files under `<root>/cells/`, the fit cache under `<root>/fits/`
+    (`oodml.report.store` reads it)."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -50,9 +51,9 @@ class Store:
 
     def is_done(self, cell: Cell) -> bool:
         """True when the cell's file is a finished cell (`finished_cell`) that covers every k the cell asks for."""
-        return set(cell.ks) <= set(self.stored_ks(cell))
+        return set(cell.shots) <= set(self.stored_shots(cell))
 
-    def stored_ks(self, cell: Cell) -> tuple[int, ...]:
+    def stored_shots(self, cell: Cell) -> tuple[int, ...]:
         """The k values a finished file of this cell already holds (empty when none, or when the file is not a
         well-formed finished cell: it is then recomputed)."""
         data = self.read(cell.cell_id)
@@ -99,6 +100,9 @@ def finished_cell(data: dict[str, Any], cell_id: str) -> bool:
         return False
     return all(isinstance(r, dict) and all(c in r for c in ROW_COLUMNS) and r.get("cell_id") == cell_id
                for r in rows)
+
+
+Store = CellStore  # alias of the name before the writer and reader stores got distinct names
 
 
 @functools.lru_cache(maxsize=1)
@@ -168,7 +172,7 @@ def cell_payload(plan: Plan, cell: Cell, result: CellResult) -> dict[str, Any]:
     metrics: list[dict[str, Any]]
     if result.status == "error":
         metrics = [{"variant": "", "k": k, "metric": None, "value": None, "episode_std": None, "n_episodes": 0,
-                    "n_queries": None, "knn_k": None, "knn_backend": None, "status": "error"} for k in cell.ks]
+                    "n_queries": None, "knn_k": None, "knn_backend": None, "status": "error"} for k in cell.shots]
     else:
         metrics = result.metrics
     rows = []
