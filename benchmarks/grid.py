@@ -136,15 +136,15 @@ def compare_shared(feats: Path, splits: Path, folder: Path, methods: str, k: str
             finally:
                 protocol.supports_in_test = shared_test
         old, new = runs["per_episode"], runs["shared"]
-        pairs = [(a["value"], b["value"]) for a, b in zip(old.episodes, new.episodes, strict=True)]
+        pairs = [(a.value, b.value) for a, b in zip(old.episodes, new.episodes, strict=True)]
         diff = [abs(a - b) for a, b in pairs]
         out[c.method] = {"fit_and_eval_cpu_s": first.cpu_time_s, "per_episode_cpu_s": old.cpu_time_s,
                          "shared_cpu_s": new.cpu_time_s, "ratio": new.cpu_time_s / max(old.cpu_time_s, 1e-9),
                          "episode_values": len(pairs), "values_differing": sum(d > 0 for d in diff),
                          "max_abs_diff": max(diff, default=0.0),
                          "rows_equal": float(old.metrics == new.metrics),
-                         "zero_shot_rows_equal": float([m for m in old.metrics if m["k"] == 0]
-                                                       == [m for m in new.metrics if m["k"] == 0])}
+                         "zero_shot_rows_equal": float([m for m in old.metrics if m.k == 0]
+                                                       == [m for m in new.metrics if m.k == 0])}
         r = out[c.method]
         print(f"{c.method}: cell CPU with fit {first.cpu_time_s:.1f}s; evaluation per-episode {old.cpu_time_s:.1f}s "
               f"-> shared {new.cpu_time_s:.1f}s (ratio {r['ratio']:.3f}); {r['values_differing']}/{len(pairs)} "

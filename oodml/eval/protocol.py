@@ -20,7 +20,53 @@ from oodml.eval.retrieval import RetrievalResult, retrieval_per_query
 from oodml.seeding import derive_seed, seed_everything
 
 Inputs = Callable[[np.ndarray], Any]
-Rows = list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One metric of one embedding variant and shots value: the mean over episodes (k > 0) or over queries."""
+
+    variant: str
+    k: int
+    metric: str | None  # None only on the row of a failed cell
+    value: float | None
+    episode_std: float | None = None
+    n_episodes: int = 0
+    n_queries: int | None = None
+    knn_k: int | None = None
+    knn_backend: str | None = None
+    status: str = "ok"
+
+
+@dataclass(frozen=True)
+class EpisodeValue:
+    """One metric of one k-shot episode."""
+
+    variant: str
+    k: int
+    episode: int
+    metric: str
+    value: float
+
+
+@dataclass(frozen=True)
+class ClassValue:
+    """One retrieval metric of one test class at k = 0: the mean of the class's per-query values."""
+
+    variant: str
+    k: int
+    class_name: str
+    metric: str
+    value: float
+    n_queries: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The cell file's entry: `{"variant", "k", "class", "metric", "value", "n_queries"}`."""
+        return {"variant": self.variant, "k": self.k, "class": self.class_name, "metric": self.metric,
+                "value": self.value, "n_queries": self.n_queries}
+
+
+FewShotRows = tuple[list[MetricRow], list[EpisodeValue]]
 
 
 def zero_shot_metrics() -> list[str]:
@@ -41,7 +87,7 @@ class EvalData:
     labels: np.ndarray
     test_rows: np.ndarray
     supports: Mapping[int, Sequence[np.ndarray]]
-    class_names: Sequence[str] | None = None
+    class_names: np.ndarray | Sequence[str] | None = None
 
     def class_name(self, label: Any) -> str:
         """The name of class `label`."""
@@ -63,12 +109,12 @@ def contiguous(labels: np.ndarray) -> np.ndarray:
 
 
 def evaluate(method: Any, inputs: Inputs, data: EvalData, shots: Sequence[int], seeds: EvalSeeds,
-             ) -> tuple[Rows, Rows, Rows]:
+             ) -> tuple[list[MetricRow], list[EpisodeValue], list[ClassValue]]:
     """Rows (one per variant x shots x metric), episode rows (k > 0) and class rows (k = 0) of a fitted `method`
     for every `shots` value."""
-    metrics: Rows = []
-    episodes: Rows = []
-    classes: Rows = []
+    metrics: list[MetricRow] = []
+    episodes: list[EpisodeValue] = []
+    classes: list[ClassValue] = []
     # a method that doesn't adapt embeds the test images alike in every episode: embed once, search once
     few = [k for k in shots if k > 0]
     shared_ks = ([k for k in few if shared_search_pays_off(data, k)]
@@ -78,7 +124,7 @@ def evaluate(method: Any, inputs: Inputs, data: EvalData, shots: Sequence[int], 
     zero, shared = shared_search(embs, data, shared_ks, zero_ok) if embs is not None else ({}, {})
     for k in shots:
         if k == 0 and not method.info.zero_shot:
-            metrics += [metric_row("", 0, m, None, status="skipped") for m in zero_shot_metrics()]
+            metrics += [MetricRow("", 0, m, None, status="skipped") for m in zero_shot_metrics()]
         elif k == 0:
             m, c = zero_shot(method, inputs, data, seeds, embs, zero)
             metrics += m
@@ -88,15 +134,6 @@ def evaluate(method: Any, inputs: Inputs, data: EvalData, shots: Sequence[int], 
             metrics += m
             episodes += e
     return metrics, episodes, classes
-
-
-def metric_row(variant: str, k: int, metric: str, value: float | None, *, std: float | None = None,
-               n_episodes: int = 0, n_queries: int | None = None, knn_k: int | None = None,
-               knn_backend: str | None = None, status: str = "ok") -> dict[str, Any]:
-    """One aggregated metric of one variant and shots value."""
-    return {"variant": variant, "k": k, "metric": metric, "value": value, "episode_std": std,
-            "n_episodes": n_episodes, "n_queries": n_queries, "knn_k": knn_k, "knn_backend": knn_backend,
-            "status": status}
 
 
 def finite(value: Any, what: str) -> float:
@@ -109,36 +146,35 @@ def finite(value: Any, what: str) -> float:
 
 def zero_shot(method: Any, inputs: Inputs, data: EvalData, seeds: EvalSeeds,
               embs: dict[str, np.ndarray] | None = None,
-              retrieval: dict[str, RetrievalResult] | None = None) -> tuple[Rows, Rows]:
+              retrieval: dict[str, RetrievalResult] | None = None) -> tuple[list[MetricRow], list[ClassValue]]:
     """k = 0 rows and class rows (each retrieval metric per test class: the mean of that class's per-query values,
     with its query count); `embs`: the test rows' embedding variants, `retrieval`: their per-query retrieval values,
     when already computed (`shared_search`)."""
     labels = data.labels[data.test_rows]
     chosen = protocol_metrics(ZERO_SHOT)
     on_queries = [m for m in chosen if m.info.kind == "retrieval"]
-    out: Rows = []
-    classes: Rows = []
+    out: list[MetricRow] = []
+    classes: list[ClassValue] = []
     for variant, emb in (method.embed_variants(inputs(data.test_rows)) if embs is None else embs).items():
         res = retrieval[variant] if retrieval else retrieval_per_query(emb, labels, metrics=on_queries)
         r = res.summary()
         for m in chosen:
             name, what = m.info.name, f"{m.info.name} ({variant or 'base'}, k=0)"
             if m.info.kind == "retrieval":
-                out.append(metric_row(variant, 0, name, finite(r[name], what), n_queries=int(r["n_queries"]),
+                out.append(MetricRow(variant, 0, name, finite(r[name], what), n_queries=int(r["n_queries"]),
                                       knn_k=r.get("knn_k"), knn_backend=r.get("knn_backend")))
             else:
                 value = m.factory(emb, labels, derive_seed(name, seeds.metric_key, variant) % 2**32)
-                out.append(metric_row(variant, 0, name, finite(value, what), n_queries=len(labels)))
+                out.append(MetricRow(variant, 0, name, finite(value, what), n_queries=len(labels)))
         for label, n, values in res.per_class(labels[res.query_ids]):
             cls = data.class_name(label)
-            classes += [{"variant": variant, "k": 0, "class": cls, "metric": name,
-                         "value": finite(v, f"{name} ({variant or 'base'}, k=0, class {cls})"), "n_queries": n}
-                        for name, v in values.items()]
+            classes += [ClassValue(variant, 0, cls, name, finite(v, f"{name} ({variant or 'base'}, k=0, class {cls})"),
+                                   n) for name, v in values.items()]
     return out, classes
 
 
 def few_shot(method: Any, inputs: Inputs, data: EvalData, seeds: EvalSeeds,
-             k: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+             k: int) -> FewShotRows:
     """The `k`-shot rows and episode rows, one adaptation (for methods that adapt) and search per episode."""
     chosen = protocol_metrics(FEW_SHOT)
     on_queries = [m for m in chosen if m.info.kind == "retrieval"]
@@ -175,7 +211,7 @@ class KShot:
         self.k = k
         self.values: dict[tuple[str, str], list[float]] = {}
         self.extra: dict[tuple[str, str], dict[str, Any]] = {}
-        self.episodes: list[dict[str, Any]] = []
+        self.episodes: list[EpisodeValue] = []
         self.metrics = protocol_metrics(FEW_SHOT)
 
     def add(self, variant: str, episode: int, r: dict[str, Any]) -> None:
@@ -184,18 +220,18 @@ class KShot:
             m = entry.info.name
             v = finite(r[m], f"{m} ({variant or 'base'}, k={self.k}, episode {episode})")
             self.values.setdefault((variant, m), []).append(v)
-            self.episodes.append({"variant": variant, "k": self.k, "episode": episode, "metric": m, "value": v})
+            self.episodes.append(EpisodeValue(variant, self.k, episode, m, v))
             if entry.info.kind == "retrieval":
                 self.extra[(variant, m)] = {"knn_k": r.get("knn_k"), "knn_backend": r.get("knn_backend")}
 
-    def result(self, n_queries: list[int]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def result(self, n_queries: list[int]) -> FewShotRows:
         """(one row per variant and metric, the episode rows); `n_queries`: each episode's query count."""
         rows = []
         for (variant, m), vals in self.values.items():
             arr = np.asarray(vals, dtype=np.float64)
-            rows.append(metric_row(variant, self.k, m, float(arr.mean()), std=float(arr.std()),
-                                   n_episodes=len(vals), n_queries=int(round(float(np.mean(n_queries)))),
-                                   **self.extra.get((variant, m), {})))
+            rows.append(MetricRow(variant, self.k, m, float(arr.mean()), episode_std=float(arr.std()),
+                                  n_episodes=len(vals), n_queries=int(round(float(np.mean(n_queries)))),
+                                  **self.extra.get((variant, m), {})))
         return rows, self.episodes
 
 
@@ -229,7 +265,7 @@ def shared_search_pays_off(data: EvalData, k: int) -> bool:
 
 
 def shared_search(embs: dict[str, np.ndarray], data: EvalData, shots: Sequence[int], zero: bool,
-                  ) -> tuple[dict[str, RetrievalResult], dict[int, tuple[Rows, Rows]]]:
+                  ) -> tuple[dict[str, RetrievalResult], dict[int, FewShotRows]]:
     """The k-shot episodes of `shots` for a method that doesn't adapt, from one embedding of the test rows and one
     kNN search per variant, deep enough for every episode (`SubsetRetrieval.depth`); rows and episodes as
     `few_shot` makes them. With `zero`, the same search also gives the zero-shot retrieval values (variant ->
@@ -267,7 +303,7 @@ def shared_search(embs: dict[str, np.ndarray], data: EvalData, shots: Sequence[i
         for (k, ep, s_pos, mask), a in zip(plan, accs, strict=True):
             results[(variant, k, ep)] = episode_metrics(a.result(), emb[s_pos], test_labels[s_pos], emb[mask],
                                                         test_labels[mask])
-    out: dict[int, tuple[Rows, Rows]] = {}
+    out: dict[int, FewShotRows] = {}
     for k in shots:
         acc = KShot(k)
         for ep in range(len(data.supports[k])):

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from oodml.config import canonical_json
+from oodml.eval.protocol import ClassValue, EpisodeValue, MetricRow
 from oodml.io import atomic_write
 from oodml.progress import log
 from oodml.runner.plan import Cell
@@ -50,9 +51,9 @@ class CellResult:
     status: str
     error: str | None = None
     traceback: str | None = None
-    metrics: list[dict[str, Any]] = field(default_factory=list)
-    episodes: list[dict[str, Any]] = field(default_factory=list)
-    classes: list[dict[str, Any]] = field(default_factory=list)
+    metrics: list[MetricRow] = field(default_factory=list)
+    episodes: list[EpisodeValue] = field(default_factory=list)
+    classes: list[ClassValue] = field(default_factory=list)
     wall_time_s: float = 0.0
     cpu_time_s: float = 0.0
     peak_mem_mb: float | None = None
@@ -65,7 +66,7 @@ def execute(task: CellTask, features: Any) -> CellResult:
     _reset_peak_rss()
     try:
         metrics, episodes, classes, cached = _evaluate(task, features)
-        statuses = {m["status"] for m in metrics}
+        statuses = {m.status for m in metrics}
         status = "skipped" if statuses == {"skipped"} else "ok"
         result = CellResult(task.cell.cell_id, status, metrics=metrics, episodes=episodes, classes=classes,
                             fit_cached=cached)
@@ -110,8 +111,7 @@ def set_threads(n: int) -> None:
         pass
 
 
-def _evaluate(task: CellTask, fs: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]],
-                                               bool]:
+def _evaluate(task: CellTask, fs: Any) -> tuple[list[MetricRow], list[EpisodeValue], list[ClassValue], bool]:
     from oodml import methods as api
     from oodml.eval.protocol import EvalData, EvalSeeds, contiguous, evaluate
     from oodml.methods.base import MethodContext

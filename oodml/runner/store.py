@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from oodml.config import canonical_json, cfg_hash
+from oodml.eval.protocol import MetricRow
 from oodml.io import atomic_write, remove_stale_temps
 from oodml.progress import log
 from oodml.runner.cell import CellResult
@@ -169,31 +170,26 @@ def cell_payload(plan: Plan, cell: Cell, result: CellResult) -> dict[str, Any]:
         "seed": cell.seed, "wall_time_s": result.wall_time_s, "peak_mem_mb": result.peak_mem_mb,
         "device": plan.device, "config_hash": config_hash, "config_json": config_json,
     }
-    metrics: list[dict[str, Any]]
-    if result.status == "error":
-        metrics = [{"variant": "", "k": k, "metric": None, "value": None, "episode_std": None, "n_episodes": 0,
-                    "n_queries": None, "knn_k": None, "knn_backend": None, "status": "error"} for k in cell.shots]
-    else:
-        metrics = result.metrics
+    # an error cell: one row per shots value, without a metric
+    metrics = ([MetricRow("", k, None, None, status="error") for k in cell.shots] if result.status == "error"
+               else result.metrics)
     rows = []
     for m in metrics:
-        row = {**base, "method": method_label(cell.method, m["variant"]), "k_shot": m["k"],
-               "n_episodes": m["n_episodes"], "metric": m["metric"], "value": m["value"],
-               "episode_std": m["episode_std"], "n_queries": m["n_queries"], "knn_k": m["knn_k"],
-               "knn_backend": m["knn_backend"], "status": m["status"],
-               "error": result.error if m["status"] == "error" else None}
+        row = {**base, "method": method_label(cell.method, m.variant), "k_shot": m.k, "n_episodes": m.n_episodes,
+               "metric": m.metric, "value": m.value, "episode_std": m.episode_std, "n_queries": m.n_queries,
+               "knn_k": m.knn_k, "knn_backend": m.knn_backend, "status": m.status,
+               "error": result.error if m.status == "error" else None}
         rows.append({c: row[c] for c in ROW_COLUMNS})
     episodes = []
     for e in result.episodes:
-        ep = {"cell_id": cell.cell_id, "method": method_label(cell.method, e["variant"]), "split_level": cell.level,
-              "k_shot": e["k"], "seed": cell.seed, "episode": e["episode"], "metric": e["metric"],
-              "value": e["value"]}
+        ep = {"cell_id": cell.cell_id, "method": method_label(cell.method, e.variant), "split_level": cell.level,
+              "k_shot": e.k, "seed": cell.seed, "episode": e.episode, "metric": e.metric, "value": e.value}
         episodes.append({c: ep[c] for c in EPISODE_COLUMNS})
     payload: dict[str, Any] = {
         "cell_id": cell.cell_id, "status": result.status, "error": result.error, "config": config,
         "config_hash": config_hash, "provenance": prov, "wall_time_s": result.wall_time_s,
         "cpu_time_s": result.cpu_time_s, "peak_mem_mb": result.peak_mem_mb, "fit_cached": result.fit_cached,
-        "rows": rows, "episodes": episodes, "classes": list(result.classes),
+        "rows": rows, "episodes": episodes, "classes": [c.to_dict() for c in result.classes],
     }
     if result.traceback:
         payload["traceback"] = result.traceback

@@ -3,6 +3,7 @@ on the full-retrieval and the shared-search paths."""
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 from typing import Any
 
@@ -39,7 +40,9 @@ def _data(unequal: bool = True) -> tuple[EvalData, np.ndarray]:
     return data, fs.features
 
 
-def _check_classes(rows: list[dict[str, Any]], classes: list[dict[str, Any]], data: EvalData) -> None:
+def _check_classes(metric_rows: list[Any], class_values: list[Any], data: EvalData) -> None:
+    rows = [dataclasses.asdict(r) for r in metric_rows]
+    classes = [c.to_dict() for c in class_values]
     agg = {(r["variant"], r["metric"]): r for r in rows if r["k"] == 0}
     assert {m for _, m in agg} == {"recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi"}
     assert not [c for c in classes if c["metric"] == "nmi"]  # NMI stays aggregate only
@@ -67,8 +70,8 @@ def test_zero_shot_classes_on_the_full_retrieval_path() -> None:
     np.fill_diagonal(d, np.inf)
     mine = lab == 12
     expected = float(np.mean(lab[np.argmin(d[mine], axis=1)] == 12))
-    got = next(c for c in classes if c["class"] == "c012" and c["metric"] == "recall@1" and c["variant"] == "")
-    assert got["value"] == pytest.approx(expected) and got["n_queries"] == int(mine.sum())
+    got = next(c for c in classes if c.class_name == "c012" and c.metric == "recall@1" and c.variant == "")
+    assert got.value == pytest.approx(expected) and got.n_queries == int(mine.sum())
 
 
 def test_zero_shot_classes_on_the_shared_search_path(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -82,8 +85,8 @@ def test_zero_shot_classes_on_the_shared_search_path(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(protocol, "shared_search", spy)
     rows, episodes, classes = evaluate(Identity(feats), lambda r: r, data, (0, 2), EvalSeeds("key", "cell"))
-    assert calls and episodes and all(e["k"] == 2 for e in episodes)
+    assert calls and episodes and all(e.k == 2 for e in episodes)
     _check_classes(rows, classes, data)
     full_rows, full_classes = protocol.zero_shot(Identity(feats), lambda r: r, data, EvalSeeds("key", "cell"))
     assert classes == full_classes  # integer-free float data, no near ties at this size: the same values
-    assert [r for r in rows if r["k"] == 0] == full_rows
+    assert [r for r in rows if r.k == 0] == full_rows
