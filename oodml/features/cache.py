@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from oodml.data.files import cache_dir
+from oodml.io import cache_dir
 
 #: Bump when the extraction procedure changes in a way that changes features (2: chunked forward pass).
 EXTRACT_VERSION = 2

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from oodml.errors import OodmlError, check_name
+from oodml.io import atomic_write
 
 REQUIRED_KEYS = ("features", "labels", "class_names", "paths", "meta")
 
@@ -123,9 +124,8 @@ class FeatureSet:
             arrays["class_split"] = fs.class_split
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp.npz")
-        np.savez(tmp, **arrays)  # type: ignore[arg-type]
-        tmp.replace(p)
+        with atomic_write(p, "wb") as f:
+            np.savez(f, **arrays)  # type: ignore[arg-type]
         self.meta = meta
         return p
 

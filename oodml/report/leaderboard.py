@@ -22,7 +22,6 @@ DEFAULT_METRIC_ORDER: tuple[str, ...] = ("recall@1", "accuracy")
 ADAPTED_FAMILIES: tuple[str, ...] = ("adapted",)
 #: Columns every leaderboard starts with (SPEC §4); `L<level>` columns follow, then `n_errors`, `n_levels`,
 #: `n_L<level>`.
-LEADERBOARD_HEAD: tuple[str, ...] = ("rank", "method", "family", "metric", "mean", "auc", "n_seeds")
 _STAT_KEY = ["metric", "k_shot", "method", "split_level"]
 
 

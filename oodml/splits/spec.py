@@ -11,6 +11,7 @@ from typing import Any
 
 from oodml.errors import OodmlError, check_name
 from oodml.features.io import FeatureSet
+from oodml.io import write_text_atomic
 
 SCHEMA_VERSION = 1
 FID_DEF = {"of": "class means", "covariance_ddof": 1}
@@ -166,10 +167,7 @@ class SplitSpec:
         self.validate()
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(self.dumps(), encoding="utf-8")
-        tmp.replace(p)
-        return p
+        return write_text_atomic(p, self.dumps())
 
     @classmethod
     def load(cls, path: str | Path) -> SplitSpec:

@@ -136,6 +136,13 @@ def test_run_writes_ok_cells_with_schema_rows(fakes: None, files: tuple[Path, Pa
     acc = next(r for r in two if r["metric"] == "accuracy" and r["method"] == "fake_proj")
     eps = [e["value"] for e in c["episodes"] if e["metric"] == "accuracy" and e["method"] == "fake_proj"]
     assert len(eps) == 2 and acc["value"] == pytest.approx(sum(eps) / 2)
+    # zero-shot: each retrieval metric per test class; the n_queries-weighted class mean is the stored value
+    assert c["classes"] and {x["metric"] for x in c["classes"]} == {"recall@1", "recall@2", "recall@4", "recall@8",
+                                                                     "map@r"}
+    r1 = next(r for r in c["rows"] if r["k_shot"] == 0 and r["metric"] == "map@r" and r["method"] == "fake_proj")
+    mine = [x for x in c["classes"] if x["metric"] == "map@r" and x["variant"] == ""]
+    n = sum(x["n_queries"] for x in mine)
+    assert n == r1["n_queries"] and sum(x["value"] * x["n_queries"] for x in mine) / n == pytest.approx(r1["value"])
     r0 = c["rows"][0]
     assert r0["config_hash"] == c["config_hash"] and json.loads(r0["config_json"])["seeds"] == [r0["seed"]]
     assert r0["method_family"] == "baseline" and json.loads(r0["method_params"]) == {"dim": 4}
