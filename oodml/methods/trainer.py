@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from abc import abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -121,6 +121,8 @@ class EmbeddingMethod(Method):
 
     #: initialise the adaptation objective's class proxies at the support class means
     init_proxies_on_adapt: bool = False
+    #: False for methods whose adaptation starts from scratch instead of the source model (`baseline`)
+    adapts_source_model: bool = True
 
     def __init__(self, info: MethodInfo, ctx: MethodContext, params: TrainParams) -> None:
         self.info = info
@@ -136,6 +138,7 @@ class EmbeddingMethod(Method):
         self.in_dim: int | None = ctx.in_dim
         self.n_classes = 0
         self.adapt_shots = 1
+        self.adapt_k = 1  # shots of the support being adapted on (picks the `adapt_iterations` entry)
 
     # ----------------------------------------------------------------------------------------------- hooks
     @abstractmethod
@@ -276,7 +279,7 @@ class EmbeddingMethod(Method):
 
     def _train(self, x: Inputs, y: np.ndarray, stage: str) -> None:
         p = self.params
-        iterations = p.iterations if stage == "fit" else p.adapt_iterations
+        iterations = p.iterations if stage == "fit" else p.adapt_iterations_for(self.adapt_k)
         groups = [self._param_groups(m, stage) for m in range(self.n_models)]
         if iterations == 0 or not any(groups):
             return
@@ -347,6 +350,8 @@ class EmbeddingMethod(Method):
 
     def adapt(self, x: Inputs, y: np.ndarray) -> Method:
         """A fine-tuned copy (when the method uses the support; otherwise an untouched copy)."""
+        if self.info.uses_support and self.params.adapt_protocol == "oodml":
+            return next(self.adapt_episodes([(x, y)]))
         new = copy.deepcopy(self)
         if not self.info.uses_support:
             return new
@@ -354,12 +359,103 @@ class EmbeddingMethod(Method):
             raise OodmlError(f"{self.spec}: call fit before adapt")
         classes, yi = np.unique(np.asarray(y), return_inverse=True)
         yi = yi.astype(np.int64)
+        new.adapt_k = int(np.bincount(yi).min())
         with seeded_torch(self._seed("adapt")):
             new.prepare_adapt(x, yi, len(classes))
             if new.params.adapt_stop == "plateau" and new.support_score(x, yi) is None:
                 return new  # one image per class: nothing to score the adaptation on (Scott et al. don't adapt)
             new._train(x, yi, "adapt")
         return new
+
+    def adapt_episodes(self, supports: Sequence[tuple[Inputs, np.ndarray]],
+                       seeds: Sequence[int] | None = None) -> Iterator[Method]:
+        """Adapted copies for many supports. With `adapt_protocol=oodml`, every support's (and cohort model's) last
+        layer is fine-tuned in one batched computation (`oodml.methods.batched`); otherwise one support at a time.
+
+        The copies share the source model's frozen backbone (it is not trained by this protocol).
+        """
+        if not (self.info.uses_support and self.params.adapt_protocol == "oodml"):
+            return super().adapt_episodes(supports, seeds)
+        return iter(self._adapt_batched(supports))
+
+    def _adapt_batched(self, supports: Sequence[tuple[Inputs, np.ndarray]]) -> list[Method]:
+        from oodml.methods.batched import AdaptTask, adapt_last_layers
+
+        if not self.nets:
+            raise OodmlError(f"{self.spec}: call fit before adapt")
+        if not self.adapts_source_model:
+            raise OodmlError(f"{self.spec} trains from scratch on the support; adapt_protocol=oodml fine-tunes a "
+                             "source model's last layer, so use adapt_protocol=own_loss for it")
+        p = self.params
+        lasts: list[nn.Linear] = []
+        for net in self.nets:
+            layer = net.last_layer()
+            if not isinstance(layer, nn.Linear) or layer.bias is None:
+                raise OodmlError(f"{self.spec}: adapt_protocol=oodml needs a linear last layer with a bias")
+            lasts.append(layer)
+        tasks: list[AdaptTask] = []
+        for x, y in supports:
+            yi = np.unique(np.asarray(y), return_inverse=True)[1].astype(np.int64)
+            iterations = p.adapt_iterations_for(int(np.bincount(yi).min()))
+            for m in range(self.n_models):
+                g = torch.Generator().manual_seed(self._seed("adapt", "miner", m))
+                tasks.append(AdaptTask(self._frozen_part(m, x), yi, iterations,
+                                       np.random.default_rng(self._seed("adapt", "batches")), g))
+        weight = torch.stack([layer.weight.detach() for layer in lasts] * len(supports))
+        bias = torch.stack([layer.bias.detach() for layer in lasts] * len(supports))
+        adapt_last_layers(weight, bias, tasks, lr=p.adapt_lr, weight_decay=p.weight_decay,
+                          batch=lambda y, rng: balanced_batch(y, p.batch_size, p.samples_per_class, rng))
+        out: list[Method] = []
+        shared = {id(net.trunk): net.trunk for net in self.nets}
+        for i in range(len(supports)):
+            new = copy.deepcopy(self, dict(shared))
+            for m, net in enumerate(new.nets):
+                last = net.last_layer()
+                assert isinstance(last, nn.Linear)
+                with torch.no_grad():
+                    last.weight.copy_(weight[i * self.n_models + m])
+                    last.bias.copy_(bias[i * self.n_models + m])
+                net.eval()
+            out.append(new)
+        return out
+
+    def _frozen_part(self, m: int, x: Inputs) -> Callable[[np.ndarray], torch.Tensor]:
+        """rows -> inputs of model m's last layer (backbone and earlier head layers in eval mode, no gradients);
+        on cached features computed once for all of `x`."""
+        net = self.nets[m].eval()
+        dev = self.ctx.device
+
+        def below_last(xb: torch.Tensor) -> torch.Tensor:
+            h = net.trunk(xb)
+            for layer in list(net.head)[:-1]:
+                h = layer(h)
+            return h
+
+        if self.ctx.regime == "head":
+            bs = 4096
+            cached = torch.from_numpy(batched_forward(below_last, x, dev, bs)).to(dev)
+            return lambda rows: cached[torch.as_tensor(rows, dtype=torch.long)]
+
+        def fetch(rows: np.ndarray) -> torch.Tensor:
+            with torch.no_grad():
+                return below_last(x.fetch(rows, train=True).to(dev))
+
+        return fetch
+
+    def adaptation_record(self, k: int) -> dict[str, Any]:
+        """Protocol, objective, iterations (this k's entry of the schedule), learning rate and scope."""
+        if not self.info.uses_support:
+            return {}
+        p = self.params
+        rec: dict[str, Any] = {"protocol": p.adapt_protocol, "iterations": p.adapt_iterations_for(k),
+                               "lr": p.adapt_lr, "scope": p.adapt_scope}
+        if p.adapt_protocol == "oodml":
+            rec["objective"] = "margin 0.2, beta 1.2 fixed, distance-weighted miner cutoffs 0.5/1.4"
+            rec["batch"] = [p.batch_size, p.samples_per_class]
+        else:
+            rec["objective"] = "own"
+            rec["stop"] = p.adapt_stop
+        return rec
 
     def _embed_net(self, m: int, x: Inputs) -> np.ndarray:
         net = self.nets[m].eval()

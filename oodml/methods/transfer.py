@@ -63,6 +63,8 @@ class ClassifierMethod(EmbeddingMethod):
 class BaselineMethod(ClassifierMethod):
     """Trained on the target k-shot support only: a fresh net and classifier, no source training."""
 
+    adapts_source_model = False
+
     def fit(self, x: Inputs, y: np.ndarray) -> None:
         """No source training; only builds an (untrained) net so that `embed` is defined."""
         if self.in_dim is None and hasattr(x, "dim"):

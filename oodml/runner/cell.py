@@ -58,6 +58,7 @@ class CellResult:
     cpu_time_s: float = 0.0
     peak_mem_mb: float | None = None
     fit_cached: bool = False
+    training: dict[str, Any] = field(default_factory=dict)  # e.g. the adaptation settings per k
 
 
 def execute(task: CellTask, features: Any) -> CellResult:
@@ -65,10 +66,11 @@ def execute(task: CellTask, features: Any) -> CellResult:
     t0, c0 = time.perf_counter(), time.process_time()
     _reset_peak_rss()
     try:
-        metrics, episodes, cached = _evaluate(task, features)
+        metrics, episodes, cached, training = _evaluate(task, features)
         statuses = {m["status"] for m in metrics}
         status = "skipped" if statuses == {"skipped"} else "ok"
-        result = CellResult(task.cell.cell_id, status, metrics=metrics, episodes=episodes, fit_cached=cached)
+        result = CellResult(task.cell.cell_id, status, metrics=metrics, episodes=episodes, fit_cached=cached,
+                            training=training)
     except Exception as e:  # one failing cell must not stop the grid (GUIDE §1.11)
         msg = " ".join(f"{type(e).__name__}: {e}".split())
         result = CellResult(task.cell.cell_id, "error", error=msg, traceback=traceback.format_exc())
@@ -115,7 +117,7 @@ def _contiguous(labels: np.ndarray) -> np.ndarray:
     return np.unique(labels, return_inverse=True)[1].astype(np.int64)
 
 
-def _evaluate(task: CellTask, fs: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
+def _evaluate(task: CellTask, fs: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool, dict[str, Any]]:
     from oodml import methods as api
     from oodml.methods.base import MethodContext
 
@@ -145,16 +147,17 @@ def _evaluate(task: CellTask, fs: Any) -> tuple[list[dict[str, Any]], list[dict[
     embs = method.embed_variants(inputs(lv.test_rows)) if shared_ks else None
     zero_ok = 0 in cell.ks and method.info.zero_shot
     zero, few = _shared_search(embs, fs, lv, shared_ks, zero_ok) if embs is not None else ({}, {})
+    few.update(_few_shot(method, inputs, fs, lv, cell, [k for k in few_ks if k not in few]))
     for k in cell.ks:
         if k == 0 and not method.info.zero_shot:
             metrics += [_row("", 0, m, None, status="skipped") for m in ZERO_SHOT_METRICS]
         elif k == 0:
             metrics += _zero_shot(method, inputs, fs, lv, cell, embs, zero)
         else:
-            m, e = few[k] if k in few else _few_shot(method, inputs, fs, lv, cell, k)
-            metrics += m
-            episodes += e
-    return metrics, episodes, cached
+            metrics += few[k][0]
+            episodes += few[k][1]
+    adaptation = {str(k): r for k in few_ks if (r := method.adaptation_record(k))}
+    return metrics, episodes, cached, ({"adaptation": adaptation} if adaptation else {})
 
 
 def _fit(method: Any, x: Any, y: np.ndarray, task: CellTask) -> bool:
@@ -218,25 +221,30 @@ def _zero_shot(method: Any, inputs: Callable[[np.ndarray], Any], fs: Any, lv: Le
 
 
 def _few_shot(method: Any, inputs: Callable[[np.ndarray], Any], fs: Any, lv: LevelData, cell: Cell,
-              k: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+              ks: list[int]) -> dict[int, tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+    """The k-shot rows and episode rows of every k in `ks`; the episodes of all of them adapt in one
+    `adapt_episodes` call (one batched computation where the method supports it)."""
     from oodml.eval import prototype_accuracy, retrieval_metrics
 
-    acc = _KShot(k)
-    n_queries: list[int] = []
-    for e, support in enumerate(lv.supports[k]):
+    plan = [(k, e, support) for k in ks for e, support in enumerate(lv.supports[k])]
+    seeds = [derive_seed("adapt", cell.cell_id, k, e) for k, e, _ in plan]
+    models = (method.adapt_episodes([(inputs(s), _contiguous(fs.labels[s])) for _, _, s in plan], seeds)
+              if method.info.uses_support else iter([method] * len(plan)))
+    accs = {k: _KShot(k) for k in ks}
+    n_queries: dict[int, list[int]] = {k: [] for k in ks}
+    for (k, e, support), model, seed in zip(plan, models, seeds, strict=True):
         s_lab = fs.labels[support]
         queries = lv.test_rows[_query_mask(fs, lv, support)]
         q_lab = fs.labels[queries]
-        n_queries.append(len(queries))
-        seed_everything(derive_seed("adapt", cell.cell_id, k, e))
-        model = method.adapt(inputs(support), _contiguous(s_lab)) if method.info.uses_support else method
+        n_queries[k].append(len(queries))
+        seed_everything(seed)
         both = model.embed_variants(inputs(np.concatenate([support, queries])))
         for variant, emb in both.items():
             s_emb, q_emb = emb[: len(support)], emb[len(support):]
             r = dict(retrieval_metrics(q_emb, q_lab, RETRIEVAL_KS))
             r["accuracy"] = prototype_accuracy(s_emb, s_lab, q_emb, q_lab)
-            acc.add(variant, e, r)
-    return acc.result(n_queries)
+            accs[k].add(variant, e, r)
+    return {k: accs[k].result(n_queries[k]) for k in ks}
 
 
 class _KShot:

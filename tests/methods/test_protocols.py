@@ -1,0 +1,150 @@
+"""The papers' protocols: ooDML's few-shot adaptation (`adapt_protocol=oodml`, per-k schedules) and its batched
+computation over episodes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from oodml.config import build_run_cfg
+from oodml.errors import OodmlError
+from oodml.methods import EmbeddingMethod, MethodContext, build_method, make_inputs, method_params
+from oodml.methods.batched import margin_loss
+from oodml.methods.params import schedule_for
+from oodml.runner import Store, run_grid
+from tests.conftest import make_blobs
+from tests.runner.fakes import write_inputs
+
+TINY = {"iterations": 8, "batch_size": 12, "embed_dim": 8, "ways": 4, "shots": 2, "queries": 2}
+
+
+def test_defaults_leave_resolved_params_and_cell_ids_as_they_were() -> None:
+    p = method_params("adapted_margin")
+    assert "adapt_protocol" not in p and p["adapt_iterations"] == 100 and p["adapt_lr"] == 1e-3
+
+
+def test_oodml_protocol_sets_its_schedule_unless_given() -> None:
+    p = method_params("adapted_proto", {"adapt_protocol": "oodml"})
+    assert (p["adapt_protocol"], p["adapt_lr"], p["adapt_iterations"], p["adapt_scope"]) == \
+        ("oodml", 1e-4, "2:1000,5:1500", "last")
+    # weight_transfer fine-tunes everything by default; the protocol adapts its last layer only
+    assert method_params("weight_transfer", {"adapt_protocol": "oodml"})["adapt_scope"] == "last"
+    mine = method_params("adapted_proto", {"adapt_protocol": "oodml", "adapt_iterations": {5: 20, 2: 10},
+                                           "adapt_lr": 1e-3})
+    assert (mine["adapt_iterations"], mine["adapt_lr"]) == ("2:10,5:20", 1e-3)
+
+
+@pytest.mark.parametrize(("k", "expected"), [(1, 1000), (2, 1000), (3, 1000), (5, 1500), (10, 1500)])
+def test_schedule_resolves_per_k(k: int, expected: int) -> None:
+    assert schedule_for("2:1000,5:1500", k) == expected
+    assert schedule_for(7, k) == 7
+
+
+@pytest.mark.parametrize("bad", ["2:1000,", "2=1000", "0:5", "2:1,2:3", "2:-1", -1])
+def test_bad_schedules_are_clear_errors(bad: Any) -> None:
+    with pytest.raises(OodmlError, match="adapt_iterations"):
+        method_params("adapted_margin", {"adapt_iterations": bad})
+
+
+def test_command_line_schedule_is_not_read_as_base_60() -> None:
+    from oodml.config import parse_param_overrides
+
+    assert parse_param_overrides(["adapt_iterations=2:30"]) == {"adapt_iterations": "2:30"}  # YAML 1.1: 150
+
+
+def test_oodml_protocol_rejects_settings_it_does_not_have() -> None:
+    with pytest.raises(OodmlError, match="adapt_protocol=oodml"):
+        method_params("adapted_margin", {"adapt_protocol": "oodml", "adapt_stop": "plateau"})
+    with pytest.raises(OodmlError, match="adapt_protocol"):
+        method_params("adapted_margin", {"adapt_protocol": "ooDML"})
+
+
+def test_margin_loss_equals_pml_margin_loss_on_the_same_triplets() -> None:
+    from pytorch_metric_learning.losses import MarginLoss
+
+    g = torch.Generator().manual_seed(0)
+    e = torch.nn.functional.normalize(torch.randn(2, 10, 4, generator=g, dtype=torch.float64), dim=2)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
+    a, p = torch.arange(0, 10, 2), torch.arange(1, 10, 2)
+    n = torch.tensor([2, 4, 6, 8, 0])
+    ref = [MarginLoss(margin=0.2, beta=1.2)(e[t], labels, (a, p, n)) for t in range(2)]
+    task = torch.tensor([0] * 5 + [1] * 5)
+    got = margin_loss(e, task, torch.cat([a, a]), torch.cat([p, p]), torch.cat([n, n]), n_tasks=2)
+    assert torch.allclose(got, torch.stack(ref), atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple:
+    fs = make_blobs(n_classes=16, per_class=8, dim=12, seed=5, spread=1.0)
+    src = np.flatnonzero(fs.labels < 8)
+    rng = np.random.default_rng(1)
+    supports = []
+    for k in (2, 2, 3, 5):
+        rows = np.concatenate([rng.choice(np.flatnonzero(fs.labels == c), k, replace=False) for c in range(8, 16)])
+        supports.append((make_inputs("head", features=fs, rows=rows), fs.labels[rows]))
+    return fs, src, supports
+
+
+def _fitted(spec: str, data: tuple, **extra: Any) -> EmbeddingMethod:
+    fs, src, _ = data
+    m = build_method(spec, MethodContext(seed=0, in_dim=12), {**TINY, **extra})
+    assert isinstance(m, EmbeddingMethod)
+    m.fit(make_inputs("head", features=fs, rows=src), fs.labels[src])
+    return m
+
+
+@pytest.mark.parametrize(("spec", "extra"), [("adapted_margin", {}), ("adapted_proto", {"head": "mlp",
+                                                                                       "hidden_dim": 16}),
+                                             ("weight_transfer+dmml", {})])
+def test_batched_episodes_match_one_at_a_time(data: tuple, spec: str, extra: dict[str, Any]) -> None:
+    fs = data[0]
+    m = _fitted(spec, data, adapt_protocol="oodml", adapt_iterations="2:6,5:9", **extra)
+    q = make_inputs("head", features=fs, rows=np.arange(len(fs.labels)))
+    source = [m._embed_net(i, q) for i in range(m.n_models)]
+    one = [m.adapt(x, y) for x, y in data[2]]
+    many = list(m.adapt_episodes(data[2]))
+    assert len(many) == len(data[2])
+    for a, b in zip(one, many, strict=True):
+        assert isinstance(a, EmbeddingMethod) and isinstance(b, EmbeddingMethod)
+        for i in range(m.n_models):
+            assert np.abs(a._embed_net(i, q) - b._embed_net(i, q)).max() <= 1e-6
+            assert np.abs(b._embed_net(i, q) - source[i]).max() > 1e-4  # it did adapt
+        # only the last layer moved; the source model is untouched
+        for net, src_net in zip(b.nets, m.nets, strict=True):
+            for (name, w), w0 in zip(net.head.named_parameters(), src_net.head.parameters(), strict=True):
+                assert torch.equal(w, w0) == (not name.startswith(str(len(net.head) - 1)))
+    assert [m._embed_net(i, q) for i in range(m.n_models)][0].tobytes() == source[0].tobytes()
+
+
+def test_schedule_decides_the_iterations_per_support(data: tuple) -> None:
+    # a k whose schedule entry is 0 leaves the source model as it is; the other k adapts
+    m = _fitted("adapted_margin", data, adapt_protocol="oodml", adapt_iterations="2:0,5:4")
+    q = make_inputs("head", features=data[0], rows=np.arange(20))
+    two, five = m.adapt(*data[2][0]), m.adapt(*data[2][3])
+    assert np.array_equal(two.embed(q), m.embed(q)) and not np.array_equal(five.embed(q), m.embed(q))
+    assert m.adaptation_record(5)["iterations"] == 4 and m.adaptation_record(3)["iterations"] == 0
+
+
+def test_baseline_refuses_the_oodml_protocol(data: tuple) -> None:
+    m = _fitted("baseline", data, adapt_protocol="oodml")
+    with pytest.raises(OodmlError, match="from scratch"):
+        m.adapt(*data[2][0])
+
+
+def test_cell_records_the_resolved_schedule_per_k(tmp_path: Path) -> None:
+    feats, splits = write_inputs(tmp_path, ks=(2, 3))
+    c = build_run_cfg(dict(method="adapted_margin,margin", features=str(feats), splits=str(splits), shifts="1",
+                           k="0,2,3", seeds="0", results=str(tmp_path / "r"), workers=1,
+                           method_params={"iterations": 4, "adapt_protocol": "oodml",
+                                          "adapt_iterations": "2:3,3:5", "batch_size": 8}))
+    assert run_grid(c) == 0
+    cells = {cell["config"]["methods"][0]: cell for cell in Store(tmp_path / "r").cells()}
+    adaptation = cells["adapted_margin"]["training"]["adaptation"]
+    assert {k: v["iterations"] for k, v in adaptation.items()} == {"2": 3, "3": 5}
+    assert adaptation["2"]["protocol"] == "oodml" and adaptation["2"]["lr"] == 1e-4
+    assert "training" not in cells["margin"]  # nothing adapts
+    assert cells["adapted_margin"]["config"]["method_params"]["adapt_iterations"] == "2:3,3:5"
