@@ -108,6 +108,10 @@ class Method(ABC):
                 seed_everything(seeds[i])
             yield self.adapt(x, y)
 
+    def fit_record(self) -> dict[str, Any]:
+        """How the source fit went, recorded in the cell (e.g. the kept checkpoint); empty: nothing to record."""
+        return {}
+
     def adaptation_record(self, k: int) -> dict[str, Any]:
         """The adaptation settings in force at k shots, recorded in the cell (empty: nothing to record)."""
         return {}

@@ -9,7 +9,8 @@ support alone is this computation with T = 1 (`tests/methods/test_protocols.py` 
 
 The objective is ooDML's margin criterion as pytorch-metric-learning computes `MarginLoss` with a fixed beta
 (`DivisorReducer`: the sum of the triplets' positive and negative hinge terms over the number of non-zero terms) on
-L2-normalised embeddings, with triplets from `BatchedDistanceWeightedMiner` (PML's distance-weighted sampling).
+L2-normalised embeddings, with triplets drawn as PML's `DistanceWeightedMiner` draws them
+(`distance_weighted_triplets`, batched over tasks).
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ def margin_loss(e: torch.Tensor, task: torch.Tensor, anchors: torch.Tensor, posi
         task, anchors, positives, negatives: (N,) indices; triplet i is in task `task[i]`, rows of its batch.
         n_tasks: T.
     """
-    d = torch.cdist(e, e)
-    d_ap = d[task, anchors, positives]
-    d_an = d[task, anchors, negatives]
+    anchor = e[task, anchors]
+    d_ap = torch.linalg.vector_norm(anchor - e[task, positives], dim=1)  # the triplets' distances only: no (B, B)
+    d_an = torch.linalg.vector_norm(anchor - e[task, negatives], dim=1)  # matrix in the backward pass
     pos = F.relu(d_ap - beta + margin)
     neg = F.relu(beta - d_an + margin)
     sums = e.new_zeros(n_tasks).index_add(0, task, pos + neg)
@@ -67,20 +68,52 @@ def margin_loss(e: torch.Tensor, task: torch.Tensor, anchors: torch.Tensor, posi
     return torch.where(count > 0, sums / count.clamp_min(1), sums * 0)
 
 
-def _triplets(e: torch.Tensor, labels: list[torch.Tensor], tasks: Sequence[AdaptTask],
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Distance-weighted triplets of every task's batch, each drawn with the task's own generator."""
-    from oodml.methods.pml_batched import BatchedDistanceWeightedMiner
+def distance_weighted_triplets(e: torch.Tensor, labels: torch.Tensor, generators: Sequence[torch.Generator], *,
+                               cutoff: float = OODML_CUTOFF, nonzero_loss_cutoff: float = OODML_NONZERO_LOSS_CUTOFF,
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Distance-weighted triplets (Wu et al. 2017) of T batches at once, as (task, anchor, positive, negative).
 
-    miner = BatchedDistanceWeightedMiner(cutoff=OODML_CUTOFF, nonzero_loss_cutoff=OODML_NONZERO_LOSS_CUTOFF)
-    parts: list[list[torch.Tensor]] = [[], [], [], []]
+    The sampling of PML's `DistanceWeightedMiner` (and `BatchedDistanceWeightedMiner`): every anchor with another
+    image of its class gets as many triplets as its class has images in the batch; a positive is drawn uniformly
+    among the anchor's other class members, a negative with probability proportional to q(d)^-1 (distances clamped
+    at `cutoff`, zero weight from `nonzero_loss_cutoff` on); anchors without any weighted negative get none. The
+    draws are inverse-CDF lookups of uniforms that task t takes from `generators[t]` alone.
+
+    Args:
+        e: (T, B, d) L2-normalised embeddings (no gradient needed).
+        labels: (T, B) labels.
+    """
+    n_tasks, b, d = e.shape
     with torch.no_grad():
-        for t, (task, lab) in enumerate(zip(tasks, labels, strict=True)):
-            miner.generator = task.generator
-            a, p, n = miner.mine(e[t], lab, e[t], lab)
-            for out, v in zip(parts, (torch.full_like(a, t), a, p, n), strict=True):
-                out.append(v)
-    return tuple(torch.cat(v) for v in parts)  # type: ignore[return-value]
+        mat = torch.cdist(e, e).clamp(min=cutoff)
+        log_w = (2.0 - d) * torch.log(mat) - ((d - 3) / 2) * torch.log(1.0 - 0.25 * mat.pow(2))
+        bad = torch.isinf(log_w) | torch.isnan(log_w)
+        negative = labels.unsqueeze(2) != labels.unsqueeze(1)
+        log_w = log_w * negative
+        top = torch.where(bad, -torch.inf, log_w).amax(dim=(1, 2), keepdim=True)
+        w = torch.exp(log_w - top) * negative * (mat < nonzero_loss_cutoff)
+        w[bad] = 0
+        same = ~negative & ~torch.eye(b, dtype=torch.bool, device=e.device)
+        n_pos = same.sum(dim=2).flatten()
+        rows = torch.repeat_interleave(torch.arange(n_tasks * b, device=e.device),
+                                       torch.where(n_pos > 0, n_pos + 1, 0))
+        w_rows = w.reshape(n_tasks * b, b)[rows]
+        keep = w_rows.sum(dim=1) > 0
+        rows, w_rows = rows[keep], w_rows[keep]
+        task = torch.div(rows, b, rounding_mode="floor")
+        counts = torch.bincount(task, minlength=n_tasks).tolist()
+        u = torch.cat([torch.rand(n, 2, generator=g, dtype=e.dtype) for n, g in zip(counts, generators, strict=True)])
+        pos_cdf = torch.cumsum(same.reshape(n_tasks * b, b)[rows].to(e.dtype), dim=1)
+        neg_cdf = torch.cumsum(w_rows, dim=1)
+        positives = _draw(pos_cdf, u[:, 0])
+        negatives = _draw(neg_cdf, u[:, 1])
+    return task, rows - task * b, positives, negatives
+
+
+def _draw(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Per row, the first column whose cumulative weight exceeds u x the row's total (an index of weight > 0)."""
+    v = (u * cdf[:, -1]).unsqueeze(1)
+    return torch.searchsorted(cdf, v, right=True).squeeze(1).clamp(max=cdf.shape[1] - 1)
 
 
 def adapt_last_layers(weight: torch.Tensor, bias: torch.Tensor, tasks: Sequence[AdaptTask], *, lr: float,
@@ -113,8 +146,8 @@ def adapt_last_layers(weight: torch.Tensor, bias: torch.Tensor, tasks: Sequence[
                 h = torch.stack([group[i].frozen(rows[i]) for i in sel])
                 z = torch.baddbmm(b[sel].unsqueeze(1), h, w[sel].transpose(1, 2))
                 e = F.normalize(z, dim=2)
-                lab = [labels[i][torch.as_tensor(rows[i])] for i in sel]
-                trip = _triplets(e.detach(), lab, [group[i] for i in sel])
+                lab = torch.stack([labels[i][torch.as_tensor(rows[i])] for i in sel])
+                trip = distance_weighted_triplets(e.detach(), lab, [group[i].generator for i in sel])
                 total = total + margin_loss(e, *trip, n_tasks=len(sel)).sum()
             if total.requires_grad:
                 total.backward()

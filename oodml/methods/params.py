@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
@@ -18,6 +19,7 @@ ADAPT_SCOPES = ("last", "all")
 ADAPT_STOPS = ("fixed", "plateau")
 ADAPT_BN = ("train", "frozen")
 ADAPT_PROTOCOLS = ("own_loss", "oodml")
+SELECTS = ("last", "val")
 
 #: what `adapt_protocol: oodml` sets unless the same fields are given explicitly (Milbich et al. 2021, few-shot
 #: script: Adam at 1e-4 on the last linear layer, 1,000 iterations at 2 shots and 1,500 at 5 shots)
@@ -42,6 +44,13 @@ class TrainParams:
         backbone_lr: Adam learning rate of the backbone in the `full` regime (ooDML: 1e-5).
         weight_decay: Adam weight decay.
         iterations: source training iterations (batches).
+        epochs: when > 0, the source training length in epochs instead: iterations = ceil(epochs x the level's
+            training images / batch_size) (ooDML counts epochs; its sampler is batch_size=112, samples_per_class=2).
+        select: `last`: keep the source model as training leaves it; `val`: hold the level's `val_classes` out of
+            training, score them with recall@1 (`oodml.eval`) every `select_every` iterations and at the end, and keep
+            the best-scoring weights (ooDML's checkpoint selection); the cell records the kept iteration and the
+            validation curve.
+        select_every: `val`: iterations between two validation scorings.
         batch_size: images per batch.
         samples_per_class: images per class in a batch (ooDML: 2).
         adapt_iterations: fine-tuning iterations on the k-shot support (methods that adapt): one number for every
@@ -91,6 +100,9 @@ class TrainParams:
     adapt_min_gain: float = field(default=0.01, metadata=LATER)
     adapt_bn: str = field(default="train", metadata=LATER)
     adapt_protocol: str = field(default="own_loss", metadata=LATER)
+    epochs: float = field(default=0.0, metadata=LATER)
+    select: str = field(default="last", metadata=LATER)
+    select_every: int = field(default=100, metadata=LATER)
 
     @staticmethod
     def preset(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -101,8 +113,18 @@ class TrainParams:
         """The adaptation iterations at k shots (see `adapt_iterations`)."""
         return schedule_for(self.adapt_iterations, k)
 
+    def fit_iterations(self, n_train: int) -> int:
+        """Source training iterations for `n_train` training images (`epochs` converted, else `iterations`)."""
+        if self.epochs > 0:
+            return max(1, math.ceil(self.epochs * n_train / self.batch_size))
+        return self.iterations
+
     def validate(self) -> None:
         """Raise OodmlError for out-of-range values."""
+        if self.select not in SELECTS:
+            raise OodmlError(f"select={self.select!r} is not one of {', '.join(SELECTS)}")
+        if self.select_every < 1 or self.epochs < 0:
+            raise OodmlError(f"need select_every >= 1 and epochs >= 0, got {self.select_every} and {self.epochs}")
         if self.adapt_protocol not in ADAPT_PROTOCOLS:
             raise OodmlError(f"adapt_protocol={self.adapt_protocol!r} is not one of {', '.join(ADAPT_PROTOCOLS)}")
         if self.adapt_protocol == "oodml" and (self.adapt_scope != "last" or self.adapt_stop != "fixed"):

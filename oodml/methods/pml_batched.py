@@ -34,11 +34,7 @@ class BatchedDistanceWeightedMiner(DistanceWeightedMiner):  # type: ignore[misc]
     images there; each triplet's positive is drawn uniformly from the anchor's other class members, and its negative
     with probability proportional to q(d)^-1 (cut off at `cutoff`, zero beyond `nonzero_loss_cutoff`); anchors whose
     negative weights are all zero get no triplets. With a separate reference set it falls back to PML.
-
-    `generator`: the torch Generator of the draws (None: the global RNG, as PML does).
     """
-
-    generator: torch.Generator | None = None
 
     def negative_weights(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor,
                          ref_labels: torch.Tensor) -> torch.Tensor:
@@ -70,9 +66,8 @@ class BatchedDistanceWeightedMiner(DistanceWeightedMiner):  # type: ignore[misc]
             if len(anchors) == 0:
                 empty = labels.new_zeros(0, dtype=torch.long)
                 return empty, empty, empty
-            g = self.generator
-            positives = torch.multinomial(same[anchors].to(w.dtype), 1, replacement=True, generator=g).flatten()
-            negatives = torch.multinomial(w, 1, replacement=True, generator=g).flatten()
+            positives = torch.multinomial(same[anchors].to(w.dtype), 1, replacement=True).flatten()
+            negatives = torch.multinomial(w, 1, replacement=True).flatten()
         return anchors, positives, negatives
 
 

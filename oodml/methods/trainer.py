@@ -139,6 +139,7 @@ class EmbeddingMethod(Method):
         self.n_classes = 0
         self.adapt_shots = 1
         self.adapt_k = 1  # shots of the support being adapted on (picks the `adapt_iterations` entry)
+        self.selection: dict[str, Any] = {}  # how the source model was chosen (`select=val`, `epochs`)
 
     # ----------------------------------------------------------------------------------------------- hooks
     @abstractmethod
@@ -277,9 +278,9 @@ class EmbeddingMethod(Method):
             for q in frozen:
                 q.requires_grad_(True)
 
-    def _train(self, x: Inputs, y: np.ndarray, stage: str) -> None:
+    def _train(self, x: Inputs, y: np.ndarray, stage: str, val: tuple[Inputs, np.ndarray] | None = None) -> None:
         p = self.params
-        iterations = p.iterations if stage == "fit" else p.adapt_iterations_for(self.adapt_k)
+        iterations = p.fit_iterations(len(y)) if stage == "fit" else p.adapt_iterations_for(self.adapt_k)
         groups = [self._param_groups(m, stage) for m in range(self.n_models)]
         if iterations == 0 or not any(groups):
             return
@@ -288,6 +289,8 @@ class EmbeddingMethod(Method):
         self._train_mode(stage)
         show = progress(f"{stage} {self.spec}", iterations) if stage == "fit" else contextlib.nullcontext()
         stop = _Plateau(p.adapt_min_gain) if stage == "adapt" and p.adapt_stop == "plateau" else None
+        best = _Plateau(0.0) if val is not None else None
+        curve: list[list[float]] = []
         with self._only_training(groups), show as bar:
             for it in range(iterations):
                 idx = self.batch_indices(y, rng, stage)
@@ -307,8 +310,17 @@ class EmbeddingMethod(Method):
                     self._train_mode(stage)
                 if stop is not None and (it + 1) % p.adapt_patience == 0 and stop.plateaued():
                     break
+                if best is not None and val is not None and ((it + 1) % p.select_every == 0 or it + 1 == iterations):
+                    score = self.val_score(*val)
+                    curve.append([it + 1, score])
+                    best.update(score, lambda: (it + 1, self._snapshot()))
+                    self._train_mode(stage)
         if stop is not None and stop.best_state is not None:
             self._restore(stop.best_state)
+        if best is not None and best.best_state is not None:
+            kept, state = best.best_state
+            self._restore(state)
+            self.selection.update(select="val", every=p.select_every, kept_iteration=kept, val_curve=curve)
         for net in self.nets:
             net.eval()
 
@@ -320,20 +332,41 @@ class EmbeddingMethod(Method):
         for module, sd in zip([*self.nets, *self.objectives], [*state[0], *state[1]]):
             module.load_state_dict(sd)
 
+    def val_score(self, x: Inputs, y: np.ndarray) -> float:
+        """Recall@1 of model 1's embeddings of the validation classes (`select=val`), as the evaluation computes it."""
+        from oodml.eval import retrieval_metrics
+
+        return float(retrieval_metrics(self._embed_net(0, x), np.asarray(y), (1,))["recall@1"])
+
     def support_score(self, x: Inputs, y: np.ndarray) -> float | None:
         """How well model 1 fits the support `x` (labels 0..C-1), for the `plateau` adaptation stop: leave-one-out
         1-NN accuracy of its embeddings; None when no class has two images."""
         return loo_nn_accuracy(torch.from_numpy(self._embed_net(0, x)), y)
 
     # ----------------------------------------------------------------------------------------------- protocol
-    def fit(self, x: Inputs, y: np.ndarray) -> None:
-        """Train on the source classes (labels are re-indexed to 0..C-1)."""
+    @property
+    def selects_on_val(self) -> bool:
+        """True when the source fit wants validation classes (`select=val`)."""
+        return self.params.select == "val"
+
+    def fit(self, x: Inputs, y: np.ndarray, val: tuple[Inputs, np.ndarray] | None = None) -> None:
+        """Train on the source classes (labels are re-indexed to 0..C-1); with `select=val`, `val` (inputs and
+        labels of the held-out validation classes) chooses the checkpoint."""
         classes, yi = np.unique(np.asarray(y), return_inverse=True)
         if self.in_dim is None and hasattr(x, "dim"):
             self.in_dim = int(x.dim)  # type: ignore[attr-defined]
+        if self.selects_on_val and val is None:
+            raise OodmlError(f"{self.spec}: select=val needs validation classes; the split level has none (rebuild "
+                             "the splits with val classes) or use select=last")
+        p = self.params
+        self.selection = {"iterations": p.fit_iterations(len(yi)), "epochs": p.epochs} if p.epochs > 0 else {}
         with seeded_torch(self._seed("fit")):
             self._build(len(classes))
-            self._train(x, yi.astype(np.int64), "fit")
+            self._train(x, yi.astype(np.int64), "fit", val if self.selects_on_val else None)
+
+    def fit_record(self) -> dict[str, Any]:
+        """How the source model was trained and chosen (epochs, `select=val`: kept iteration and val curve)."""
+        return dict(self.selection)
 
     def prepare_adapt(self, x: Inputs, y: np.ndarray, n_classes: int) -> None:
         """Replace the objectives by ones for the target classes (proxies at the support means if configured)."""
@@ -485,13 +518,14 @@ class EmbeddingMethod(Method):
         def cpu(sd: dict[str, Any]) -> dict[str, Any]:
             return {k: v.detach().cpu().clone() for k, v in sd.items()}
 
-        return {"in_dim": self.in_dim, "n_classes": self.n_classes,
+        return {"in_dim": self.in_dim, "n_classes": self.n_classes, "selection": self.selection,
                 "nets": [cpu(n.state_dict()) for n in self.nets],
                 "objectives": [cpu(o.state_dict()) for o in self.objectives]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Rebuild the nets and objectives and load a `state_dict`."""
         self.in_dim = state["in_dim"]
+        self.selection = dict(state.get("selection", {}))
         self._build(int(state["n_classes"]))
         for net, sd in zip(self.nets, state["nets"], strict=True):
             net.load_state_dict(sd)

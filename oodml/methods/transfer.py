@@ -65,7 +65,7 @@ class BaselineMethod(ClassifierMethod):
 
     adapts_source_model = False
 
-    def fit(self, x: Inputs, y: np.ndarray) -> None:
+    def fit(self, x: Inputs, y: np.ndarray, val: tuple[Inputs, np.ndarray] | None = None) -> None:
         """No source training; only builds an (untrained) net so that `embed` is defined."""
         if self.in_dim is None and hasattr(x, "dim"):
             self.in_dim = int(x.dim)  # type: ignore[attr-defined]

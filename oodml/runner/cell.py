@@ -137,7 +137,11 @@ def _evaluate(task: CellTask, fs: Any) -> tuple[list[dict[str, Any]], list[dict[
                         dataset=cell.dataset, device=task.device, seed=fit_seed % 2**32)
     seed_everything(fit_seed)
     method = api.build_method(cell.method, ctx, task.overrides)
-    cached = _fit(method, inputs(lv.train_rows), _contiguous(fs.labels[lv.train_rows]), task)
+    train_rows, val = lv.train_rows, None
+    if getattr(method, "selects_on_val", False) and len(lv.val_rows):  # hold the validation classes out
+        train_rows = lv.train_rows[~np.isin(lv.train_rows, lv.val_rows)]
+        val = (inputs(lv.val_rows), fs.labels[lv.val_rows])
+    cached = _fit(method, inputs(train_rows), _contiguous(fs.labels[train_rows]), task, val)
     metrics: list[dict[str, Any]] = []
     episodes: list[dict[str, Any]] = []
     # a method that doesn't adapt embeds the test images alike in every episode: embed once, search once
@@ -157,10 +161,11 @@ def _evaluate(task: CellTask, fs: Any) -> tuple[list[dict[str, Any]], list[dict[
             metrics += few[k][0]
             episodes += few[k][1]
     adaptation = {str(k): r for k in few_ks if (r := method.adaptation_record(k))}
-    return metrics, episodes, cached, ({"adaptation": adaptation} if adaptation else {})
+    training = {"fit": method.fit_record()} if method.fit_record() else {}
+    return metrics, episodes, cached, ({**training, "adaptation": adaptation} if adaptation else training)
 
 
-def _fit(method: Any, x: Any, y: np.ndarray, task: CellTask) -> bool:
+def _fit(method: Any, x: Any, y: np.ndarray, task: CellTask, val: tuple[Any, np.ndarray] | None = None) -> bool:
     """Fit, or restore the fitted source state from the cache; returns True when the cache was used."""
     import torch
 
@@ -174,7 +179,10 @@ def _fit(method: Any, x: Any, y: np.ndarray, task: CellTask) -> bool:
         if state is not None:
             method.load_state_dict(state)
             return True
-    method.fit(x, y)
+    if val is None:
+        method.fit(x, y)
+    else:
+        method.fit(x, y, val=val)
     if path is not None:
         state = method.state_dict()
         if state:

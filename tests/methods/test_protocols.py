@@ -13,7 +13,7 @@ import torch
 from oodml.config import build_run_cfg
 from oodml.errors import OodmlError
 from oodml.methods import EmbeddingMethod, MethodContext, build_method, make_inputs, method_params
-from oodml.methods.batched import margin_loss
+from oodml.methods.batched import distance_weighted_triplets, margin_loss
 from oodml.methods.params import schedule_for
 from oodml.runner import Store, run_grid
 from tests.conftest import make_blobs
@@ -75,6 +75,29 @@ def test_margin_loss_equals_pml_margin_loss_on_the_same_triplets() -> None:
     task = torch.tensor([0] * 5 + [1] * 5)
     got = margin_loss(e, task, torch.cat([a, a]), torch.cat([p, p]), torch.cat([n, n]), n_tasks=2)
     assert torch.allclose(got, torch.stack(ref), atol=1e-12)
+
+
+def test_distance_weighted_triplets_sample_as_pml_does() -> None:
+    from oodml.methods.pml_batched import BatchedDistanceWeightedMiner
+
+    g = torch.Generator().manual_seed(1)
+    e = torch.nn.functional.normalize(torch.randn(3, 12, 6, generator=g), dim=2)
+    labels = torch.stack([torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 4, 4, 5, 5])[torch.randperm(12, generator=g)]
+                          for _ in range(3)])
+    gens = [torch.Generator().manual_seed(s) for s in range(3)]
+    task, a, p, n = distance_weighted_triplets(e, labels, gens)
+    for t in range(3):
+        mine = task == t
+        ref_a = BatchedDistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=1.4).mine(e[t], labels[t], e[t],
+                                                                                       labels[t])[0]
+        assert torch.equal(a[mine], ref_a)  # the same anchors, as many triplets each
+        lab = labels[t]
+        assert bool((lab[p[mine]] == lab[a[mine]]).all() and (p[mine] != a[mine]).all())
+        assert bool((lab[n[mine]] != lab[a[mine]]).all())
+        assert bool((torch.linalg.vector_norm(e[t, a[mine]] - e[t, n[mine]], dim=1) < 1.4).all())
+    # a task's draws come from its own generator: the same with other tasks beside it or not
+    alone = distance_weighted_triplets(e[1:2], labels[1:2], [torch.Generator().manual_seed(1)])
+    assert all(torch.equal(x[task == 1], y) for x, y in zip((a, p, n), alone[1:], strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +171,66 @@ def test_cell_records_the_resolved_schedule_per_k(tmp_path: Path) -> None:
     assert adaptation["2"]["protocol"] == "oodml" and adaptation["2"]["lr"] == 1e-4
     assert "training" not in cells["margin"]  # nothing adapts
     assert cells["adapted_margin"]["config"]["method_params"]["adapt_iterations"] == "2:3,3:5"
+
+
+def _overfitting_source() -> tuple[Any, np.ndarray, Any, np.ndarray]:
+    """Train classes told apart by dims 4-15 (dims 0-3 noise), validation classes by dims 0-3 only: the more the
+    embedding fits the train classes, the more it drops what tells the validation classes apart."""
+    from oodml.methods import FeatureInputs
+
+    rng = np.random.default_rng(0)
+
+    def classes(n: int, informative: slice, noise: slice) -> tuple[Any, np.ndarray]:
+        centers = np.zeros((n, 16))
+        centers[:, informative] = rng.normal(0, 3.0, (n, 12 if informative.start else 4))
+        labels = np.repeat(np.arange(n), 8)
+        x = centers[labels] + rng.normal(0, 0.3, (len(labels), 16))
+        x[:, noise] += rng.normal(0, 3.0, (len(labels), 4 if noise.start is None else 12))
+        return FeatureInputs(torch.from_numpy(x.astype(np.float32))), labels
+
+    return (*classes(10, slice(4, 16), slice(None, 4)), *classes(6, slice(None, 4), slice(4, 16)))
+
+
+def test_val_selection_keeps_the_best_checkpoint_not_the_last() -> None:
+    xt, yt, xv, yv = _overfitting_source()
+    base = {"iterations": 40, "batch_size": 16, "embed_dim": 8, "lr": 1e-2}
+    m = build_method("margin", MethodContext(seed=0, in_dim=16), {**base, "select": "val", "select_every": 5})
+    assert isinstance(m, EmbeddingMethod)
+    m.fit(xt, yt, val=(xv, yv))
+    rec = m.fit_record()
+    curve = dict((int(i), s) for i, s in rec["val_curve"])
+    assert sorted(curve) == list(range(5, 41, 5)) and rec["kept_iteration"] < 40
+    assert curve[rec["kept_iteration"]] == max(curve.values()) > curve[40]
+    # the kept weights are those of a run stopped there: scoring the validation classes changes nothing else
+    short = build_method("margin", MethodContext(seed=0, in_dim=16), {**base, "iterations": rec["kept_iteration"]})
+    short.fit(xt, yt)
+    assert np.array_equal(m.embed(xv), short.embed(xv))
+    with pytest.raises(OodmlError, match="select=val needs validation classes"):
+        m.fit(xt, yt)
+
+
+def test_epochs_set_the_training_length_from_the_train_size() -> None:
+    xt, yt, _, _ = _overfitting_source()  # 80 images
+    m = build_method("margin", MethodContext(seed=0, in_dim=16), {"epochs": 1.5, "batch_size": 16, "embed_dim": 8})
+    assert isinstance(m, EmbeddingMethod)
+    m.fit(xt, yt)
+    assert m.fit_record() == {"iterations": 8, "epochs": 1.5}  # ceil(1.5 x 80 / 16)
+    assert "epochs" not in method_params("margin") and "select" not in method_params("margin")
+
+
+def test_cell_holds_val_classes_out_and_records_the_selection(tmp_path: Path) -> None:
+    from oodml.splits.spec import SplitSpec
+
+    feats, splits = write_inputs(tmp_path, ks=(2,))
+    spec = SplitSpec.load(splits)
+    for lv in spec.levels:
+        lv.val_classes = lv.train_classes[:2]
+    spec.save(splits)
+    c = build_run_cfg(dict(method="margin", features=str(feats), splits=str(splits), shifts="1", k="0", seeds="0",
+                           results=str(tmp_path / "r"), workers=1,
+                           method_params={"iterations": 6, "select": "val", "select_every": 2, "batch_size": 8}))
+    assert run_grid(c) == 0
+    (cell,) = Store(tmp_path / "r").cells()
+    fit = cell["training"]["fit"]
+    assert [i for i, _ in fit["val_curve"]] == [2, 4, 6] and fit["kept_iteration"] in (2, 4, 6)
+    assert cell["rows"][0]["n_train_classes"] == len(spec.levels[0].train_classes)
