@@ -167,11 +167,14 @@ def oodml_params(methods: str, schedule: str) -> dict[str, object]:
 
 
 def compare_adaptation(feats: Path, splits: Path, methods: str, ks: tuple[int, ...], schedule: str,
-                       sample: int) -> dict[str, dict[str, float]]:
+                       sample: int, cells: int, target: str = "2:1000,5:1500") -> dict[str, dict[str, float]]:
     """ooDML's adaptation protocol (`adapt_protocol=oodml`, `adapt_iterations=schedule`) on level 1 / seed 0, in this
     process with one thread: CPU seconds of adapting every episode of every k in one batched call vs. one episode at a
     time (timed on the first `sample` episodes of each k and scaled to all), and how far the adapted embeddings of
-    the timed episodes differ."""
+    the timed episodes differ. The batched time, scaled linearly from `schedule` to `target` iterations, times
+    `cells` (the design's levels x seeds) gives each method's adaptation cost in the full design."""
+    from oodml.methods.params import schedule_for
+
     import torch
 
     from oodml.methods import EmbeddingMethod, MethodContext, build_method, make_inputs, resolve_methods
@@ -206,11 +209,20 @@ def compare_adaptation(feats: Path, splits: Path, methods: str, ks: tuple[int, .
         first = {id(t): i for i, t in enumerate(supports)}
         diff = max(float(np.abs(a.embed(probe) - many[first[id(t)]].embed(probe)).max())
                    for a, t in zip(one, timed, strict=True))
+        scale = (sum(schedule_for(target, k) for k, _, _ in supports)
+                 / max(1, sum(schedule_for(schedule, k) for k, _, _ in supports)))
+        design_min = batched * scale * cells / 60
         out[spec] = {"episodes": len(supports), "per_episode_cpu_s": per_episode, "batched_cpu_s": batched,
-                     "ratio": batched / per_episode, "max_abs_diff": diff}
+                     "ratio": batched / per_episode, "max_abs_diff": diff, "design_cells": cells,
+                     "design_adaptation_cpu_min": design_min, "design_per_episode_cpu_min": per_episode * scale * cells / 60}
         print(f"{spec}: {len(supports)} adaptations ({schedule}): one at a time {per_episode:.1f}s CPU "
               f"(timed {len(timed)}, scaled), batched {batched:.1f}s (ratio {batched / per_episode:.3f}); "
-              f"max |embedding diff| {diff:.2g}", flush=True)
+              f"max |embedding diff| {diff:.2g}; at {target}: {batched * scale:.0f}s per cell, {cells} cells "
+              f"{design_min:.0f} min CPU ({design_min / 2:.0f} min with 2 workers; one at a time "
+              f"{per_episode * scale * cells / 120:.0f} min)", flush=True)
+    total = sum(r["design_adaptation_cpu_min"] for r in out.values())
+    print(f"adaptation of these {len(out)} method(s) in the full design ({cells} cells each) at {target}: "
+          f"{total:.0f} min CPU, {total / 2:.0f} min with 2 workers (batched)", flush=True)
     return out
 
 
@@ -245,7 +257,7 @@ def main() -> None:
         print(f"inputs: 11,700 x 1,280 features, {levels}-level ladder built in {ladder_s:.1f}s")
         if args.oodml_adaptation:
             res = compare_adaptation(feats, splits, args.methods, tuple(k for k in ks if k > 0), args.schedule,
-                                     args.sample)
+                                     args.sample, args.levels * args.seeds)
             if args.out:
                 args.out.write_text(json.dumps(res, indent=1) + "\n")
             return

@@ -352,6 +352,18 @@ def _schedule(cls_name: str, name: str, value: Any) -> int | str:
     raise OodmlError(f"{cls_name}: {name}={value!r} is not a number or a per-k schedule like 2:1000,5:1500")
 
 
+@dataclass(frozen=True)
+class EnsParams:
+    """Ensemble control `+ens`: cohort size (the default equals `+dmml`'s, `dmml_models`)."""
+
+    ens_models: int = 3
+
+    def validate(self) -> None:
+        """Raise OodmlError for out-of-range values."""
+        if self.ens_models < 2:
+            raise OodmlError(f"ens_models must be >= 2, got {self.ens_models}")
+
+
 def field_names(cls: type | None) -> set[str]:
     """Names of the fields of a params dataclass (empty for None)."""
     return {f.name for f in dataclasses.fields(cls)} if cls is not None else set()

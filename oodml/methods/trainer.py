@@ -20,6 +20,7 @@ from torch import nn
 
 from oodml.errors import OodmlError
 from oodml.methods.base import Inputs, Method, MethodContext, MethodInfo
+from oodml.methods.cohort import concat_normalized
 from oodml.methods.losses import init_proxies, relational_mutual_loss, sec_loss
 from oodml.methods.nets import EmbeddingNet, batched_forward, build_trunk, make_head
 from oodml.methods.params import DmmlParams, SecParams, TrainParams
@@ -123,6 +124,8 @@ class EmbeddingMethod(Method):
     init_proxies_on_adapt: bool = False
     #: False for methods whose adaptation starts from scratch instead of the source model (`baseline`)
     adapts_source_model: bool = True
+    #: False for methods that train nothing on the source (`baseline`): the fit stage has no parameter groups
+    fit_trains: bool = True
 
     def __init__(self, info: MethodInfo, ctx: MethodContext, params: TrainParams) -> None:
         self.info = info
@@ -157,13 +160,6 @@ class EmbeddingMethod(Method):
         return [{"params": params, "lr": lr * scale}]
 
     # ----------------------------------------------------------------------------------------------- add-ons
-    def with_addons(self, *, sec: SecParams | None = None, dmml: DmmlParams | None = None,
-                    spec: str | None = None) -> EmbeddingMethod:
-        """Turn on the spherical embedding constraint and/or diversified mutual learning; returns self."""
-        self.sec, self.dmml = sec, dmml
-        self.spec = spec or self.spec
-        return self
-
     @property
     def n_models(self) -> int:
         """Cohort size (1 without `+dmml`)."""
@@ -216,6 +212,8 @@ class EmbeddingMethod(Method):
     # ----------------------------------------------------------------------------------------------- training
     def _param_groups(self, m: int, stage: str) -> list[dict[str, Any]]:
         p, net = self.params, self.nets[m]
+        if stage == "fit" and not self.fit_trains:
+            return []
         groups: list[dict[str, Any]]
         if stage == "fit":
             groups = [{"params": list(net.head.parameters()), "lr": p.lr},
@@ -508,9 +506,7 @@ class EmbeddingMethod(Method):
         if self.dmml is None:
             return {"": first}
         parts = [first] + [self._embed_net(m, x) for m in range(1, self.n_models)]
-        cat = np.concatenate([p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12) for p in parts], 1)
-        cat /= np.maximum(np.linalg.norm(cat, axis=1, keepdims=True), 1e-12)
-        return {"": first, "ensemble": cat.astype(np.float32)}
+        return {"": first, "ensemble": concat_normalized(parts)}
 
     def state_dict(self) -> dict[str, Any]:
         """The fitted source state: nets and objectives of every cohort model (CPU tensors)."""

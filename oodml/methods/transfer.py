@@ -64,6 +64,7 @@ class BaselineMethod(ClassifierMethod):
     """Trained on the target k-shot support only: a fresh net and classifier, no source training."""
 
     adapts_source_model = False
+    fit_trains = False
 
     def fit(self, x: Inputs, y: np.ndarray, val: tuple[Inputs, np.ndarray] | None = None) -> None:
         """No source training; only builds an (untrained) net so that `embed` is defined."""
@@ -71,9 +72,6 @@ class BaselineMethod(ClassifierMethod):
             self.in_dim = int(x.dim)  # type: ignore[attr-defined]
         with seeded_torch(self._seed("fit")):
             self._build(1)
-
-    def _param_groups(self, m: int, stage: str) -> list[dict[str, Any]]:
-        return super()._param_groups(m, stage) if stage == "adapt" else []
 
     def prepare_adapt(self, x: Inputs, y: np.ndarray, n_classes: int) -> None:
         """Start from scratch on the target classes."""

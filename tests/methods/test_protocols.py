@@ -234,3 +234,41 @@ def test_cell_holds_val_classes_out_and_records_the_selection(tmp_path: Path) ->
     fit = cell["training"]["fit"]
     assert [i for i, _ in fit["val_curve"]] == [2, 4, 6] and fit["kept_iteration"] in (2, 4, 6)
     assert cell["rows"][0]["n_train_classes"] == len(spec.levels[0].train_classes)
+
+
+def test_ens_members_are_independent_and_the_ensemble_is_normalised(data: tuple) -> None:
+    from oodml.methods.cohort import EnsembleMethod
+
+    fs = data[0]
+    q = make_inputs("head", features=fs, rows=np.arange(len(fs.labels)))
+    ens = build_method("margin+ens", MethodContext(seed=0, in_dim=12), {**TINY, "ens_models": 3})
+    assert isinstance(ens, EnsembleMethod) and len(ens.members) == 3
+    ens.fit(make_inputs("head", features=fs, rows=data[1]), fs.labels[data[1]])
+    parts = [m.embed(q) for m in ens.members]
+    assert all(not np.allclose(parts[i], parts[j]) for i in range(3) for j in range(i))  # own seeds each
+    plain = _fitted("margin", data)
+    variants = ens.embed_variants(q)
+    assert np.array_equal(variants[""], plain.embed(q))  # model 1 is the plain method
+    cat = variants["ensemble"]
+    assert cat.shape == (len(fs.labels), 3 * TINY["embed_dim"])
+    assert np.allclose(np.linalg.norm(cat, axis=1), 1.0, atol=1e-6)
+    assert np.allclose(cat[:, :TINY["embed_dim"]] * np.sqrt(3), parts[0], atol=1e-5)  # normalised, then joined
+    both = build_method("adapted_margin+ens", MethodContext(seed=0, in_dim=12),
+                        {**TINY, "ens_models": 2, "adapt_protocol": "oodml", "adapt_iterations": 3})
+    assert isinstance(both, EnsembleMethod)
+    both.fit(make_inputs("head", features=fs, rows=data[1]), fs.labels[data[1]])
+    adapted = list(both.adapt_episodes(data[2][:2]))
+    assert len(adapted) == 2 and all(isinstance(a, EnsembleMethod) and len(a.members) == 2 for a in adapted)
+    assert not np.array_equal(adapted[0].embed_variants(q)["ensemble"], both.embed_variants(q)["ensemble"])
+
+
+def test_addon_registry_lists_and_rejects_two_cohorts() -> None:
+    from oodml.cli import _registry_listing
+    from oodml.methods import ADDONS
+
+    assert ADDONS.names() == ["dmml", "ens", "sec"] and ADDONS.info("ens").kind == "cohort"
+    names = [n for n, _ in _registry_listing("methods")]
+    assert {"+sec", "+dmml", "+ens", "adapted_hist"} <= set(names)
+    with pytest.raises(OodmlError, match="two cohort add-ons"):
+        method_params("margin+dmml+ens")
+    assert method_params("margin+ens")["ens_models"] == 3 == method_params("margin+dmml")["dmml_models"]
