@@ -33,6 +33,17 @@ measured 2026-11-23 14:25 UTC under load ~11: pretrained 27.5 s -> 5.1 s (ratio 
 (0.34), protonet 6.6 s -> 2.3 s (0.36); zero-shot rows identical; episode values identical for margin, and for
 pretrained / protonet 22 / 30 of 180 differ by at most 3e-7 / 3e-6 (float32 rounding swaps near-equidistant
 neighbours).
+
+`--oodml-adaptation` times ooDML's few-shot protocol (`adapt_protocol=oodml`) of adapting methods on level 1 / seed 0:
+all 30 adaptations of a cell (10 episodes x k = 2, 5, 10) in one batched call vs. one at a time, in one process on
+one thread, and scales the batched time to the ooDML schedule (1,000 / 1,500 iterations) and the design's cells.
+Measured 2026-11-29 01:17-01:28 UTC under load ~19 on the 2 shared cores (CPU seconds; `--schedule 2:100,5:150
+--sample 1`, time linear in iterations): adapted_margin 19.6 s one at a time -> 9.8 s batched (ratio 0.50),
+weight_transfer 15.9 s -> 9.1 s (0.57); adapted embeddings identical (max |diff| 0). At 1,000 / 1,500 iterations
+(10x) that is ~98 s (margin) / ~91 s (weight_transfer) of CPU per adapting cell, ~37-39 min per method over the 24
+cells of 8 levels x 3 seeds: the ~10 adapting methods of the default grid add ~6.4 h of CPU, ~3.2 h with 2 workers
+(one at a time: ~5.6 h) -- the one-hour goal is not met on this machine; the cost is the (B x 1,280) x (1,280 x 128)
+products of every step, which batching does not reduce.
 """
 
 from __future__ import annotations
