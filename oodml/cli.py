@@ -135,9 +135,12 @@ def _registry_listing(kind: str, *, plugins: tuple[str, ...] = ()) -> list[tuple
     elif kind == "backbones":
         from oodml.features.backbones import BACKBONES as reg  # type: ignore[assignment]
     else:
-        from oodml.methods import METHODS as reg, load_plugins  # type: ignore[assignment]
+        from oodml.methods import ADDONS, METHODS as reg, load_plugins  # type: ignore[assignment]
 
         load_plugins(plugins)
+        return ([(n, reg.info(n).description) for n in reg.names()]
+                + [(a, f"alias of {n}") for a, n in reg.aliases().items()]
+                + [(f"+{a}", f"add-on ({ADDONS.info(a).kind}): {ADDONS.info(a).description}") for a in ADDONS.names()])
     return [(n, reg.info(n).description) for n in reg.names()]
 
 

@@ -143,7 +143,8 @@ def _scalar(text: str, yaml: Any) -> Any:
             return cast(text)
         except ValueError:
             pass
-    return yaml.safe_load(text)
+    value = yaml.safe_load(text)
+    return text if isinstance(value, int) and ":" in text else value  # '2:30' is a schedule, not YAML 1.1 base 60
 
 
 def config_keys() -> dict[str, dataclasses.Field[Any]]:

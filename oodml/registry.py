@@ -94,6 +94,10 @@ class Registry(Generic[InfoT]):
             names += list(self._aliases)
         return sorted(names)
 
+    def aliases(self) -> dict[str, str]:
+        """Alias -> registered name, sorted by alias."""
+        return dict(sorted(self._aliases.items()))
+
     def list(self, pattern: str = "*") -> builtins.list[str]:
         """Registered names matching an fnmatch `pattern`, sorted (aliases excluded)."""
         return [n for n in self.names() if fnmatch.fnmatchcase(n, pattern)]

@@ -89,6 +89,12 @@ def test_claims_error_reduction_and_trend(tmp_path: Path) -> None:
     assert "| margin+sec | margin | 0.750 | 0.800 | 0.050 | 1/1 | yes |" in text
 
 
+#: configs whose results folder is not named after them: the own-loss variants of the ooDML studies keep the folders
+#: of the committed results, and the studies under ooDML's protocol write new ones
+RESULTS = {"oodml_cub200_subset_ownloss": "oodml_cub200_subset", "oodml_omniglot_ownloss": "oodml_omniglot",
+           "oodml_cub200_subset": "oodml_cub200_subset_oodml", "oodml_omniglot": "oodml_omniglot_oodml"}
+
+
 @pytest.mark.parametrize("config", sorted(p.name for p in BASELINES.glob("*.yaml")))
 def test_study_configs_are_valid(config: str) -> None:
     # every shipped config parses, names registered methods with hyperparameters they have, and writes to
@@ -100,7 +106,7 @@ def test_study_configs_are_valid(config: str) -> None:
     specs = resolve_methods(cfg.methods)
     validate_overrides(specs, dict(cfg.method_params))
     stem = config.removesuffix(".yaml")
-    assert cfg.results == f"results/{stem}"
+    assert cfg.results == f"results/{RESULTS.get(stem, stem)}"
     committed = (BASELINES.parent / str(cfg.splits)).is_file()
     paper_scale = stem in ("oodml_cub200", "oodml_sop", "quickstart")  # built where the data is
     assert committed or paper_scale, cfg.splits

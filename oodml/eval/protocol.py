@@ -122,6 +122,7 @@ def evaluate(method: Any, inputs: Inputs, data: EvalData, shots: Sequence[int], 
     embs = method.embed_variants(inputs(data.test_rows)) if shared_ks else None
     zero_ok = 0 in shots and method.info.zero_shot
     zero, shared = shared_search(embs, data, shared_ks, zero_ok) if embs is not None else ({}, {})
+    shared.update(few_shot(method, inputs, data, seeds, [k for k in few if k not in shared]))
     for k in shots:
         if k == 0 and not method.info.zero_shot:
             metrics += [MetricRow("", 0, m, None, status="skipped") for m in zero_shot_metrics()]
@@ -130,7 +131,7 @@ def evaluate(method: Any, inputs: Inputs, data: EvalData, shots: Sequence[int], 
             metrics += m
             classes += c
         else:
-            m, e = shared[k] if k in shared else few_shot(method, inputs, data, seeds, k)
+            m, e = shared[k]
             metrics += m
             episodes += e
     return metrics, episodes, classes
@@ -174,25 +175,29 @@ def zero_shot(method: Any, inputs: Inputs, data: EvalData, seeds: EvalSeeds,
 
 
 def few_shot(method: Any, inputs: Inputs, data: EvalData, seeds: EvalSeeds,
-             k: int) -> FewShotRows:
-    """The `k`-shot rows and episode rows, one adaptation (for methods that adapt) and search per episode."""
+             shots: Sequence[int]) -> dict[int, FewShotRows]:
+    """The k-shot rows and episode rows of every k in `shots`, one search per episode; the episodes of all of them
+    adapt in one `adapt_episodes` call (one batched computation where the method supports it)."""
     chosen = protocol_metrics(FEW_SHOT)
     on_queries = [m for m in chosen if m.info.kind == "retrieval"]
-    acc = KShot(k)
-    n_queries: list[int] = []
-    for e, support in enumerate(data.supports[k]):
+    plan = [(k, e, support) for k in shots for e, support in enumerate(data.supports[k])]
+    adapt_seeds = [derive_seed("adapt", seeds.adapt_key, k, e) for k, e, _ in plan]
+    models = (method.adapt_episodes([(inputs(s), contiguous(data.labels[s])) for _, _, s in plan], adapt_seeds)
+              if method.info.uses_support else iter([method] * len(plan)))
+    accs = {k: KShot(k) for k in shots}
+    n_queries: dict[int, list[int]] = {k: [] for k in shots}
+    for (k, e, support), model, seed in zip(plan, models, adapt_seeds, strict=True):
         s_lab = data.labels[support]
         queries = data.test_rows[query_mask(data, support)]
         q_lab = data.labels[queries]
-        n_queries.append(len(queries))
-        seed_everything(derive_seed("adapt", seeds.adapt_key, k, e))
-        model = method.adapt(inputs(support), contiguous(s_lab)) if method.info.uses_support else method
+        n_queries[k].append(len(queries))
+        seed_everything(seed)
         both = model.embed_variants(inputs(np.concatenate([support, queries])))
         for variant, emb in both.items():
             s_emb, q_emb = emb[: len(support)], emb[len(support):]
             r = retrieval_per_query(q_emb, q_lab, metrics=on_queries).summary()
-            acc.add(variant, e, episode_metrics(r, s_emb, s_lab, q_emb, q_lab))
-    return acc.result(n_queries)
+            accs[k].add(variant, e, episode_metrics(r, s_emb, s_lab, q_emb, q_lab))
+    return {k: accs[k].result(n_queries[k]) for k in shots}
 
 
 def episode_metrics(r: dict[str, Any], s_emb: np.ndarray, s_lab: np.ndarray, q_emb: np.ndarray,

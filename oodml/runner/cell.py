@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from oodml.config import canonical_json
-from oodml.eval.protocol import ClassValue, EpisodeValue, MetricRow
+from oodml.eval.protocol import ClassValue, EpisodeValue, MetricRow, contiguous
 from oodml.io import atomic_write
 from oodml.progress import log
 from oodml.runner.plan import Cell
@@ -58,6 +58,7 @@ class CellResult:
     cpu_time_s: float = 0.0
     peak_mem_mb: float | None = None
     fit_cached: bool = False
+    training: dict[str, Any] = field(default_factory=dict)  # e.g. the adaptation settings per k
 
 
 def execute(task: CellTask, features: Any) -> CellResult:
@@ -65,11 +66,11 @@ def execute(task: CellTask, features: Any) -> CellResult:
     t0, c0 = time.perf_counter(), time.process_time()
     _reset_peak_rss()
     try:
-        metrics, episodes, classes, cached = _evaluate(task, features)
+        metrics, episodes, classes, cached, training = _evaluate(task, features)
         statuses = {m.status for m in metrics}
         status = "skipped" if statuses == {"skipped"} else "ok"
         result = CellResult(task.cell.cell_id, status, metrics=metrics, episodes=episodes, classes=classes,
-                            fit_cached=cached)
+                            fit_cached=cached, training=training)
     except Exception as e:  # one failing cell must not stop the grid (GUIDE §1.11)
         msg = " ".join(f"{type(e).__name__}: {e}".split())
         result = CellResult(task.cell.cell_id, "error", error=msg, traceback=traceback.format_exc())
@@ -111,7 +112,8 @@ def set_threads(n: int) -> None:
         pass
 
 
-def _evaluate(task: CellTask, fs: Any) -> tuple[list[MetricRow], list[EpisodeValue], list[ClassValue], bool]:
+def _evaluate(task: CellTask, fs: Any) -> tuple[list[MetricRow], list[EpisodeValue], list[ClassValue], bool,
+                                                dict[str, Any]]:
     from oodml import methods as api
     from oodml.eval.protocol import EvalData, EvalSeeds, contiguous, evaluate
     from oodml.methods.base import MethodContext
@@ -136,16 +138,20 @@ def _evaluate(task: CellTask, fs: Any) -> tuple[list[MetricRow], list[EpisodeVal
         seed_everything(fit_seed)
         return api.build_method(cell.method, ctx, task.overrides)
 
-    method, cached = _fitted(build, inputs, lv.train_rows, contiguous(fs.labels[lv.train_rows]), task)
+    method, cached = _fitted(build, inputs, lv, fs.labels, task)
     data = EvalData(labels=fs.labels, test_rows=lv.test_rows, supports=lv.supports, class_names=fs.class_names)
     seeds = EvalSeeds(metric_key=seed_key, adapt_key=cell.cell_id)
     metrics, episodes, classes = evaluate(method, inputs, data, cell.shots, seeds)
-    return metrics, episodes, classes, cached
+    adaptation = {str(k): r for k in cell.shots if k > 0 and (r := method.adaptation_record(k))}
+    training = {"fit": method.fit_record()} if method.fit_record() else {}
+    return metrics, episodes, classes, cached, ({**training, "adaptation": adaptation} if adaptation else training)
 
 
-def _fitted(build: Callable[[], Any], inputs: Callable[[np.ndarray], Any], rows: np.ndarray, y: np.ndarray,
+def _fitted(build: Callable[[], Any], inputs: Callable[[np.ndarray], Any], lv: LevelData, labels: np.ndarray,
             task: CellTask) -> tuple[Any, bool]:
-    """A freshly built method fitted on the source `rows`, or restored from the fit cache (True when it was).
+    """A freshly built method fitted on the level's source rows, or restored from the fit cache (True when it was).
+    A method that selects its checkpoint on validation classes (`select=val`) fits without the level's validation
+    rows and scores them while it trains.
 
     The cache holds tensors and plain values only and is read with `torch.load(weights_only=True)`, so a planted
     file cannot run code; an unreadable, foreign or stale entry is refitted (from a freshly built method, as
@@ -154,7 +160,11 @@ def _fitted(build: Callable[[], Any], inputs: Callable[[np.ndarray], Any], rows:
     import torch
 
     method = build()
-    x = inputs(rows)
+    rows, val = lv.train_rows, None
+    if getattr(method, "selects_on_val", False) and len(lv.val_rows):  # hold the validation classes out
+        rows = lv.train_rows[~np.isin(lv.train_rows, lv.val_rows)]
+        val = (inputs(lv.val_rows), labels[lv.val_rows])
+    x, y = inputs(rows), contiguous(labels[rows])
     path = Path(task.fit_cache) / f"{task.cell.cell_id}.pt" if task.fit_cache else None
     if path is not None and path.is_file() and not task.refit:
         try:
@@ -167,7 +177,10 @@ def _fitted(build: Callable[[], Any], inputs: Callable[[np.ndarray], Any], rows:
             why = " ".join(f"{type(e).__name__}: {e}".split())[:200]
             log(f"note: fit cache {path} is unreadable or stale ({why}); fitting again")
             method = build()
-    method.fit(x, y)
+    if val is None:
+        method.fit(x, y)
+    else:
+        method.fit(x, y, val=val)
     if path is not None:
         state = method.state_dict()
         if state:

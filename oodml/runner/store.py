@@ -191,6 +191,8 @@ def cell_payload(plan: Plan, cell: Cell, result: CellResult) -> dict[str, Any]:
         "cpu_time_s": result.cpu_time_s, "peak_mem_mb": result.peak_mem_mb, "fit_cached": result.fit_cached,
         "rows": rows, "episodes": episodes, "classes": [c.to_dict() for c in result.classes],
     }
+    if result.training:
+        payload["training"] = result.training
     if result.traceback:
         payload["traceback"] = result.traceback
     return payload

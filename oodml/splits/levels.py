@@ -26,6 +26,8 @@ class LevelData:
     n_test_classes: int
     #: shots -> one array of support rows per episode; an episode's queries are its classes' other test rows.
     supports: dict[int, list[np.ndarray]] = field(default_factory=dict)
+    #: rows of the level's validation classes (a subset of the train classes; held out by `select=val` fits)
+    val_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 class ImageIndex:
@@ -75,4 +77,5 @@ def resolve_level(fs: FeatureSet, index: ImageIndex, lv: Level, shots: Sequence[
         supports[k] = eps
     return LevelData(level=lv.level, fid=lv.fid, split_hash=lv.split_hash(),
                      train_rows=fs.select_classes(lv.train_classes), test_rows=fs.select_classes(lv.test_classes),
-                     n_train_classes=len(lv.train_classes), n_test_classes=len(lv.test_classes), supports=supports)
+                     n_train_classes=len(lv.train_classes), n_test_classes=len(lv.test_classes), supports=supports,
+                     val_rows=fs.select_classes(lv.val_classes) if lv.val_classes else np.zeros(0, dtype=np.int64))
