@@ -18,7 +18,7 @@ import pandas as pd
 from oodml.errors import OodmlError, suggest
 from oodml.progress import log
 from oodml.report import document as doc, intervals as iv
-from oodml.report.leaderboard import DEFAULT_METRIC_ORDER, levels_table, ok_rows, seed_values
+from oodml.report.leaderboard import DEFAULT_METRIC_ORDER, ok_rows, seed_values
 from oodml.report.stats import DEFAULT_BOOTSTRAP
 from oodml.report.store import Store, read_store
 
@@ -85,8 +85,7 @@ def _compare_dataset(store: Store, dataset: str, a: str, b: str, ks: tuple[int, 
     rows = rows[rows["method"].isin([a, b])].astype({"method": str, "metric": str})
     units = store.units[(store.units["dataset"] == dataset) & store.units["method"].isin([a, b])]
     seeds = seed_values(rows)
-    level_fid = levels_table(store.rows[store.rows["dataset"] == dataset])
-    fids = {int(lv): float(f) for lv, f in zip(level_fid["level"], level_fid["fid"])}
+    fids = {int(lv): float(f) for lv, f in rows.groupby("split_level")["split_fid"].first().items()}
     k_a = set(rows[rows["method"] == a]["k_shot"].astype(int))
     k_b = set(rows[rows["method"] == b]["k_shot"].astype(int))
     if ks is None:
