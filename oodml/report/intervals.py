@@ -137,7 +137,7 @@ def paired_frame(frame: pd.DataFrame, pairs: Mapping[str, tuple[str, str]]) -> p
 
 
 def paired_differences(frame: pd.DataFrame, pairs: Mapping[str, tuple[str, str]], fids: Mapping[int, float],
-                       n_boot: int, *, intervals: bool = True) -> pd.DataFrame:
+                       n_boot: int, *, intervals: bool = True, seeds_only: bool = False) -> pd.DataFrame:
     """Per pair, per level and over levels: the mean paired difference a - b on shared units, its bootstrap
     interval, the two-sided sign-flip p-value and (per level) Holm's adjustment over the pair's levels.
 
@@ -147,6 +147,8 @@ def paired_differences(frame: pd.DataFrame, pairs: Mapping[str, tuple[str, str]]
         fids: level -> FID.
         n_boot: bootstrap replicates, also the Monte Carlo sign patterns (0: no intervals, no p-values).
         intervals: False: p-values only (no bootstrap).
+        seeds_only: also give intervals and p-values where a seed has only its aggregate (a pseudo-unit): they
+            then rest on the seeds alone.
 
     Returns:
         `DIFF_COLUMNS`; the row over levels has `split_level` NaN (the mean of the level differences).
@@ -160,7 +162,8 @@ def paired_differences(frame: pd.DataFrame, pairs: Mapping[str, tuple[str, str]]
     point, mean_a, mean_b = st.level_means(d_grid), st.level_means(a_grid), st.level_means(b_grid)
     reps = st.bootstrap_levels(d_grid, n_boot if intervals else 0)
     pseudo = diffs.groupby(["pair", "split_level"])["pseudo"].any()
-    blocked = np.array([[bool(pseudo.get((s, lv), False)) for lv in d_grid.levels] for s in d_grid.series], bool)
+    blocked = np.array([[bool(pseudo.get((s, lv), False)) and not seeds_only for lv in d_grid.levels]
+                        for s in d_grid.series], bool)
     reps[blocked] = np.nan
     lo, hi = st.percentile_interval(reps)
     coef_level = st.flip_coefficients(d_grid, over_levels=False)
