@@ -116,6 +116,17 @@ def _spearman(fids: np.ndarray, reps: np.ndarray) -> np.ndarray:
         return (rx @ ry) / np.sqrt((rx @ rx) * (ry * ry).sum(axis=0))
 
 
+def replicates(frame: pd.DataFrame, n_boot: int, series: str = "method") -> tuple[st.UnitGrid, np.ndarray, np.ndarray]:
+    """(grid, level values, bootstrap replicates) of each series of a unit frame; NaN replicates for a series
+    without anything to resample (`resolvable`)."""
+    grid = st.unit_grid(frame, series=series)
+    point, reps = st.level_means(grid), st.bootstrap_levels(grid, n_boot)
+    for i, name in enumerate(grid.series):
+        if not resolvable(frame[frame[series] == name]):
+            reps[i] = np.nan
+    return grid, point, reps
+
+
 def oodml_claims(path: str, n_boot: int = BOOTSTRAP) -> str:
     """Markdown tables for the three ooDML claims, each row with its interval and verdict."""
     agg, _ = read_all(path)
@@ -125,13 +136,10 @@ def oodml_claims(path: str, n_boot: int = BOOTSTRAP) -> str:
     zero = frame_of(path, 0, "recall@1")
     rows: list[list[object]] = []
     if not zero.empty:
-        grid = st.unit_grid(zero)
-        point, reps = st.level_means(grid), st.bootstrap_levels(grid, n_boot)
+        grid, point, reps = replicates(zero, n_boot)
         x = fids.reindex(grid.levels).to_numpy(float)
         lo, hi = grid.levels[0], grid.levels[-1]
         for i, m in enumerate(grid.series):
-            if not resolvable(zero[zero["method"] == m]):
-                reps[i] = np.nan
             change = reps[i, -1] - reps[i, 0]
             c_lo, c_hi = st.percentile_interval(change)
             rho = _spearman(x, reps[i])
@@ -154,12 +162,9 @@ def oodml_claims(path: str, n_boot: int = BOOTSTRAP) -> str:
         if not pairs:
             continue
         diffs = iv.paired_frame(frame, pairs)
-        grid = st.unit_grid(diffs, series="pair")
-        point, reps = st.level_means(grid), st.bootstrap_levels(grid, n_boot)
+        grid, point, reps = replicates(diffs, n_boot, series="pair")
         lo, hi = grid.levels[0], grid.levels[-1]
         for i, m in enumerate(grid.series):
-            if not resolvable(diffs[diffs["pair"] == m]):
-                reps[i] = np.nan
             trend = reps[i, -1] - reps[i, 0]
             t_lo, t_hi = st.percentile_interval(trend)
             rows.append([m, k, pairs[m][1], float(point[i, 0]), _ci(reps[i, 0]), float(point[i, -1]),
