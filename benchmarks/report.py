@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from oodml.progress import log
@@ -97,7 +98,7 @@ def write_store(results: Path, n_cells: int, n_methods: int = 20, seed: int = 0,
         doc = {"cell_id": cid, "status": "ok", "error": "",
                "config": {"methods": [name], "split_level": level, "ks": list(ks)},
                "rows": rows, "episodes": episodes, "classes": classes}
-        (cells / f"{cid}.json").write_text(json.dumps(doc))
+        (cells / f"{cid}.json").write_bytes(orjson.dumps(doc))
     return n_rows
 
 
