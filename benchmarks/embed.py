@@ -1,73 +1,104 @@
-"""Images/s of each backbone at its input size on this machine (forward pass on a fixed batch, channels_last, CPU).
+"""End-to-end `embed` speed (decode + transform + forward) on ONNX Runtime vs torch, and vs a bare ONNX Runtime
+forward pass on the same preprocessed batch; all measured in one process on the same images.
 
-Prints absolute throughput and the ratio to the default backbone (efficientnet_lite0) measured in the same process,
-plus the end-to-end rate of `embed` (decode + transform + forward) on the packaged omniglot_small subset.
+For each backbone (efficientnet_lite0 with its real weights; resnet50 with random weights when its ImageNet weights
+are not cached here: the export and the speed are the same) it prints images/s of
+- `embed onnx`: oodml's path, `compute_features` with the ONNX Runtime forward (export done beforehand, cached);
+- `embed torch`: the same with the torch forward (channels_last, chunked: the path before ONNX Runtime);
+- `bare ort`: `session.run` alone on the already decoded and transformed images, same batch size and threads;
+- `decode`: decode + transform alone in this process (one core);
+and the ratios `embed onnx / embed torch` (goal >= 2.5) and `embed onnx / bare ort` (goal >= 0.9).
 
-    OMP_NUM_THREADS=1 python benchmarks/embed.py [--batch 32] [--repeats 3] [--end-to-end 256]
+    python benchmarks/embed.py [--images 256] [--batch 64] [--repeats 1] [--backbones efficientnet_lite0,resnet50]
+
+Images: the first N of the CUB-200 subset under $OODML_DATA/cub200_subset (else omniglot_small, packaged).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
+from oodml.data import ImageDataset, load_dataset
 from oodml.errors import OodmlError
-from oodml.features.backbones import BACKBONES, DEFAULT_BACKBONE, create_backbone
-from oodml.features.extract import forward_chunk
+from oodml.features.backbones import Backbone, create_backbone
+from oodml.features.extract import compute_features, default_workers
+from oodml.features.runtime import OnnxForward, TorchForward
 
 
-def forward_rate(name: str, batch: int, repeats: int) -> tuple[float, int]:
-    """(images/s, input size) of one backbone's forward pass on `batch` images, in the chunks `embed` uses."""
+def images(n: int) -> ImageDataset:
+    """The first `n` images of the CUB subset (or of omniglot_small when the CUB subset is absent)."""
+    root = Path(os.environ.get("OODML_DATA", "../shared/data")) / "cub200_subset"
+    ds = load_dataset("cub200", root) if root.is_dir() else load_dataset("omniglot_small")
+    ds.paths, ds.labels = ds.paths[:n], ds.labels[:n]
+    return ds
+
+
+def backbone(name: str) -> tuple[Backbone, str]:
+    """The backbone with its pretrained weights, or with random weights when they cannot be loaded here."""
     try:
-        bb = create_backbone(name)
+        return create_backbone(name), "pretrained weights"
     except OodmlError:
-        bb = create_backbone(name, pretrained=False)  # e.g. resnet50 without cached weights: same speed
-    model = bb.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    chunk = forward_chunk(bb.input_size, batch)
-    xs = [torch.randn(min(chunk, batch - s), 3, bb.input_size, bb.input_size).contiguous(
-        memory_format=torch.channels_last) for s in range(0, batch, chunk)]
-    with torch.inference_mode():
-        model(xs[0])  # warm-up
+        return create_backbone(name, pretrained=False), "random weights (pretrained not available offline)"
+
+
+def best_rate(fn: Any, n: int, repeats: int) -> float:
+    """Highest images/s over `repeats` calls of `fn` (each handling `n` images)."""
+    best = 0.0
+    for _ in range(repeats):
         t0 = time.perf_counter()
-        for _ in range(repeats):
-            for x in xs:
-                model(x)
-        dt = time.perf_counter() - t0
-    return batch * repeats / dt, bb.input_size
+        fn()
+        best = max(best, n / (time.perf_counter() - t0))
+    return best
 
 
-def end_to_end_rate(n_images: int, batch: int) -> float:
-    """images/s of `compute_features` (decode + transform + forward) on the first images of omniglot_small."""
-    from oodml.data import load_dataset
-    from oodml.features.extract import compute_features
-
-    ds = load_dataset("omniglot_small")
-    ds.paths, ds.labels = ds.paths[:n_images], ds.labels[:n_images]
-    bb = create_backbone(DEFAULT_BACKBONE)
+def bench(name: str, ds: ImageDataset, batch: int, repeats: int) -> None:
+    """Print one backbone's rates and ratios."""
+    bb, weights = backbone(name)
+    n = len(ds)
     t0 = time.perf_counter()
-    compute_features(ds, bb, batch_size=batch)
-    return n_images / (time.perf_counter() - t0)
+    onnx = OnnxForward(bb)  # exports (or loads the cached export) once
+    export_s = time.perf_counter() - t0
+    torch_fwd = TorchForward(bb, batch)
+    decode = best_rate(lambda: [bb.eval_transform(ds.open(i)) for i in range(n)], n, 1)
+    x = torch.stack([bb.eval_transform(ds.open(i)) for i in range(n)])
+    batches = [x[s:s + batch] for s in range(0, n, batch)]
+    onnx(batches[0])  # warm-up: session arena, thread pool
+    rates: dict[str, float] = {}
+    for _ in range(repeats):  # interleaved, best of each: the machine's load changes over time
+        for label, fwd in (("embed torch", torch_fwd), ("embed onnx", onnx)):
+            rate = best_rate(lambda: compute_features(ds, bb, batch_size=batch, forward=fwd), n, 1)
+            rates[label] = max(rates.get(label, 0.0), rate)
+        feed = [np.ascontiguousarray(b.numpy()) for b in batches]
+        rate = best_rate(lambda: [onnx.session.run(None, {onnx.input_name: f}) for f in feed], n, 1)
+        rates["bare ort"] = max(rates.get("bare ort", 0.0), rate)
+    print(f"{name} ({weights}), {n} images of {ds.name}, batch {batch}, {onnx.threads} ORT/torch threads, "
+          f"{default_workers(n)} decoding workers; export/load {export_s:.1f} s (once per weights)")
+    for label in ("embed onnx", "embed torch", "bare ort"):
+        print(f"  {label:12s} {rates[label]:8.1f} img/s")
+    print(f"  {'decode':12s} {decode:8.1f} img/s (decode + transform, one process)")
+    print(f"  embed onnx / embed torch = x{rates['embed onnx'] / rates['embed torch']:.2f} (goal >= 2.5)")
+    print(f"  embed onnx / bare ort    = x{rates['embed onnx'] / rates['bare ort']:.2f} (goal >= 0.9)")
 
 
 def main() -> None:
-    """Print one line per backbone: name, input size, images/s, ratio to the default backbone."""
+    """Benchmark each backbone named in --backbones."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--end-to-end", type=int, default=256, help="images of omniglot_small to embed (0: skip)")
+    ap.add_argument("--images", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--backbones", default="efficientnet_lite0,resnet50")
     args = ap.parse_args()
-    names = [n for n in BACKBONES.names() if not n.startswith("timm:")]
-    rates = {n: forward_rate(n, args.batch, args.repeats) for n in names}
-    ref = rates[DEFAULT_BACKBONE][0]
-    print(f"torch threads: {torch.get_num_threads()}, batch {args.batch}")
-    for n, (rate, size) in rates.items():
-        print(f"{n:20s} {size:4d} px  {rate:9.1f} img/s  x{rate / ref:6.2f} vs {DEFAULT_BACKBONE}")
-    if args.end_to_end:
-        e2e = end_to_end_rate(args.end_to_end, args.batch)
-        print(f"embed omniglot_small ({args.end_to_end} images, {DEFAULT_BACKBONE}, decode+transform+forward): "
-              f"{e2e:.1f} img/s  x{e2e / ref:.2f} of the pure forward rate")
+    ds = images(args.images)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
+    for name in args.backbones.split(","):
+        bench(name.strip(), ds, args.batch, args.repeats)
 
 
 if __name__ == "__main__":

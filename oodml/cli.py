@@ -97,13 +97,16 @@ def embed(
     workers: Annotated[int | None, typer.Option(min=0, help="image-decoding worker processes")] = None,
     dataset_option: Annotated[list[str], typer.Option(
         help="dataset loader option NAME=VALUE, e.g. rotations=true for omniglot (oodml list datasets)")] = [],
+    runtime: Annotated[str, typer.Option(
+        help="where the backbone runs: onnx (ONNX Runtime), torch, or auto (onnx when it works, else torch)")] = "auto",
 ) -> None:
     """Embed every image of a dataset with a pretrained backbone into a features file (SPEC §2)."""
     from oodml.config import dataset_options
     from oodml.features.extract import embed_dataset
 
     path = embed_dataset(dataset=dataset, backbone=backbone, data_root=data_root, classes=tuple(classes),
-                         out=out, batch_size=batch_size, workers=workers, options=dataset_options(dataset_option))
+                         out=out, batch_size=batch_size, workers=workers, options=dataset_options(dataset_option),
+                         runtime=runtime)
     typer.echo(str(path))
 
 
@@ -123,6 +126,8 @@ def make_splits(
     out: Annotated[Path | None, typer.Option(help="split file (default splits/<dataset>.json)")] = None,
     dataset_option: Annotated[list[str], typer.Option(
         help="dataset loader option NAME=VALUE, e.g. rotations=true for omniglot (oodml list datasets)")] = [],
+    runtime: Annotated[str, typer.Option(
+        help="where the backbone runs: onnx (ONNX Runtime), torch, or auto (onnx when it works, else torch)")] = "auto",
 ) -> None:
     """Build a ladder of train/test class splits with rising FID, plus k-shot episodes (SPEC §3)."""
     from oodml.config import dataset_options
@@ -133,7 +138,7 @@ def make_splits(
     assert ks is not None
     path = make_splits_command(dataset=dataset, backbone=backbone, data_root=data_root, features=features,
                                levels=levels, ks=ks, episodes=episodes, ways=ways, seed=seed, out=out,
-                               dataset_options=dataset_options(dataset_option))
+                               dataset_options=dataset_options(dataset_option), runtime=runtime)
     typer.echo(str(path))
 
 

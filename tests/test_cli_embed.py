@@ -32,10 +32,10 @@ def test_embed_forwards_every_option(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     monkeypatch.setattr(oodml.features.extract, "embed_dataset", fake)
     r = CliRunner().invoke(app, ["embed", "cub200", "--backbone", "resnet50", "--data-root", "/d", "--classes",
                                  "00[1-3].*", "--classes", "01*", "--out", "f.npz", "--batch-size", "8",
-                                 "--workers", "2", "--dataset-option", "rotations=true"])
+                                 "--workers", "2", "--dataset-option", "rotations=true", "--runtime", "torch"])
     assert r.exit_code == 0, r.output
     assert seen == [dict(dataset="cub200", backbone="resnet50", data_root=Path("/d"), classes=("00[1-3].*", "01*"),
-                         out=Path("f.npz"), batch_size=8, workers=2, options={"rotations": True})]
+                         out=Path("f.npz"), batch_size=8, workers=2, options={"rotations": True}, runtime="torch")]
     assert r.output.strip() == str(tmp_path / "x.npz")
 
 
@@ -59,6 +59,8 @@ def test_embed_errors_exit_2_with_one_line(tmp_path: Path) -> None:
         (["embed", "mnistt"], "did you mean mnist"),
         (["embed", "folder", "--data-root", str(tree), "--backbone", "lite0"], "unknown backbone"),
         (["embed", "folder", "--data-root", str(tree), "--backbone", "conv4", "--classes", "zz"], "matches no class"),
+        (["embed", "folder", "--data-root", str(tree), "--backbone", "conv4", "--runtime", "tensorrt"],
+         "--runtime 'tensorrt' is not one of auto, onnx, torch"),
     ]
     for argv, needle in cases:
         r = CliRunner().invoke(app, argv)

@@ -1,5 +1,5 @@
 """On-disk feature cache: `<cache>/features/<dataset>/<backbone>-<key>.npz`, keyed by dataset content + backbone +
-transform (`$OODML_CACHE`, else `~/.cache/oodml`)."""
+transform + runtime (`$OODML_CACHE`, else `~/.cache/oodml`)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,13 @@ def feature_cache_dir() -> Path:
     return cache_dir() / "features"
 
 
-def cache_key(dataset_hash: str, backbone: str, weights: str, transform: str) -> str:
-    """sha256 (first 20 hex digits) of what determines the features."""
-    text = json.dumps([EXTRACT_VERSION, dataset_hash, backbone, weights, transform])
+def cache_key(dataset_hash: str, backbone: str, weights: str, transform: str, runtime: str = "torch") -> str:
+    """sha256 (first 20 hex digits) of what determines the features.
+
+    The runtime that ran the backbone is part of the key (torch and ONNX Runtime features differ by rounding); torch
+    keeps the key it had before runtimes existed, so features cached then stay valid."""
+    parts: list[object] = [EXTRACT_VERSION, dataset_hash, backbone, weights, transform]
+    text = json.dumps(parts if runtime == "torch" else [*parts, runtime])
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 

@@ -1,5 +1,6 @@
-"""`oodml embed`: dataset images -> backbone features file (SPEC §2), batched, channels_last, decoded by a worker
-pool, cached on disk by dataset content + backbone + transform."""
+"""`oodml embed`: dataset images -> backbone features file (SPEC §2), batched, decoded by a worker pool, the forward
+pass on ONNX Runtime or torch (`features/runtime.py`), cached on disk by dataset content + backbone + transform +
+runtime."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ from oodml.features.backbones import (DEFAULT_BACKBONE, Backbone, backbone_weigh
                                       create_backbone)
 from oodml.features.cache import cache_key, cache_path, find_cached_features, read_meta
 from oodml.features.io import FeatureSet
+from oodml.features.runtime import OnnxForward, TorchForward, forward_chunk, make_forward, resolve_runtime
 from oodml.progress import log, progress
 
-__all__ = ["compute_features", "embed_dataset", "find_cached_features", "load_or_compute_features"]
+__all__ = ["compute_features", "embed_dataset", "find_cached_features", "forward_chunk", "load_or_compute_features"]
 
 
 def default_workers(n_images: int) -> int:
@@ -58,27 +60,15 @@ def _collate(batch: list[tuple[int, torch.Tensor | None, str | None]]) -> tuple[
     return idx, torch.stack([b[1] for b in batch if b[1] is not None]), None
 
 
-#: glibc serves allocations above 32 MB with fresh mmap'd pages and unmaps them on free, so a batch whose activations
-#: exceed that pays page faults on every layer: Lite0 at 224 px, batch 64: 18 ms/img user + 21 ms/img sys; in chunks
-#: of 4: 18 ms/img user + 0.2 ms/img sys (measured here). The forward pass therefore runs in chunks whose largest
-#: activation (about 8x the input for these backbones) stays below that size.
-_ACTIVATION_BUDGET = 24 * 2**20
-_ACTIVATION_OVER_INPUT = 8
-
-
-def forward_chunk(input_size: int, batch_size: int) -> int:
-    """Images per forward call: at most `batch_size`, and few enough to keep activations under the mmap threshold."""
-    per_image = _ACTIVATION_OVER_INPUT * 3 * input_size * input_size * 4
-    return max(1, min(batch_size, _ACTIVATION_BUDGET // per_image))
-
-
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def compute_features(ds: ImageDataset, backbone: Backbone, *, batch_size: int = 64,
-                     workers: int | None = None) -> np.ndarray:
-    """(N, D) float32 features of every image of `ds`, in `ds.paths` order; OodmlError naming an unreadable image."""
+def compute_features(ds: ImageDataset, backbone: Backbone, *, batch_size: int = 64, workers: int | None = None,
+                     forward: TorchForward | OnnxForward | None = None) -> np.ndarray:
+    """(N, D) float32 features of every image of `ds`, in `ds.paths` order; OodmlError naming an unreadable image.
+
+    `forward`: the backbone's forward pass (`make_forward`); default: torch."""
     if batch_size < 1:
         raise OodmlError(f"--batch-size must be >= 1, got {batch_size}")
     n_workers = default_workers(len(ds)) if workers is None else workers
@@ -88,17 +78,14 @@ def compute_features(ds: ImageDataset, backbone: Backbone, *, batch_size: int = 
         prefetch_factor=4 if n_workers else None,
     )
     out = np.empty((len(ds), backbone.feature_dim), dtype=np.float32)
-    model = backbone.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    chunk = forward_chunk(backbone.input_size, batch_size)
-    desc = f"embed {ds.name} with {backbone.name} ({n_workers} decoding workers)"
-    with torch.inference_mode(), progress(desc, len(ds), unit="img") as bar:
+    run = forward or TorchForward(backbone, batch_size)
+    desc = f"embed {ds.name} with {backbone.name} on {run.runtime} ({n_workers} decoding workers)"
+    with progress(desc, len(ds), unit="img") as bar:
         for idx, x, error in loader:
             if error is not None:
                 raise OodmlError(error)
             assert x is not None
-            for s in range(0, len(idx), chunk):
-                xs = x[s:s + chunk].contiguous(memory_format=torch.channels_last)
-                out[idx[s:s + chunk]] = model(xs).float().numpy()
+            out[idx] = run(x)
             bar.update(len(idx))
     if not np.isfinite(out).all():
         raise OodmlError(f"backbone {backbone.name} produced non-finite features on {ds.name}; check the images")
@@ -127,28 +114,44 @@ def _version(package: str) -> str:
 
 def features_file(dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: str | Path | None = None,
                   classes: Sequence[str] = (), batch_size: int = 64, workers: int | None = None,
-                  options: Mapping[str, Any] | None = None) -> Path:
-    """The cached features file for (dataset content, backbone, transform), computed and stored when absent.
+                  options: Mapping[str, Any] | None = None, runtime: str = "auto") -> Path:
+    """The cached features file for (dataset content, backbone, transform, runtime), computed and stored when absent.
 
     `options`: the dataset loader's options (e.g. omniglot `rotations`); they change the content hash and so the
-    cache entry."""
+    cache entry. `runtime`: `auto` (ONNX Runtime when it works, else torch), `onnx` or `torch`; the one used is
+    recorded in `meta.runtime`."""
     if batch_size < 1:
         raise OodmlError(f"--batch-size must be >= 1, got {batch_size}")
+    wanted = resolve_runtime(runtime)
     ds = load_dataset(dataset, data_root, **dict(options or {}))
     if classes:
         ds = ds.subset_classes(classes)
     name = canonical_backbone(backbone)
     transform = _transform_id(name)
     content = ds.content_hash()
-    path = cache_path(ds.name, name, cache_key(content, name, backbone_weights_id(name), transform))
-    if path.is_file() and read_meta(path):
-        log(f"embed: using cached features {path} ({len(ds)} images of {ds.name}, {name}); delete it to recompute")
+
+    def cached(rt: str) -> tuple[Path, bool]:
+        path = cache_path(ds.name, name, cache_key(content, name, backbone_weights_id(name), transform, rt))
+        found = path.is_file() and bool(read_meta(path))
+        if found:
+            log(f"embed: using cached features {path} ({len(ds)} images of {ds.name}, {name}, {rt}); "
+                "delete it to recompute")
+        return path, found
+
+    path, found = cached(wanted)
+    if found:
         return path
     bb = create_backbone(name)
-    feats = compute_features(ds, bb, batch_size=batch_size, workers=workers)
+    forward = make_forward(bb, runtime, batch_size=batch_size)
+    if forward.runtime != wanted:  # auto fell back to torch
+        path, found = cached(forward.runtime)
+        if found:
+            return path
+    feats = compute_features(ds, bb, batch_size=batch_size, workers=workers, forward=forward)
     meta = {"dataset": ds.name, "backbone": name, "transform": bb.transform_id(), "weights": backbone_weights_id(name),
             "dataset_hash": content, "classes": list(classes), "input_size": bb.input_size,
-            "pretrained": bb.pretrained, **({"dataset_options": dict(options)} if options else {})}
+            "pretrained": bb.pretrained, "runtime": forward.runtime,
+            **({"dataset_options": dict(options)} if options else {})}
     split = np.array(ds.class_split) if ds.class_split is not None else None
     FeatureSet(feats, ds.labels, np.array(ds.class_names), np.array(ds.paths), meta, split).save(path)
     log(f"embed: wrote {path}")
@@ -157,11 +160,12 @@ def features_file(dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: str
 
 def embed_dataset(*, dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: str | Path | None = None,
                   classes: Sequence[str] = (), out: str | Path | None = None, batch_size: int = 64,
-                  workers: int | None = None, options: Mapping[str, Any] | None = None) -> Path:
+                  workers: int | None = None, options: Mapping[str, Any] | None = None,
+                  runtime: str = "auto") -> Path:
     """The CLI's `embed`: features of every image (or of the `classes` subset); returns the written/cached file."""
     if out is not None and Path(out).suffix != ".npz":
         raise OodmlError(f"--out {str(out)!r} must end in .npz")
-    path = features_file(dataset, backbone, data_root, classes, batch_size, workers, options)
+    path = features_file(dataset, backbone, data_root, classes, batch_size, workers, options, runtime)
     if out is None:
         return path
     dest = Path(out)
@@ -174,6 +178,8 @@ def embed_dataset(*, dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: 
 
 def load_or_compute_features(dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: str | Path | None = None,
                              classes: Sequence[str] = (), batch_size: int = 64, workers: int | None = None,
-                             options: Mapping[str, Any] | None = None) -> FeatureSet:
-    """The FeatureSet for (dataset, backbone), from the on-disk cache or computed and cached."""
-    return FeatureSet.load(features_file(dataset, backbone, data_root, classes, batch_size, workers, options))
+                             options: Mapping[str, Any] | None = None, runtime: str = "auto") -> FeatureSet:
+    """The FeatureSet for (dataset, backbone), from the on-disk cache or computed and cached (`runtime` as in
+    `features_file`)."""
+    return FeatureSet.load(features_file(dataset, backbone, data_root, classes, batch_size, workers, options,
+                                         runtime))

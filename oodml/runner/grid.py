@@ -262,7 +262,8 @@ def _check_equivalent_features(spec: SplitSpec, fs: FeatureSet, levels: Sequence
         if worst > FEATURE_FID_TOLERANCE:
             raise OodmlError(f"{mismatch}, on which level {lv.level} has FID {fid:.6g}, not the file's "
                              f"{lv.fid:.6g}; {fix}")
-    log(f"note: {mismatch}; the same images and backbone computed on another kind of CPU, most likely: the level "
+    where = "another kind of CPU or another runtime (ONNX Runtime / torch)"
+    log(f"note: {mismatch}; the same images and backbone computed on {where}, most likely: the level "
         f"FIDs agree to {worst:.1e} (relative), so the run goes on, but its numbers match results made on the split "
         "file's own features only to about that precision, not bit for bit")
 

@@ -410,9 +410,10 @@ def plot_ladder(spec: SplitSpec, path: str | Path) -> Path:
 def make_splits_command(*, dataset: str | None, backbone: str, data_root: str | Path | None,
                         features: str | Path | None, levels: int, ks: tuple[int, ...], episodes: int,
                         ways: int | None, seed: int, out: str | Path | None,
-                        dataset_options: Mapping[str, Any] | None = None) -> Path:
-    """`oodml make-splits`: build the ladder from a features file or from the dataset's (cached) features, write the
-    split file and its plot (`<out>.png`). Returns the split file path."""
+                        dataset_options: Mapping[str, Any] | None = None, runtime: str = "auto") -> Path:
+    """`oodml make-splits`: build the ladder from a features file or from the dataset's (cached) features, computed
+    on `runtime` when absent (`auto`, `onnx`, `torch`); write the split file and its plot (`<out>.png`). Returns the
+    split file path."""
     if features is not None:
         fs = FeatureSet.load(features)
         if not fs.dataset and not dataset:
@@ -428,13 +429,13 @@ def make_splits_command(*, dataset: str | None, backbone: str, data_root: str | 
             raise OodmlError("make-splits needs a DATASET or --features FILE.npz")
         from oodml.features.extract import load_or_compute_features
 
-        fs = load_or_compute_features(dataset, backbone, data_root, options=dataset_options)
+        fs = load_or_compute_features(dataset, backbone, data_root, options=dataset_options, runtime=runtime)
         classes_from = {"dataset": dataset, "data_root": str(data_root) if data_root else "default data root"}
         if dataset_options:
             classes_from["dataset_options"] = dict(dataset_options)
     names = [str(c) for c in fs.class_names]
     classes_from |= {"first_class": min(names), "last_class": max(names)}
-    classes_from |= {k: fs.meta[k] for k in ("dataset_hash", "transform") if k in fs.meta}
+    classes_from |= {k: fs.meta[k] for k in ("dataset_hash", "transform", "runtime") if k in fs.meta}
     spec = build_ladder(fs, levels=levels, ks=tuple(ks), episodes=episodes, seed=seed, ways=ways,
                         classes_from=classes_from)
     path = Path(out) if out is not None else Path("splits") / f"{spec.dataset}.json"

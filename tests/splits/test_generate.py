@@ -188,8 +188,8 @@ def test_make_splits_without_features_uses_the_feature_cache(monkeypatch: pytest
     calls: list[tuple] = []
 
     def fake(dataset: str, backbone: str = "efficientnet_lite0", data_root: object = None,
-             options: object = None) -> FeatureSet:
-        calls.append((dataset, backbone, data_root, options))
+             options: object = None, runtime: str = "auto") -> FeatureSet:
+        calls.append((dataset, backbone, data_root, options, runtime))
         return make_blobs(n_classes=20, per_class=4, dim=6, dataset=dataset)
 
     module = types.ModuleType("oodml.features.extract")
@@ -197,8 +197,8 @@ def test_make_splits_without_features_uses_the_feature_cache(monkeypatch: pytest
     monkeypatch.setitem(sys.modules, "oodml.features.extract", module)
     path = make_splits_command(dataset="cub200", backbone="resnet50", data_root=tmp_path, features=None, levels=3,
                                ks=(2,), episodes=1, ways=None, seed=0, out=tmp_path / "cub.json",
-                               dataset_options={"rotations": False})
-    assert calls == [("cub200", "resnet50", tmp_path, {"rotations": False})]
+                               dataset_options={"rotations": False}, runtime="torch")
+    assert calls == [("cub200", "resnet50", tmp_path, {"rotations": False}, "torch")]
     spec = SplitSpec.load(path)
     assert spec.dataset == "cub200" and spec.extra["classes_from"]["dataset"] == "cub200"
     assert (tmp_path / "cub.png").is_file()
