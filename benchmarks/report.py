@@ -16,6 +16,9 @@ Prints the figures, the ratio of (b) to (a) and the ratio of (e) to (d), all mea
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/report.py --results DIR   # an existing results folder
 
 Wall times on a shared machine swing with its load; the cpu seconds (process time) and the ratios are steadier.
+Memory: with per-unit values (7.6M unit entries at 100,000 cells) the readers hold every parsed cell file at once;
+the reference reader reached 9.8 GB resident before it was stopped on a shared 23 GB machine, so use `--cells 10000`
+there (0.76M unit values, about 1 GB).
 """
 
 from __future__ import annotations
