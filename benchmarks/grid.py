@@ -74,13 +74,13 @@ def cub_sized_features(seed: int = 0, n_classes: int = 200, per_class: tuple[int
 
 def build_inputs(folder: Path, levels: int, ks: tuple[int, ...], episodes: int) -> tuple[Path, Path, float]:
     """Features and split files in `folder`; returns their paths and the ladder build time."""
-    from oodml.splits.generate import build_ladder
+    from oodml.splits.generate import LadderCfg, build_ladder
 
     fs = cub_sized_features()
     feats = fs.save(folder / "cub_sized.npz")
     fs = FeatureSet.load(feats)
     t0 = time.perf_counter()
-    spec = build_ladder(fs, levels=levels, ks=ks, episodes=episodes, seed=0)
+    spec = build_ladder(fs, LadderCfg(levels=levels, ks=ks, episodes=episodes, seed=0))
     dt = time.perf_counter() - t0
     return feats, spec.save(folder / "cub_sized.json"), dt
 
@@ -113,6 +113,7 @@ def compare_shared(feats: Path, splits: Path, folder: Path, methods: str, k: str
 
     The fit is done once before timing (fit cache), so both timed runs measure the evaluation only.
     """
+    from oodml.eval import protocol
     from oodml.runner import cell as cell_mod
     from oodml.runner import plan_grid
 
@@ -121,29 +122,29 @@ def compare_shared(feats: Path, splits: Path, folder: Path, methods: str, k: str
     plan = plan_grid(cfg)
     cell_mod.set_threads(1)
     cell_mod.warm_up()
-    shared_test = cell_mod._supports_in_test
+    shared_test = protocol.supports_in_test
     out: dict[str, dict[str, float]] = {}
     for c in plan.cells:
         task = cell_mod.CellTask(cell=c, level=plan.levels[c.level], overrides=dict(cfg.method_params),
                                  fit_cache=str(folder / "fits"))
         first = cell_mod.execute(task, plan.features)  # fits and fills the cache
         runs = {}
-        for name, test in (("per_episode", lambda lv, ks: False), ("shared", shared_test)):
-            cell_mod._supports_in_test = test  # type: ignore[assignment]
+        for name, test in (("per_episode", lambda data, shots: False), ("shared", shared_test)):
+            protocol.supports_in_test = test  # type: ignore[assignment]
             try:
                 runs[name] = cell_mod.execute(task, plan.features)
             finally:
-                cell_mod._supports_in_test = shared_test
+                protocol.supports_in_test = shared_test
         old, new = runs["per_episode"], runs["shared"]
-        pairs = [(a["value"], b["value"]) for a, b in zip(old.episodes, new.episodes, strict=True)]
+        pairs = [(a.value, b.value) for a, b in zip(old.episodes, new.episodes, strict=True)]
         diff = [abs(a - b) for a, b in pairs]
         out[c.method] = {"fit_and_eval_cpu_s": first.cpu_time_s, "per_episode_cpu_s": old.cpu_time_s,
                          "shared_cpu_s": new.cpu_time_s, "ratio": new.cpu_time_s / max(old.cpu_time_s, 1e-9),
                          "episode_values": len(pairs), "values_differing": sum(d > 0 for d in diff),
                          "max_abs_diff": max(diff, default=0.0),
                          "rows_equal": float(old.metrics == new.metrics),
-                         "zero_shot_rows_equal": float([m for m in old.metrics if m["k"] == 0]
-                                                       == [m for m in new.metrics if m["k"] == 0])}
+                         "zero_shot_rows_equal": float([m for m in old.metrics if m.k == 0]
+                                                       == [m for m in new.metrics if m.k == 0])}
         r = out[c.method]
         print(f"{c.method}: cell CPU with fit {first.cpu_time_s:.1f}s; evaluation per-episode {old.cpu_time_s:.1f}s "
               f"-> shared {new.cpu_time_s:.1f}s (ratio {r['ratio']:.3f}); {r['values_differing']}/{len(pairs)} "

@@ -83,6 +83,10 @@ class Registry(Generic[InfoT]):
         """Metadata of `name`."""
         return self.get(name).info
 
+    def entries(self) -> builtins.list[Entry[InfoT]]:
+        """Every entry, in registration order."""
+        return list(self._entries.values())
+
     def names(self, include_aliases: bool = False) -> builtins.list[str]:
         """All registered names, sorted."""
         names = list(self._entries)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -73,10 +73,8 @@ class MethodContext:
     regime: str = "head"          # "head" or "full"
     in_dim: int | None = None     # feature dimension in the head regime
     backbone: str = "efficientnet_lite0"
-    dataset: str = ""
     device: str = "cpu"
     seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Method(ABC):

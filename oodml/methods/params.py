@@ -265,7 +265,9 @@ def field_names(cls: type | None) -> set[str]:
 def _coerce(cls_name: str, name: str, value: Any, typ: Any) -> Any:
     """Convert an override value to the field's type, or raise OodmlError."""
     text = str(typ)
-    bad = OodmlError(f"{cls_name}: {name}={value!r} is not a valid {text.replace('typing.', '')}")
+    wanted = {bool: "true or false", int: "integer", float: "number", str: "string"}.get(
+        typ, "list of integers" if text.startswith("tuple[int") else text.replace("typing.", ""))
+    bad = OodmlError(f"{cls_name}: {name}={value!r} is not a valid {wanted} (--method-param {name}=VALUE)")
     if typ is bool:
         if isinstance(value, bool):
             return value

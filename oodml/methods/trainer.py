@@ -26,9 +26,6 @@ from oodml.methods.params import DmmlParams, SecParams, TrainParams
 from oodml.progress import progress
 from oodml.seeding import derive_seed
 
-STAGES = ("fit", "adapt")
-
-
 @contextlib.contextmanager
 def seeded_torch(seed: int) -> Iterator[None]:
     """Run a block with the torch CPU RNG seeded to `seed`, restoring the previous state afterwards."""

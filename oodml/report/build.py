@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from oodml import __version__
+from oodml.errors import check_name, check_writable
 from oodml.progress import log
 from oodml.report import curves, document as doc, intervals as iv
 from oodml.report.leaderboard import (ADAPTED_FAMILIES, choose_metrics, error_counts, error_reduction,
@@ -70,6 +71,9 @@ def build_report(*, results: Path, metric: str | None = None, bootstrap: int = D
     """
     t0 = time.perf_counter()
     store = read_store(Path(results))
+    for dataset in store.datasets:  # a name from the cell files becomes a folder: safe, and writable, before output
+        check_writable(Path(results) / check_name(dataset, f"cell files in {str(results)!r} name a dataset"),
+                       "report folder")
     tables = [aggregate(store, dataset, metric, bootstrap) for dataset in store.datasets]  # checks before output
     log(f"report: {len(store.cells)} cell files, {len(store.rows)} rows, {len(tables)} dataset(s) read and "
         f"aggregated in {time.perf_counter() - t0:.1f}s")

@@ -125,8 +125,8 @@ def _metric(rows: pd.DataFrame, k: int, metric: str | None, a: str, b: str, data
     both = set(at_k[at_k["method"] == a]["metric"]) & set(at_k[at_k["method"] == b]["metric"])
     if metric is not None:
         if metric not in both:
-            raise OodmlError(f"{dataset}: metric {metric!r} is not stored for both methods at k={k}{suggest(metric, both)};"
-                             f" shared metrics: {', '.join(sorted(both)) or 'none'}")
+            raise OodmlError(f"{dataset}: metric {metric!r} is not stored for both methods at k={k}"
+                             f"{suggest(metric, both)}; shared metrics: {', '.join(sorted(both)) or 'none'}")
         return metric
     for m in DEFAULT_METRIC_ORDER:
         if m in both:

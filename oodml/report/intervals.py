@@ -200,7 +200,8 @@ def vs_best(frame: pd.DataFrame, best: str, others: list[str], fids: Mapping[int
     """`method, vs_best_p, vs_best_p_holm`: the sign-flip p-value of each method's mean over levels against the
     rank-1 method on their shared units, and Holm's adjustment over the methods."""
     pairs = {m: (m, best) for m in others if m != best}
-    diffs = paired_differences(frame, pairs, fids, n_boot, intervals=False) if pairs else pd.DataFrame(columns=list(DIFF_COLUMNS))
+    diffs = (paired_differences(frame, pairs, fids, n_boot, intervals=False) if pairs
+             else pd.DataFrame(columns=list(DIFF_COLUMNS)))
     over = diffs[diffs["split_level"].isna()].set_index("pair")["p"]
     p = np.array([float(over.get(m, np.nan)) for m in pairs], float)
     out = pd.DataFrame({"method": list(pairs), "vs_best_p": p, "vs_best_p_holm": st.holm(p)})

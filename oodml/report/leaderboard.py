@@ -22,11 +22,6 @@ from oodml.schema import METRICS
 DEFAULT_METRIC_ORDER: tuple[str, ...] = ("recall@1", "accuracy")
 #: Families whose methods adapt a source-trained embedding on the support set (Scott et al.'s hybrids).
 ADAPTED_FAMILIES: tuple[str, ...] = ("adapted",)
-#: Columns every leaderboard starts with (SPEC §4); `L<level>` columns follow, then `n_errors`, `n_levels`,
-#: `n_L<level>`.
-LEADERBOARD_HEAD: tuple[str, ...] = ("rank", "method", "family", "metric", "mean", "ci_low", "ci_high", "auc",
-                                     "auc_ci_low", "auc_ci_high", "n_seeds", "vs_best_p", "vs_best_p_holm",
-                                     "tied_with_best")
 #: Unadapted counterparts whose name is not the adapted method's name without `adapted_`.
 UNADAPTED: dict[str, str] = {"adapted_proto": "protonet", "adapted_hist": "histogram"}
 _STAT_KEY = ["metric", "k_shot", "method", "split_level"]
@@ -140,8 +135,9 @@ def area_under_curve(fids: np.ndarray, values: np.ndarray) -> np.ndarray:
 def leaderboard(stats: pd.DataFrame, seeds: pd.DataFrame, levels: pd.DataFrame, errors: pd.DataFrame, *, k: int,
                 metric: str, methods: Mapping[str, str], frame: pd.DataFrame | None = None,
                 n_boot: int = 0) -> pd.DataFrame:
-    """The SPEC §4 leaderboard of one k: `LEADERBOARD_HEAD`, `L..`, `L.._ci_low`, `L.._ci_high`, then `n_errors`,
-    `n_levels` (levels with a value: `mean` and `auc` cover only those) and `n_L..` (seeds per level).
+    """The SPEC §4 leaderboard of one k: `rank, method, family, metric, mean, ci_low, ci_high, auc, auc_ci_low,
+    auc_ci_high, n_seeds, vs_best_p, vs_best_p_holm, tied_with_best`, `L..`, `L.._ci_low`, `L.._ci_high`, then
+    `n_errors`, `n_levels` (levels with a value: `mean` and `auc` cover only those) and `n_L..` (seeds per level).
 
     `ci_low`/`ci_high` are 95% hierarchical bootstrap intervals (seeds, then episodes or classes) of the mean over
     levels, `auc_ci_*` of the auc, `L.._ci_*` of each level; `vs_best_p` is the paired sign-flip p-value of the

@@ -13,8 +13,8 @@ import pytest
 from oodml.report import stats as st
 
 
-def _table(cells: dict[tuple[str, int, int], list[float]], weights: dict[tuple[str, int, int], list[float]] | None = None,
-           ) -> pd.DataFrame:
+def _table(cells: dict[tuple[str, int, int], list[float]],
+           weights: dict[tuple[str, int, int], list[float]] | None = None) -> pd.DataFrame:
     rows = []
     for (m, lv, s), vals in cells.items():
         w = (weights or {}).get((m, lv, s), [1.0] * len(vals))

@@ -52,7 +52,8 @@ def test_old_cell_files_without_units_still_load_and_say_why(tmp_path: Path) -> 
     assert board.loc["new", "ci_high"] > board.loc["new", "ci_low"]
     md = (tmp_path / "o" / "report.md").read_text()
     assert "`old` L1: no interval, cell files without per-unit values" in md
-    assert "0.500 [" in md  # new: mean [low, high]
+    assert "0.500 \\[" in md  # new: mean [low, high] (brackets escaped in Markdown)
+    assert "0.500 [" in (tmp_path / "o" / "report.html").read_text()
 
 
 def test_all_csv_has_unit_rows(tmp_path: Path) -> None:
