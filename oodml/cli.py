@@ -282,12 +282,37 @@ def report(
     results: Annotated[Path, typer.Option(help="results folder written by `oodml run`")] = Path("results"),
     metric: Annotated[str | None, typer.Option(help="leaderboard metric (default recall@1; accuracy for k>0)")]
     = None,
+    bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples per 95% interval and p-value (0: none)")]
+    = 2000,
 ) -> None:
     """Write leaderboards, degradation curves and report.md/html per dataset from a results folder (SPEC §4)."""
     from oodml.report import build_report
 
-    for path in build_report(results=results, metric=metric):
+    for path in build_report(results=results, metric=metric, bootstrap=bootstrap):
         typer.echo(str(path))
+
+
+@app.command()
+@user_errors
+def compare(
+    a: Annotated[str, typer.Argument(metavar="A", help="method (the difference is A minus B)")],
+    b: Annotated[str, typer.Argument(metavar="B", help="method to compare with")],
+    results: Annotated[Path, typer.Option(help="results folder written by `oodml run`")] = Path("results"),
+    k: Annotated[str | None, typer.Option("--k", help="shots: 0, 10 or 2,5 (default: every k both have)")] = None,
+    metric: Annotated[str | None, typer.Option(help="metric (default recall@1, else accuracy)")] = None,
+    levels: Annotated[str | None, typer.Option(help="split levels: 3, 1..8 (default: all)")] = None,
+    bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples and Monte Carlo sign flips")] = 2000,
+) -> None:
+    """Paired difference A - B per level and over levels: 95% bootstrap interval, permutation p, Holm over levels."""
+    from oodml.ranges import parse_int_list
+    from oodml.report.compare import compare_command, render
+
+    found = compare_command(results=results, a=a, b=b, ks=parse_int_list(k, "--k") if k else None, metric=metric,
+                            levels=parse_int_list(levels, "--levels", minimum=1) if levels else None,
+                            bootstrap=bootstrap)
+    for c in found:
+        typer.echo(render(c))
+        typer.echo(f"written: {c.path}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -62,6 +62,22 @@ def fmt_number(value: object, digits: int = 3) -> str:
     return str(value)
 
 
+def fmt_interval(value: object, low: object, high: object, digits: int = 3) -> str:
+    """`mean [low, high]`; just the mean when the interval is missing (NaN)."""
+    out = fmt_number(value, digits)
+    if out == "—" or fmt_number(low, digits) == "—" or fmt_number(high, digits) == "—":
+        return out
+    return f"{out} [{fmt_number(low, digits)}, {fmt_number(high, digits)}]"
+
+
+def fmt_p(value: object) -> str:
+    """A p-value with 2 significant digits (`<0.001` below that); NaN as an em dash."""
+    if value is None or not np.isfinite(float(value)):  # type: ignore[arg-type]
+        return "—"
+    v = float(value)  # type: ignore[arg-type]
+    return "<0.001" if v < 0.001 else f"{v:.2g}"
+
+
 def fmt_percent(value: object) -> str:
     """A fraction as a signed percentage with one decimal; NaN as an em dash."""
     if value is None or not np.isfinite(float(value)):  # type: ignore[arg-type]
