@@ -1,13 +1,19 @@
 """Check the papers' claims against a study's `all.csv` (the reporter's tidy table) and print Markdown tables.
 
-Only reads `results/<study>/<dataset>/all.csv`; computes differences and rank correlations of stored numbers, no metric.
+Only reads `results/<study>/<dataset>/all.csv`; computes differences of stored numbers, no metric. Every verdict
+rests on a 95% hierarchical bootstrap interval (seeds, then episodes or test classes within them: the unit rows of
+all.csv; without unit rows the seeds alone) of the relevant paired difference: "reproduces" when the interval
+excludes 0 in the paper's direction, "contradicts" when it excludes 0 the other way, else "inconclusive". Each
+verdict states its basis (seeds x units) and its interval.
 
-- `oodml` (Milbich et al. 2021): (1) zero-shot recall@1 falls as FID rises, for every method (Spearman rho of
-  recall@1 vs level FID, and first vs last level); (2) few-shot adaptation helps more at larger shifts (gain of
-  recall@1 at k shots over the same method's zero-shot recall@1, lowest vs highest level); (3) SEC and diversified
-  mutual learning raise recall@1 (mean over levels, k = 0, add-on vs plain method).
+- `oodml` (Milbich et al. 2021): (1) zero-shot recall@1 falls as FID rises, for every method (interval of the
+  last-minus-first-level difference, and of Spearman's rho of recall@1 vs FID); (2) few-shot adaptation helps
+  more at larger shifts (gain = adapted minus the same source model unadapted on the same k-shot queries; interval
+  of the gain at the last level minus the gain at the first); (3) SEC and diversified mutual learning raise
+  recall@1 (add-on minus plain method, mean over levels, k = 0).
 - `scott` (Scott et al. 2018): the adapted embeddings reduce the error (1 - n-way accuracy) relative to the best of
-  the four single families, by 34% on average in the paper.
+  the four single families, by 34% on average in the paper (interval of the accuracy difference best hybrid minus
+  best single family on the same episodes).
 
 Usage:
     python baselines/claims.py oodml results/oodml_cub200_subset/cub200/all.csv
@@ -21,30 +27,78 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
-from scipy.stats import spearmanr
+from scipy.stats import rankdata
+
+from oodml.report import intervals as iv, stats as st
+from oodml.report.leaderboard import seed_values, unadapted_of
 
 FAMILIES = ("baseline", "weight_transfer", "histogram", "protonet")
 HYBRIDS = ("adapted_histogram", "adapted_proto")
-PLAIN = {"adapted_proto": "protonet", "adapted_hist": "histogram"}
 ADDONS = (("margin", "margin+sec"), ("multisimilarity", "multisimilarity+sec"), ("margin", "margin+dmml"),
           ("margin", "margin+dmml[ensemble]"), ("multisimilarity", "multisimilarity+dmml"),
           ("multisimilarity", "multisimilarity+dmml[ensemble]"))
+BOOTSTRAP = st.DEFAULT_BOOTSTRAP
+
+
+def read_all(path: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the aggregate rows with status ok, the unit rows) of an all.csv; no unit rows in an older all.csv."""
+    df = pd.read_csv(path)
+    for col in ("episode", "class", "method_family", "n_queries"):
+        if col not in df:
+            df[col] = np.nan
+    is_unit = df["episode"].notna() | df["class"].notna()
+    return df[~is_unit & (df["status"] == "ok")].copy(), df[is_unit].copy()
+
+
+def frame_of(path: str, k: int, metric: str) -> pd.DataFrame:
+    """`intervals.unit_frame` of one (k, metric) from an all.csv (pseudo-units where there are no unit rows)."""
+    agg, units = read_all(path)
+    agg["method_family"] = agg["method_family"].astype(object).fillna("")
+    return iv.unit_frame(units, seed_values(agg), k=k, metric=metric)
 
 
 def load(path: str, metric: str) -> pd.DataFrame:
     """Rows of `path` with status ok for `metric`, averaged over seeds: (method, level, fid, k) -> value, n_seeds."""
-    df = pd.read_csv(path)
-    df = df[(df["status"] == "ok") & (df["metric"] == metric)]
+    df, _ = read_all(path)
+    df = df[df["metric"] == metric]
     g = df.groupby(["method", "split_level", "k_shot"], as_index=False)
     return g.agg(split_fid=("split_fid", "first"), value=("value", "mean"), n_seeds=("seed", "nunique"))
 
 
-def seed_means(path: str, metric: str) -> pd.Series:
-    """Zero-shot `metric` per (method, seed), averaged over the levels."""
-    df = pd.read_csv(path)
-    df = df[(df["status"] == "ok") & (df["metric"] == metric) & (df["k_shot"] == 0)]
-    return df.groupby(["method", "seed"])["value"].mean()
+def basis(frame: pd.DataFrame) -> str:
+    """`3 seeds x 10 episodes` (median units per seed and level), or `3 seeds (no unit values)`."""
+    if frame.empty:
+        return "no data"
+    n_seeds = int(frame["seed"].nunique())
+    if frame["pseudo"].all():
+        return f"{n_seeds} seeds (no unit values)"
+    per = frame.groupby(["method", "split_level", "seed"])["unit"].nunique().median()
+    kind = "episodes" if str(frame["unit"].iloc[0]).startswith("e:") else "classes"
+    return f"{n_seeds} seeds x {int(per)} {kind}"
+
+
+def resolvable(frame: pd.DataFrame) -> bool:
+    """False when an interval would be degenerate: no unit values and fewer than 2 seeds to resample."""
+    return not frame.empty and (not bool(frame["pseudo"].all()) or frame["seed"].nunique() >= 2)
+
+
+def verdict(low: float, high: float, direction: int) -> str:
+    """`reproduces` when [low, high] excludes 0 on the paper's side (`direction` +1: above, -1: below),
+    `contradicts` when it excludes 0 on the other side, `inconclusive` otherwise (or without an interval)."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "inconclusive (no interval)"
+    if (direction > 0 and low > 0) or (direction < 0 and high < 0):
+        return "reproduces"
+    if (direction > 0 and high < 0) or (direction < 0 and low > 0):
+        return "contradicts"
+    return "inconclusive"
+
+
+def _ci(reps: np.ndarray) -> str:
+    lo, hi = st.percentile_interval(np.asarray(reps, float))
+    return f"[{float(lo):+.3f}, {float(hi):+.3f}]"
 
 
 def _table(rows: list[list[object]], header: Sequence[str]) -> str:
@@ -53,55 +107,91 @@ def _table(rows: list[list[object]], header: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def oodml_claims(path: str) -> str:
-    """Markdown tables for the three ooDML claims."""
-    d = load(path, "recall@1")
-    zs = d[d["k_shot"] == 0]
-    lo, hi = int(d["split_level"].min()), int(d["split_level"].max())
+def _spearman(fids: np.ndarray, reps: np.ndarray) -> np.ndarray:
+    """Spearman's rho of each replicate's level values (rows of `reps`: levels x replicates) against the FIDs."""
+    rx = rankdata(fids)
+    ry = rankdata(reps, axis=0)
+    rx, ry = rx - rx.mean(), ry - ry.mean(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (rx @ ry) / np.sqrt((rx @ rx) * (ry * ry).sum(axis=0))
+
+
+def replicates(frame: pd.DataFrame, n_boot: int, series: str = "method") -> tuple[st.UnitGrid, np.ndarray, np.ndarray]:
+    """(grid, level values, bootstrap replicates) of each series of a unit frame; NaN replicates for a series
+    without anything to resample (`resolvable`)."""
+    grid = st.unit_grid(frame, series=series)
+    point, reps = st.level_means(grid), st.bootstrap_levels(grid, n_boot)
+    for i, name in enumerate(grid.series):
+        if not resolvable(frame[frame[series] == name]):
+            reps[i] = np.nan
+    return grid, point, reps
+
+
+def oodml_claims(path: str, n_boot: int = BOOTSTRAP) -> str:
+    """Markdown tables for the three ooDML claims, each row with its interval and verdict."""
+    agg, _ = read_all(path)
+    agg = agg[agg["metric"] == "recall@1"]
+    fids = agg.groupby("split_level")["split_fid"].first()
+    out = []
+    zero = frame_of(path, 0, "recall@1")
+    rows: list[list[object]] = []
+    if not zero.empty:
+        grid, point, reps = replicates(zero, n_boot)
+        x = fids.reindex(grid.levels).to_numpy(float)
+        lo, hi = grid.levels[0], grid.levels[-1]
+        for i, m in enumerate(grid.series):
+            change = reps[i, -1] - reps[i, 0]
+            c_lo, c_hi = st.percentile_interval(change)
+            rho = _spearman(x, reps[i])
+            rho_point = float(_spearman(x, point[i][:, None])[0])
+            rows.append([m, float(point[i, 0]), float(point[i, -1]), float(point[i, -1] - point[i, 0]), _ci(change),
+                         rho_point, _ci(rho), basis(zero[zero["method"] == m]), verdict(float(c_lo), float(c_hi), -1)])
+        out += [f"Claim 1: zero-shot recall@1 falls as FID rises (level {lo} -> {hi}); verdict from the 95% interval "
+                f"of the change L{hi} - L{lo}\n",
+                _table(rows, ["method", f"R@1 L{lo}", f"R@1 L{hi}", "change", "95% CI", "Spearman rho (R@1 vs FID)",
+                              "rho 95% CI", "basis", "verdict"])]
     rows = []
-    for m, g in zs.groupby("method"):
-        g = g.sort_values("split_fid")
-        rho = float(spearmanr(g["split_fid"], g["value"]).statistic) if len(g) > 2 else float("nan")
-        first, last = float(g["value"].iloc[0]), float(g["value"].iloc[-1])
-        rows.append([m, first, last, last - first, rho, "yes" if last < first and rho < 0 else "no"])
-    out = [f"Claim 1: zero-shot recall@1 falls as FID rises (level {lo} -> {hi})\n",
-           _table(rows, ["method", f"R@1 L{lo}", f"R@1 L{hi}", "change", "Spearman rho (R@1 vs FID)", "falls"])]
+    ks = sorted(int(k) for k in agg["k_shot"].unique() if k > 0)
+    families = agg.groupby("method")["method_family"].first().to_dict()
+    for k in ks:
+        frame = frame_of(path, k, "recall@1")
+        present = set(frame["method"].unique())
+        pairs = {m: (m, u) for m in sorted(present)
+                 if (families.get(m) == "adapted" or m.startswith("adapted_"))
+                 and (u := unadapted_of(m, present)) is not None}
+        if not pairs:
+            continue
+        diffs = iv.paired_frame(frame, pairs)
+        grid, point, reps = replicates(diffs, n_boot, series="pair")
+        lo, hi = grid.levels[0], grid.levels[-1]
+        for i, m in enumerate(grid.series):
+            trend = reps[i, -1] - reps[i, 0]
+            t_lo, t_hi = st.percentile_interval(trend)
+            rows.append([m, k, pairs[m][1], float(point[i, 0]), _ci(reps[i, 0]), float(point[i, -1]),
+                         _ci(reps[i, -1]), float(point[i, -1] - point[i, 0]), _ci(trend),
+                         basis(diffs[diffs["pair"] == m].assign(method=m)), verdict(float(t_lo), float(t_hi), +1)])
+    if rows:
+        out += [f"\n\nClaim 2: few-shot gain is larger at the last level than at the first. Gain = R@1 of the adapted "
+                "method minus its unadapted source model on the same k-shot queries (same seeds and episodes); "
+                "verdict from the 95% interval of gain(last) - gain(first)\n",
+                _table(rows, ["method", "k", "unadapted", "gain first", "95% CI", "gain last", "95% CI",
+                              "last - first", "95% CI", "basis", "verdict"])]
     rows = []
-    for k in sorted(int(x) for x in d["k_shot"].unique() if x > 0):
-        fk = d[d["k_shot"] == k].set_index(["method", "split_level"])["value"]
-        f0 = zs.set_index(["method", "split_level"])["value"]
-        gain = (fk - f0).dropna()
-        for m in sorted({i[0] for i in gain.index}):
-            if not (m.startswith("adapted_") or m in ("weight_transfer",)):
-                continue
-            gm = gain.loc[m]
-            plain = PLAIN.get(m, m.removeprefix("adapted_"))
-            same = (fk.loc[m] - fk.loc[plain]) if plain != m and plain in fk.index.get_level_values(0) else None
-            if lo in gm.index and hi in gm.index:
-                row: list[object] = [m, k, float(gm.loc[lo]), float(gm.loc[hi]),
-                                     "yes" if gm.loc[hi] > gm.loc[lo] else "no"]
-                if same is not None and lo in same.index and hi in same.index:
-                    row += [plain, float(same.loc[lo]), float(same.loc[hi]),
-                            "yes" if same.loc[hi] > same.loc[lo] else "no"]
-                else:
-                    row += ["-", "-", "-", "-"]
-                rows.append(row)
-    out += [f"\n\nClaim 2: few-shot gain is larger at level {hi} than at level {lo}. Gain A = R@1 at k shots minus "
-            "the same method's zero-shot R@1 (the reporter's gain; the k-shot gallery is the queries only); gain B = "
-            "R@1 of the adapted method minus its unadapted source model on the same k-shot queries\n",
-            _table(rows, ["method", "k", f"gain A L{lo}", f"gain A L{hi}", f"A larger at L{hi}", "unadapted",
-                          f"gain B L{lo}", f"gain B L{hi}", f"B larger at L{hi}"])]
-    rows = []
-    mean0 = zs.groupby("method")["value"].mean()
-    per_seed = seed_means(path, "recall@1")
-    for base, add in ADDONS:
-        if base in mean0.index and add in mean0.index:
-            diff = (per_seed.loc[add] - per_seed.loc[base]).dropna()
-            rows.append([add, base, float(mean0[base]), float(mean0[add]), float(mean0[add] - mean0[base]),
-                         f"{int((diff > 0).sum())}/{len(diff)}", "yes" if mean0[add] > mean0[base] else "no"])
-    out += ["\n\nClaim 3: add-ons raise zero-shot recall@1 (mean over levels; seeds: in how many seeds the add-on's "
-            "mean over levels is higher)\n",
-            _table(rows, ["add-on", "plain", "R@1 plain", "R@1 add-on", "difference", "seeds", "raises"])]
+    if not zero.empty:
+        present = set(zero["method"].unique())
+        pairs = {add: (add, base) for base, add in ADDONS if base in present and add in present}
+        d = iv.paired_differences(zero, pairs, fids.to_dict(), n_boot, seeds_only=True)
+        for r in d[d["split_level"].isna()].itertuples():
+            if not resolvable(zero[zero["method"].isin([r.method_a, r.method_b])]):
+                r = r._replace(ci_low=np.nan, ci_high=np.nan, p=np.nan)
+            rows.append([r.method_a, r.method_b, float(r.mean_b), float(r.mean_a), float(r.diff),
+                         f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}]", f"{r.p:.2g}",
+                         basis(zero[zero["method"] == r.method_a]), verdict(float(r.ci_low), float(r.ci_high), +1)])
+    if rows:
+        out += ["\n\nClaim 3: add-ons raise zero-shot recall@1 (mean over levels; paired on the same seeds and test "
+                "classes; p: sign-flip permutation test)\n",
+                _table(rows, ["add-on", "plain", "R@1 plain", "R@1 add-on", "difference", "95% CI", "p", "basis",
+                              "verdict"])]
     return "\n".join(out)
 
 
@@ -123,16 +213,28 @@ def scott_records(paths: Sequence[str], labels: Sequence[str]) -> list[dict[str,
     return out
 
 
-def scott_claims(paths: Sequence[str], labels: Sequence[str]) -> str:
-    """Markdown table: error of the best single family vs the best hybrid per (study, k), relative reduction."""
+def scott_claims(paths: Sequence[str], labels: Sequence[str], n_boot: int = BOOTSTRAP) -> str:
+    """Markdown table: error of the best single family vs the best hybrid per (study, k), relative reduction, and
+    the 95% interval of the accuracy difference hybrid minus single on the same episodes with its verdict."""
     recs = scott_records(paths, labels)
-    rows = [[r["study"], r["k"], r["single"], r["e_single"], r["hybrid"], r["e_hybrid"],
-             f"{100 * float(r['reduction']):.0f}%"] for r in recs]
+    by_label = dict(zip(labels, paths))
+    rows = []
+    for r in recs:
+        frame = frame_of(by_label[str(r["study"])], int(r["k"]), "accuracy")
+        d = iv.paired_differences(frame, {"d": (str(r["hybrid"]), str(r["single"]))}, {}, n_boot, seeds_only=True)
+        over = d[d["split_level"].isna()]
+        lo, hi = (float(over["ci_low"].iloc[0]), float(over["ci_high"].iloc[0])) if len(over) else (np.nan, np.nan)
+        if not resolvable(frame[frame["method"].isin([r["hybrid"], r["single"]])]):
+            lo, hi = np.nan, np.nan
+        rows.append([r["study"], r["k"], r["single"], r["e_single"], r["hybrid"], r["e_hybrid"],
+                     f"{100 * float(r['reduction']):.0f}%", f"[{lo:+.3f}, {hi:+.3f}]",
+                     basis(frame[frame["method"] == r["hybrid"]]), verdict(lo, hi, +1)])
     reds = [float(r["reduction"]) for r in recs]
     mean = sum(reds) / len(reds) if reds else float("nan")
     return (_table(rows, ["study", "k", "best single family", "its error", "best hybrid", "its error",
-                          "error reduction"]) + f"\n\nMean error reduction over these settings: {100 * mean:.0f}% "
-            "(paper: 34% on average)")
+                          "error reduction", "accuracy difference 95% CI", "basis", "verdict"])
+            + f"\n\nMean error reduction over these settings: {100 * mean:.0f}% (paper: 34% on average); a verdict "
+            "is \"reproduces\" when the hybrid's accuracy is higher than the single family's with the interval above 0")
 
 
 #: study-name suffix -> how the variant differs from the pixel-MLP study with fixed adaptation steps

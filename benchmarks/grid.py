@@ -33,6 +33,17 @@ measured 2026-11-23 14:25 UTC under load ~11: pretrained 27.5 s -> 5.1 s (ratio 
 (0.34), protonet 6.6 s -> 2.3 s (0.36); zero-shot rows identical; episode values identical for margin, and for
 pretrained / protonet 22 / 30 of 180 differ by at most 3e-7 / 3e-6 (float32 rounding swaps near-equidistant
 neighbours).
+
+`--oodml-adaptation` times ooDML's few-shot protocol (`adapt_protocol=oodml`) of adapting methods on level 1 / seed 0:
+all 30 adaptations of a cell (10 episodes x k = 2, 5, 10) in one batched call vs. one at a time, in one process on
+one thread, and scales the batched time to the ooDML schedule (1,000 / 1,500 iterations) and the design's cells.
+Measured 2026-11-29 01:17-01:28 UTC under load ~19 on the 2 shared cores (CPU seconds; `--schedule 2:100,5:150
+--sample 1`, time linear in iterations): adapted_margin 19.6 s one at a time -> 9.8 s batched (ratio 0.50),
+weight_transfer 15.9 s -> 9.1 s (0.57); adapted embeddings identical (max |diff| 0). At 1,000 / 1,500 iterations
+(10x) that is ~98 s (margin) / ~91 s (weight_transfer) of CPU per adapting cell, ~37-39 min per method over the 24
+cells of 8 levels x 3 seeds: the ~10 adapting methods of the default grid add ~6.4 h of CPU, ~3.2 h with 2 workers
+(one at a time: ~5.6 h) -- the one-hour goal is not met on this machine; the cost is the (B x 1,280) x (1,280 x 128)
+products of every step, which batching does not reduce.
 """
 
 from __future__ import annotations
@@ -74,22 +85,23 @@ def cub_sized_features(seed: int = 0, n_classes: int = 200, per_class: tuple[int
 
 def build_inputs(folder: Path, levels: int, ks: tuple[int, ...], episodes: int) -> tuple[Path, Path, float]:
     """Features and split files in `folder`; returns their paths and the ladder build time."""
-    from oodml.splits.generate import build_ladder
+    from oodml.splits.generate import LadderCfg, build_ladder
 
     fs = cub_sized_features()
     feats = fs.save(folder / "cub_sized.npz")
     fs = FeatureSet.load(feats)
     t0 = time.perf_counter()
-    spec = build_ladder(fs, levels=levels, ks=ks, episodes=episodes, seed=0)
+    spec = build_ladder(fs, LadderCfg(levels=levels, ks=ks, episodes=episodes, seed=0))
     dt = time.perf_counter() - t0
     return feats, spec.save(folder / "cub_sized.json"), dt
 
 
 def time_grid(feats: Path, splits: Path, results: Path, *, methods: str, shifts: str, k: str, seeds: str,
-              workers: int) -> tuple[float, int, dict[str, tuple[float, float]], float]:
+              workers: int, method_params: dict[str, object] | None = None,
+              ) -> tuple[float, int, dict[str, tuple[float, float]], float]:
     """Run one grid; returns (seconds, cells, mean cell (wall, CPU) seconds per method, summed cell CPU seconds)."""
     cfg = build_run_cfg(dict(method=methods, features=str(feats), splits=str(splits), shifts=shifts, k=k,
-                             seeds=seeds, workers=workers, results=str(results)))
+                             seeds=seeds, workers=workers, results=str(results), method_params=method_params or {}))
     t0 = time.perf_counter()
     rc = run_grid(cfg)
     dt = time.perf_counter() - t0
@@ -113,6 +125,7 @@ def compare_shared(feats: Path, splits: Path, folder: Path, methods: str, k: str
 
     The fit is done once before timing (fit cache), so both timed runs measure the evaluation only.
     """
+    from oodml.eval import protocol
     from oodml.runner import cell as cell_mod
     from oodml.runner import plan_grid
 
@@ -121,34 +134,107 @@ def compare_shared(feats: Path, splits: Path, folder: Path, methods: str, k: str
     plan = plan_grid(cfg)
     cell_mod.set_threads(1)
     cell_mod.warm_up()
-    shared_test = cell_mod._supports_in_test
+    shared_test = protocol.supports_in_test
     out: dict[str, dict[str, float]] = {}
     for c in plan.cells:
         task = cell_mod.CellTask(cell=c, level=plan.levels[c.level], overrides=dict(cfg.method_params),
                                  fit_cache=str(folder / "fits"))
         first = cell_mod.execute(task, plan.features)  # fits and fills the cache
         runs = {}
-        for name, test in (("per_episode", lambda lv, ks: False), ("shared", shared_test)):
-            cell_mod._supports_in_test = test  # type: ignore[assignment]
+        for name, test in (("per_episode", lambda data, shots: False), ("shared", shared_test)):
+            protocol.supports_in_test = test  # type: ignore[assignment]
             try:
                 runs[name] = cell_mod.execute(task, plan.features)
             finally:
-                cell_mod._supports_in_test = shared_test
+                protocol.supports_in_test = shared_test
         old, new = runs["per_episode"], runs["shared"]
-        pairs = [(a["value"], b["value"]) for a, b in zip(old.episodes, new.episodes, strict=True)]
+        pairs = [(a.value, b.value) for a, b in zip(old.episodes, new.episodes, strict=True)]
         diff = [abs(a - b) for a, b in pairs]
         out[c.method] = {"fit_and_eval_cpu_s": first.cpu_time_s, "per_episode_cpu_s": old.cpu_time_s,
                          "shared_cpu_s": new.cpu_time_s, "ratio": new.cpu_time_s / max(old.cpu_time_s, 1e-9),
                          "episode_values": len(pairs), "values_differing": sum(d > 0 for d in diff),
                          "max_abs_diff": max(diff, default=0.0),
                          "rows_equal": float(old.metrics == new.metrics),
-                         "zero_shot_rows_equal": float([m for m in old.metrics if m["k"] == 0]
-                                                       == [m for m in new.metrics if m["k"] == 0])}
+                         "zero_shot_rows_equal": float([m for m in old.metrics if m.k == 0]
+                                                       == [m for m in new.metrics if m.k == 0])}
         r = out[c.method]
         print(f"{c.method}: cell CPU with fit {first.cpu_time_s:.1f}s; evaluation per-episode {old.cpu_time_s:.1f}s "
               f"-> shared {new.cpu_time_s:.1f}s (ratio {r['ratio']:.3f}); {r['values_differing']}/{len(pairs)} "
               f"episode values differ, max |diff| {r['max_abs_diff']:.2g}; zero-shot rows equal: "
               f"{bool(r['zero_shot_rows_equal'])}", flush=True)
+    return out
+
+
+def oodml_params(methods: str, schedule: str) -> dict[str, object]:
+    """`method.adapt_protocol=oodml` and the schedule for every method of `methods` that adapts a source model."""
+    from oodml.methods import METHODS, build_method, MethodContext, parse_spec, resolve_methods
+
+    out: dict[str, object] = {}
+    for spec in resolve_methods(methods):
+        info = METHODS.info(parse_spec(spec)[0])
+        if info.uses_support and getattr(build_method(spec, MethodContext(in_dim=8)), "adapts_source_model", False):
+            out[f"{spec}.adapt_protocol"] = "oodml"
+            out[f"{spec}.adapt_iterations"] = schedule
+    return out
+
+
+def compare_adaptation(feats: Path, splits: Path, methods: str, ks: tuple[int, ...], schedule: str,
+                       sample: int, cells: int, target: str = "2:1000,5:1500") -> dict[str, dict[str, float]]:
+    """ooDML's adaptation protocol (`adapt_protocol=oodml`, `adapt_iterations=schedule`) on level 1 / seed 0, in this
+    process with one thread: CPU seconds of adapting every episode of every k in one batched call vs. one episode at a
+    time (timed on the first `sample` episodes of each k and scaled to all), and how far the adapted embeddings of
+    the timed episodes differ. The batched time, scaled linearly from `schedule` to `target` iterations, times
+    `cells` (the design's levels x seeds) gives each method's adaptation cost in the full design."""
+    from oodml.methods.params import schedule_for
+
+    import torch
+
+    from oodml.methods import EmbeddingMethod, MethodContext, build_method, make_inputs, resolve_methods
+    from oodml.splits.spec import SplitSpec
+
+    torch.set_num_threads(1)
+    fs = FeatureSet.load(feats)
+    lv = SplitSpec.load(splits).levels[0]
+    index = {str(p): i for i, p in enumerate(fs.paths)}
+    names = {str(c): i for i, c in enumerate(fs.class_names)}
+    train = np.flatnonzero(np.isin(fs.labels, [names[c] for c in lv.train_classes]))
+    supports = []
+    for k in ks:
+        for episode in lv.episodes[str(k)]:
+            rows = np.array(sorted(index[i] for ids in episode.values() for i in ids))
+            supports.append((k, make_inputs("head", features=fs, rows=rows), fs.labels[rows]))
+    probe = make_inputs("head", features=fs, rows=np.arange(0, len(fs.labels), 7))
+    out: dict[str, dict[str, float]] = {}
+    for spec in resolve_methods(methods):
+        m = build_method(spec, MethodContext(seed=0, in_dim=fs.features.shape[1]),
+                         {"adapt_protocol": "oodml", "adapt_iterations": schedule})
+        if not (isinstance(m, EmbeddingMethod) and m.info.uses_support and m.adapts_source_model):
+            continue
+        m.fit(make_inputs("head", features=fs, rows=train), fs.labels[train])
+        timed = [s for k in ks for s in [t for t in supports if t[0] == k][:sample]]
+        c0 = time.process_time()
+        one = [m.adapt(x, y) for _, x, y in timed]
+        per_episode = (time.process_time() - c0) * len(supports) / len(timed)
+        c0 = time.process_time()
+        many = list(m.adapt_episodes([(x, y) for _, x, y in supports]))
+        batched = time.process_time() - c0
+        first = {id(t): i for i, t in enumerate(supports)}
+        diff = max(float(np.abs(a.embed(probe) - many[first[id(t)]].embed(probe)).max())
+                   for a, t in zip(one, timed, strict=True))
+        scale = (sum(schedule_for(target, k) for k, _, _ in supports)
+                 / max(1, sum(schedule_for(schedule, k) for k, _, _ in supports)))
+        design_min = batched * scale * cells / 60
+        out[spec] = {"episodes": len(supports), "per_episode_cpu_s": per_episode, "batched_cpu_s": batched,
+                     "ratio": batched / per_episode, "max_abs_diff": diff, "design_cells": cells,
+                     "design_adaptation_cpu_min": design_min, "design_per_episode_cpu_min": per_episode * scale * cells / 60}
+        print(f"{spec}: {len(supports)} adaptations ({schedule}): one at a time {per_episode:.1f}s CPU "
+              f"(timed {len(timed)}, scaled), batched {batched:.1f}s (ratio {batched / per_episode:.3f}); "
+              f"max |embedding diff| {diff:.2g}; at {target}: {batched * scale:.0f}s per cell, {cells} cells "
+              f"{design_min:.0f} min CPU ({design_min / 2:.0f} min with 2 workers; one at a time "
+              f"{per_episode * scale * cells / 120:.0f} min)", flush=True)
+    total = sum(r["design_adaptation_cpu_min"] for r in out.values())
+    print(f"adaptation of these {len(out)} method(s) in the full design ({cells} cells each) at {target}: "
+          f"{total:.0f} min CPU, {total / 2:.0f} min with 2 workers (batched)", flush=True)
     return out
 
 
@@ -166,13 +252,27 @@ def main() -> None:
     ap.add_argument("--shared-vs-episodes", action="store_true",
                     help="instead: time the k-shot evaluation of --methods (those that don't adapt) with the shared "
                          "kNN search vs. per-episode searches, in this process, on level 1 / seed 0")
+    ap.add_argument("--oodml-adaptation", action="store_true",
+                    help="instead: time ooDML's adaptation protocol of --methods (those that adapt) batched over "
+                         "every episode and k vs. one episode at a time, in this process, on level 1 / seed 0")
+    ap.add_argument("--schedule", default="2:1000,5:1500", help="adapt_iterations of --oodml-adaptation and "
+                    "--protocol oodml")
+    ap.add_argument("--sample", type=int, default=2, help="--oodml-adaptation: episodes per k timed one at a time")
+    ap.add_argument("--protocol", default="own_loss", choices=("own_loss", "oodml"),
+                    help="adapt_protocol of the timed grid (oodml: with --schedule)")
     args = ap.parse_args()
     ks = tuple(int(x) for x in args.k.split(","))
     with tempfile.TemporaryDirectory(prefix="oodml-bench-") as tmp:
         folder = Path(tmp)
-        levels = 2 if args.shared_vs_episodes else args.levels
+        levels = 2 if args.shared_vs_episodes or args.oodml_adaptation else args.levels
         feats, splits, ladder_s = build_inputs(folder, levels, tuple(k for k in ks if k > 0), args.episodes)
         print(f"inputs: 11,700 x 1,280 features, {levels}-level ladder built in {ladder_s:.1f}s")
+        if args.oodml_adaptation:
+            res = compare_adaptation(feats, splits, args.methods, tuple(k for k in ks if k > 0), args.schedule,
+                                     args.sample, args.levels * args.seeds)
+            if args.out:
+                args.out.write_text(json.dumps(res, indent=1) + "\n")
+            return
         if args.shared_vs_episodes:
             cmp = compare_shared(feats, splits, folder, args.methods, args.k)
             if args.out:
@@ -182,9 +282,11 @@ def main() -> None:
         scale = 1 if args.full else args.levels * args.seeds
         report: dict[str, object] = {"ladder_s": ladder_s, "full": args.full, "runs": []}
         reference = None
+        protocol = oodml_params(args.methods, args.schedule) if args.protocol == "oodml" else {}
         for w in (int(x) for x in args.workers.split(",")):
             dt, n, per_method, cpu = time_grid(feats, splits, folder / f"results_w{w}", methods=args.methods,
-                                          shifts=shifts, k=args.k, seeds=seeds, workers=w)
+                                          shifts=shifts, k=args.k, seeds=seeds, workers=w,
+                                          method_params=protocol)
             reference = reference or dt
             full_min = dt * scale / 60
             print(f"workers={w}: {n} cells in {dt:.1f}s = {n / dt * 60:.1f} cells/min; ratio to first run "

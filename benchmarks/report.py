@@ -1,14 +1,24 @@
-"""Benchmark: aggregate a store of 100,000 synthetic cell files (issue 8, item 7).
+"""Benchmark: aggregate a store of 100,000 synthetic cell files (issue 8, item 7), with and without intervals
+(issue 17, item 8).
 
-Writes the cell files (Runner contract: `<results>/cells/<cell_id>.json`) into a temporary folder, then times
+Writes the cell files (Runner contract: `<results>/cells/<cell_id>.json`, with per-unit values: 10 episodes per
+k-shot cell, `--classes` test classes per zero-shot cell) into a temporary folder, then times
 (a) the reference reader, written the obvious way (`json.load` per file, a DataFrame from a list of row dicts),
 (b) `oodml.report.read_store` (one `json.loads` over all files, C-level row gathering, vectorised checks),
-(c) the aggregation of every table, (d) the whole `build_report` (CSVs with every row, plots, report.md/html).
-Prints the figures and the ratio of (b) to (a) measured in this process.
+(c) the aggregation of every table, (d) the whole `build_report` without intervals (`--bootstrap 0`: CSVs with
+every row and unit row, plots, report.md/html) and (e) with intervals (`--bootstrap 2000`: hierarchical bootstrap
+of every leaderboard value, paired tests against rank 1, gains with intervals).
+Prints the figures, the ratio of (b) to (a) and the ratio of (e) to (d), all measured in this process.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/report.py [--cells 100000] [--keep DIR]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/report.py --study   # the 336-cell study's shape: 14 methods x
+                                                                       # 8 levels x 3 seeds, every k in each cell
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/report.py --results DIR   # an existing results folder
 
-Wall times on a shared machine swing with its load; the cpu seconds (process time) and the ratio are steadier.
+Wall times on a shared machine swing with its load; the cpu seconds (process time) and the ratios are steadier.
+Memory: with per-unit values (7.6M unit entries at 100,000 cells) the readers hold every parsed cell file at once;
+the reference reader reached 9.8 GB resident before it was stopped on a shared 23 GB machine, so use `--cells 10000`
+there (0.76M unit values, about 1 GB).
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from oodml.progress import log
@@ -36,33 +47,61 @@ LEVELS = tuple(range(1, 9))
 FIDS = {lv: 8.0 + 15.0 * (lv - 1) for lv in LEVELS}
 
 
-def write_store(results: Path, n_cells: int, n_methods: int = 20, seed: int = 0) -> int:
-    """`n_cells` cell files over methods x 8 levels x k in (0,2,5,10) x as many seeds as needed; returns rows."""
+EPISODES = 10
+ZERO_SHOT_METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r")
+
+
+def write_store(results: Path, n_cells: int, n_methods: int = 20, seed: int = 0, n_classes: int = 25,
+                all_k: bool = False) -> int:
+    """`n_cells` cell files over methods x 8 levels x k in (0,2,5,10) x as many seeds as needed; returns rows.
+
+    A cell holds one k (`all_k`: every k, as the runner's cells do), its rows, and per-unit values: 10 episodes per
+    k > 0 (the row value is their mean) and `n_classes` test classes at k = 0 (the row value is their
+    query-weighted mean). Methods `method01`, `method05`, ... are `adapted_` versions of `method00`, `method04`...
+    so that the report also computes few-shot gains.
+    """
     rng = np.random.default_rng(seed)
     cells = results / "cells"
     cells.mkdir(parents=True, exist_ok=True)
     config = json.dumps({"dataset": "synthetic", "regime": "head", "seeds": "0..2", "ks": "0,2,5,10",
                          "method_params": {"margin": 0.2, "lr": 1e-4, "iterations": 1000}})
     n_rows = 0
-    per_seed = n_methods * len(LEVELS) * len(KS)
+    ks_per_cell = len(KS) if all_k else 1
+    per_seed = n_methods * len(LEVELS) * len(KS) // ks_per_cell
+    class_names = [f"{i:03d}.class" for i in range(n_classes)]
     for i in range(n_cells):
         seed, rest = divmod(i, per_seed)
-        method, rest = divmod(rest, len(LEVELS) * len(KS))
-        level, k = LEVELS[rest // len(KS)], KS[rest % len(KS)]
-        name = f"method{method:02d}"
-        cid = hashlib.sha1(f"{name}|{level}|{k}|{seed}".encode()).hexdigest()[:16]
-        metrics = ["recall@1", "recall@2", "recall@4", "recall@8", "map@r"] + (["accuracy"] if k else [])
-        values = rng.uniform(0.05, 0.95, size=len(metrics))
-        rows = [dict(zip(ROW_COLUMNS, (
-            1, "0.1.0", "abc1234", "2026-11-23T13:00:00Z", cid, "synthetic", "efficientnet_lite0", "f" * 64,
-            name, ("adapted", "dml", "fewshot", "transfer")[method % 4], '{"margin": 0.2}',
-            level, FIDS[level], 100, 100, f"h{level}", k, 0 if k == 0 else 10, seed,
-            m, float(v), 0.01, 2900, 8, "faiss", "ok", "", 1.25, 512.0, "cpu", "c" * 40, config)))
-            for m, v in zip(metrics, values)]
+        method, rest = divmod(rest, len(LEVELS) * len(KS) // ks_per_cell)
+        level, ks = (LEVELS[rest], KS) if all_k else (LEVELS[rest // len(KS)], (KS[rest % len(KS)],))
+        name = (f"adapted_method{method - 1:02d}" if method % 4 == 1 else f"method{method:02d}")
+        family = ("dml", "adapted", "fewshot", "transfer")[method % 4]
+        cid = hashlib.sha1(f"{name}|{level}|{ks}|{seed}".encode()).hexdigest()[:16]
+        rows, episodes, classes = [], [], []
+        for k in ks:
+            metrics = ZERO_SHOT_METRICS + (("accuracy",) if k else ())
+            if k:
+                unit_values = rng.uniform(0.05, 0.95, size=(len(metrics), EPISODES))
+                values = unit_values.mean(axis=1)
+                episodes += [{"cell_id": cid, "method": name, "split_level": level, "k_shot": k, "seed": seed,
+                              "episode": e, "metric": m, "value": float(v)}
+                             for m, row in zip(metrics, unit_values) for e, v in enumerate(row)]
+            else:
+                unit_values = rng.uniform(0.05, 0.95, size=(len(metrics), n_classes))
+                n_q = rng.integers(20, 40, size=n_classes)
+                values = unit_values @ n_q / n_q.sum()
+                classes += [{"variant": "", "k": 0, "class": c, "metric": m, "value": float(v), "n_queries": int(q)}
+                            for m, row in zip(metrics, unit_values) for c, v, q in zip(class_names, row, n_q)]
+            rows += [dict(zip(ROW_COLUMNS, (
+                1, "0.1.0", "abc1234", "2026-11-23T13:00:00Z", cid, "synthetic", "efficientnet_lite0", "f" * 64,
+                name, family, '{"margin": 0.2}',
+                level, FIDS[level], 100, 100, f"h{level}", k, 0 if k == 0 else EPISODES, seed,
+                m, float(v), 0.01, 2900, 8, "faiss", "ok", "", 1.25, 512.0, "cpu", "c" * 40, config)))
+                for m, v in zip(metrics, values)]
         n_rows += len(rows)
-        doc = {"cell_id": cid, "status": "ok", "error": "", "config": {"method": name, "split_level": level},
-               "rows": rows, "episodes": []}
-        (cells / f"{cid}.json").write_text(json.dumps(doc))
+        doc = {"cell_id": cid, "status": "ok", "error": "",
+               "config": {"methods": [name], "split_level": level, "ks": list(ks)},
+               "rows": rows, "episodes": episodes, "classes": classes}
+        (cells / f"{cid}.json").write_bytes(orjson.dumps(doc))
     return n_rows
 
 
@@ -86,32 +125,45 @@ def main() -> None:
     """Run the benchmark and print its figures."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cells", type=int, default=100_000)
+    ap.add_argument("--study", action="store_true", help="336 cells shaped like the CUB-subset study (14 methods x "
+                                                         "8 levels x 3 seeds, every k in each cell)")
+    ap.add_argument("--results", type=Path, default=None, help="time the report of this existing results folder")
+    ap.add_argument("--bootstrap", type=int, default=2000)
+    ap.add_argument("--classes", type=int, default=25, help="test classes per zero-shot cell")
     ap.add_argument("--keep", type=Path, default=None, help="write the store here and keep it (reused when complete)")
     args = ap.parse_args()
     tmp = args.keep or Path(tempfile.mkdtemp(prefix="oodml-bench-report-"))
-    results = tmp / "results"
+    results = args.results or tmp / "results"
+    n_cells = 14 * len(LEVELS) * 3 if args.study else args.cells
     try:
         existing = len(list((results / "cells").glob("*.json"))) if (results / "cells").is_dir() else 0
-        if existing != args.cells:
+        if args.results is None and existing != n_cells:
             shutil.rmtree(results, ignore_errors=True)
             t = time.perf_counter()
-            write_store(results, args.cells)
-            log(f"wrote {args.cells} cell files in {time.perf_counter() - t:.1f}s")
+            write_store(results, n_cells, n_methods=14 if args.study else 20, n_classes=args.classes, all_k=args.study)
+            log(f"wrote {n_cells} cell files in {time.perf_counter() - t:.1f}s")
         ref, t_ref = timed(reference_read, results)
         store, t_read = timed(read_store, results)
         assert len(store.rows) == len(ref)
         del ref
-        _, t_agg = timed(aggregate, store, "synthetic", None)
-        paths, t_all = timed(lambda: build_report(results=results, metric=None))
-        print(f"cells                          {args.cells}")
+        dataset = store.datasets[0]
+        _, t_agg = timed(aggregate, store, dataset, None, 0)
+        _, t_agg_ci = timed(aggregate, store, dataset, None, args.bootstrap)
+        paths, t_all = timed(lambda: build_report(results=results, metric=None, bootstrap=0))
+        _, t_ci = timed(lambda: build_report(results=results, metric=None, bootstrap=args.bootstrap))
+        print(f"cells                          {len(store.cells)}")
         print(f"rows                           {len(store.rows)}")
+        print(f"unit values                    {len(store.units)}")
         print("                               wall s   cpu s")
         print(f"reference reader (json.load)   {t_ref[0]:7.2f} {t_ref[1]:7.2f}")
         print(f"read_store (validated)         {t_read[0]:7.2f} {t_read[1]:7.2f}   cpu ratio to reference "
               f"{t_read[1] / t_ref[1]:.2f}")
-        print(f"aggregate (all tables)         {t_agg[0]:7.2f} {t_agg[1]:7.2f}")
-        print(f"build_report ({len(paths)} files)        {t_all[0]:7.2f} {t_all[1]:7.2f}")
-        print(f"all.csv size                   {(results / 'synthetic' / 'all.csv').stat().st_size / 1e6:.0f} MB")
+        print(f"aggregate, no intervals        {t_agg[0]:7.2f} {t_agg[1]:7.2f}")
+        print(f"aggregate, bootstrap {args.bootstrap:<6d}    {t_agg_ci[0]:7.2f} {t_agg_ci[1]:7.2f}")
+        print(f"build_report, no intervals     {t_all[0]:7.2f} {t_all[1]:7.2f}   ({len(paths)} files)")
+        print(f"build_report, bootstrap {args.bootstrap:<6d} {t_ci[0]:7.2f} {t_ci[1]:7.2f}   ratio to no intervals: "
+              f"wall {t_ci[0] / t_all[0]:.2f}, cpu {t_ci[1] / t_all[1]:.2f} (goal <= 2)")
+        print(f"all.csv size                   {(results / dataset / 'all.csv').stat().st_size / 1e6:.0f} MB")
     finally:
         if args.keep is None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -106,7 +106,7 @@ def main() -> None:
     fs = FeatureSet(means.astype(np.float32), np.arange(args.classes), names, names, {"dataset": "sop_synthetic"},
                     np.where(side == TRAIN, "train", "test"))
     t0 = time.perf_counter()
-    spec = build_ladder(fs, levels=8, ks=(2,), episodes=1)
+    spec = build_ladder(fs, LadderCfg(levels=8, ks=(2,), episodes=1))
     t_full = time.perf_counter() - t0
     gen = spec.extra["generator"]
     print(f"full ladder: {t_full:.1f} s ({t_full / 60:.1f} min); {gen['steps_easier']} easier + {gen['steps_harder']} "

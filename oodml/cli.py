@@ -6,6 +6,7 @@ one `error:` line on stderr and exit code 2 (a traceback only with OODML_DEBUG=1
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -36,22 +37,77 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def user_errors(fn: F) -> F:
-    """Turn OodmlError (and a missing input file) into one `error:` line and exit 2."""
+    """Turn OodmlError (and a path that can't be used) into one `error:` line and exit 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except OodmlError as e:
-            if os.environ.get("OODML_DEBUG") == "1":
+        except (OodmlError, OSError) as e:
+            message = _user_message(e)
+            if message is None or os.environ.get("OODML_DEBUG") == "1":
                 raise
-            raise _fail(str(e)) from None
-        except FileNotFoundError as e:
-            if os.environ.get("OODML_DEBUG") == "1":
-                raise
-            raise _fail(f"file not found: {e.filename or e}") from None
+            raise _fail(message) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+#: OS errors that mean "this path can't be used" (a user problem): one `error:` line instead of a traceback
+_IO_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENOSPC, errno.EDQUOT,
+              errno.ENAMETOOLONG, errno.ELOOP}
+
+
+def _user_message(e: Exception) -> str | None:
+    """The one-line message for a user error, or None for an error that is a bug (shown as a traceback)."""
+    if isinstance(e, OodmlError):
+        return str(e)
+    if isinstance(e, FileNotFoundError):
+        return f"file not found: {e.filename or e}"
+    if isinstance(e, OSError) and e.errno in _IO_ERRNOS:
+        where = f" {e.filename!r}" if e.filename else ""
+        return f"cannot access{where}: {e.strerror}; check the path and its permissions"
+    return None
+
+
+def _default(name: str) -> str:
+    """`(default: X)` for help texts, X being RunCfg's default for the field `name` (the one place it is stated)."""
+    from oodml.config import RunCfg
+    from oodml.ranges import format_int_list
+
+    value = RunCfg.__dataclass_fields__[name].default
+    if value is None or isinstance(value, tuple):
+        return f"(default: {format_int_list(value)})"
+    return f"(default: {value:,})" if isinstance(value, int) else f"(default: {value})"
+
+
+def _default_backbone() -> str:
+    from oodml.features.backbones import DEFAULT_BACKBONE
+
+    return DEFAULT_BACKBONE
+
+
+def _ladder_default(name: str) -> Callable[[], Any]:
+    """The default of a `LadderCfg` field, read when the command runs (the CLI imports no library at start-up)."""
+
+    def default() -> Any:
+        from oodml.splits.generate import LadderCfg
+
+        value = getattr(LadderCfg(), name)
+        return ",".join(map(str, value)) if isinstance(value, tuple) else value
+
+    return default
+
+
+def _check_destinations(*folders: tuple[Path | str, str], cache: bool = False) -> None:
+    """Every folder a command will write to must be writable before it starts any work."""
+    from oodml.errors import check_writable
+
+    for folder, what in folders:
+        check_writable(folder, what)
+    if cache:
+        from oodml.data.files import cache_dir
+
+        check_writable(cache_dir(), "the oodml cache ($OODML_CACHE)")
 
 
 class ListKind(str, Enum):
@@ -79,9 +135,12 @@ def _registry_listing(kind: str, *, plugins: tuple[str, ...] = ()) -> list[tuple
     elif kind == "backbones":
         from oodml.features.backbones import BACKBONES as reg  # type: ignore[assignment]
     else:
-        from oodml.methods import METHODS as reg, load_plugins  # type: ignore[assignment]
+        from oodml.methods import ADDONS, METHODS as reg, load_plugins  # type: ignore[assignment]
 
         load_plugins(plugins)
+        return ([(n, reg.info(n).description) for n in reg.names()]
+                + [(a, f"alias of {n}") for a, n in reg.aliases().items()]
+                + [(f"+{a}", f"add-on ({ADDONS.info(a).kind}): {ADDONS.info(a).description}") for a in ADDONS.names()])
     return [(n, reg.info(n).description) for n in reg.names()]
 
 
@@ -89,7 +148,8 @@ def _registry_listing(kind: str, *, plugins: tuple[str, ...] = ()) -> list[tuple
 @user_errors
 def embed(
     dataset: Annotated[str, typer.Argument(help="registered dataset name (oodml list datasets)")],
-    backbone: Annotated[str, typer.Option(help="registered backbone, or timm:<name>")] = "efficientnet_lite0",
+    backbone: Annotated[str, typer.Option(default_factory=_default_backbone,
+                                          help="registered backbone, or timm:<name> (default: DEFAULT_BACKBONE)")],
     data_root: Annotated[Path | None, typer.Option(help="dataset folder or archive location")] = None,
     classes: Annotated[list[str], typer.Option(help="only classes matching these fnmatch patterns")] = [],
     out: Annotated[Path | None, typer.Option(help="features file to write (.npz)")] = None,
@@ -104,6 +164,7 @@ def embed(
     from oodml.config import dataset_options
     from oodml.features.extract import embed_dataset
 
+    _check_destinations(*([(Path(out).parent, "--out")] if out else []), cache=True)
     path = embed_dataset(dataset=dataset, backbone=backbone, data_root=data_root, classes=tuple(classes),
                          out=out, batch_size=batch_size, workers=workers, options=dataset_options(dataset_option),
                          runtime=runtime)
@@ -113,16 +174,22 @@ def embed(
 @app.command("make-splits")
 @user_errors
 def make_splits(
+    *,
     dataset: Annotated[str | None, typer.Argument(help="dataset name (optional with --features)")] = None,
-    backbone: Annotated[str, typer.Option(help="backbone whose features define the FID")] = "efficientnet_lite0",
+    backbone: Annotated[str, typer.Option(default_factory=_default_backbone,
+                                          help="backbone whose features define the FID (default: DEFAULT_BACKBONE)")],
     data_root: Annotated[Path | None, typer.Option(help="dataset folder or archive location")] = None,
     features: Annotated[Path | None, typer.Option(help="build from this features file, no images needed")] = None,
-    levels: Annotated[int, typer.Option(min=2, help="number of levels in the ladder")] = 8,
-    k: Annotated[str, typer.Option("--k", help="shots for the episodes, e.g. 2,5,10")] = "2,5,10",
-    episodes: Annotated[int, typer.Option(min=1, help="episodes per k and level")] = 10,
+    levels: Annotated[int, typer.Option(min=2, default_factory=_ladder_default("levels"),
+                                        help="number of levels in the ladder (default: LadderCfg.levels)")],
+    k: Annotated[str, typer.Option("--k", default_factory=_ladder_default("ks"),
+                                   help="shots for the episodes, e.g. 2,5,10 (default: LadderCfg.ks)")],
+    episodes: Annotated[int, typer.Option(min=1, default_factory=_ladder_default("episodes"),
+                                          help="episodes per k and level (default: LadderCfg.episodes)")],
     ways: Annotated[int | None, typer.Option(min=2, help="classes per episode (n-way); default: all test classes")]
     = None,
-    seed: Annotated[int, typer.Option(min=0, help="seed for val classes and episodes")] = 0,
+    seed: Annotated[int, typer.Option(min=0, default_factory=_ladder_default("seed"),
+                                      help="seed for val classes and episodes (default: LadderCfg.seed)")],
     out: Annotated[Path | None, typer.Option(help="split file (default splits/<dataset>.json)")] = None,
     dataset_option: Annotated[list[str], typer.Option(
         help="dataset loader option NAME=VALUE, e.g. rotations=true for omniglot (oodml list datasets)")] = [],
@@ -136,6 +203,7 @@ def make_splits(
 
     ks = parse_int_list(k, "--k", minimum=1)
     assert ks is not None
+    _check_destinations((Path(out).parent if out else Path("splits"), "--out"), cache=features is None)
     path = make_splits_command(dataset=dataset, backbone=backbone, data_root=data_root, features=features,
                                levels=levels, ks=ks, episodes=episodes, ways=ways, seed=seed, out=out,
                                dataset_options=dataset_options(dataset_option), runtime=runtime)
@@ -152,6 +220,7 @@ def import_splits(
     """Convert a published ooDML split pickle into an oodml split file, without executing pickled code."""
     from oodml.splits.importer import import_splits_command
 
+    _check_destinations((Path(out).parent if out else Path("splits"), "--out"))
     path = import_splits_command(pickle_file=pickle_file, dataset=dataset, out=out)
     typer.echo(str(path))
 
@@ -161,27 +230,33 @@ def import_splits(
 def run(
     method: Annotated[str | None, typer.Option(help="method names or fnmatch patterns, comma-separated")] = None,
     dataset: Annotated[str | None, typer.Option(help="dataset (default: from the split file)")] = None,
-    splits: Annotated[Path | None, typer.Option(help="split file (default splits/<dataset>.json)")] = None,
-    features: Annotated[Path | None, typer.Option(help="features file (default: the split file's features)")]
+    splits: Annotated[str | None, typer.Option(metavar="FILE", help="split file (default splits/<dataset>.json)")]
     = None,
-    shifts: Annotated[str | None, typer.Option(help="levels: 3, 1,3,5, 1..8, all")] = None,
-    k: Annotated[str | None, typer.Option("--k", help="shots: 0 (zero-shot), 2, 5, 10 ...")] = None,
-    seeds: Annotated[str | None, typer.Option(help="seeds: 0..2")] = None,
-    regime: Annotated[str | None, typer.Option(help="head (frozen backbone, cached features) or full")] = None,
-    executor: Annotated[str | None, typer.Option(help="local or ray")] = None,
+    features: Annotated[str | None, typer.Option(
+        metavar="FILE", help="features file (default: the split file's features)")] = None,
+    shifts: Annotated[str | None, typer.Option(help=f"levels: 3, 1,3,5, 1..8, all {_default('shifts')}")] = None,
+    k: Annotated[str | None, typer.Option("--k", help=f"shots: 0 (zero-shot), 2, 5, 10 ... {_default('ks')}")]
+    = None,
+    seeds: Annotated[str | None, typer.Option(help=f"seeds, e.g. 0..2 {_default('seeds')}")] = None,
+    regime: Annotated[str | None, typer.Option(
+        help=f"head (frozen backbone, cached features) or full {_default('regime')}")] = None,
+    executor: Annotated[str | None, typer.Option(help=f"local or ray {_default('executor')}")] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster address HOST:PORT")] = None,
     workers: Annotated[int | None, typer.Option(
         help="parallel cells, one thread each, so no number depends on it (default: CPU count)")] = None,
-    results: Annotated[Path | None, typer.Option(help="results folder")] = None,
+    results: Annotated[str | None, typer.Option(metavar="DIR", help=f"results folder {_default('results')}")] = None,
     config: Annotated[Path | None, typer.Option(help="study config YAML with the same option names")] = None,
     method_param: Annotated[list[str], typer.Option(help="override a hyperparameter: name=value or m.name=value")]
     = [],
     plugin: Annotated[list[str], typer.Option(help="import this module to register more methods")] = [],
     force: Annotated[bool | None, typer.Option("--force/--no-force", help="recompute finished cells")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda")] = None,
-    data_root: Annotated[Path | None, typer.Option(help="dataset root (full regime)")] = None,
+    device: Annotated[str | None, typer.Option(help=f"auto, cpu, cuda or cuda:N {_default('device')}")] = None,
+    data_root: Annotated[str | None, typer.Option(metavar="DIR", help="dataset root (full regime)")] = None,
     backbone: Annotated[str | None, typer.Option(
         help="full regime: the backbone to train on the images (default: the split file's)")] = None,
+    max_cells: Annotated[int | None, typer.Option(
+        help=f"refuse a grid of more cells than this; raise it to confirm a bigger one {_default('max_cells')}")]
+    = None,
     dataset_option: Annotated[list[str], typer.Option(
         help="dataset loader option NAME=VALUE, e.g. rotations=true for omniglot (oodml list datasets)")] = [],
 ) -> None:
@@ -189,13 +264,13 @@ def run(
     from oodml.config import build_run_cfg, parse_param_overrides
 
     options: dict[str, Any] = dict(
-        method=method, dataset=dataset, splits=str(splits) if splits else None,
-        features=str(features) if features else None, shifts=shifts, k=k, seeds=seeds, regime=regime,
-        executor=executor, address=address, workers=workers, results=str(results) if results else None,
-        force=force, device=device, method_params=parse_param_overrides(method_param), plugins=tuple(plugin),
-        data_root=str(data_root) if data_root else None, dataset_options=list(dataset_option), backbone=backbone,
+        method=method, dataset=dataset, splits=splits, features=features, shifts=shifts, k=k, seeds=seeds,
+        regime=regime, executor=executor, address=address, workers=workers, results=results, force=force,
+        device=device, method_params=parse_param_overrides(method_param), plugins=tuple(plugin),
+        data_root=data_root, dataset_options=list(dataset_option), backbone=backbone, max_cells=max_cells,
     )
     cfg = build_run_cfg(options, config)
+    _check_destinations((cfg.results, "--results"))
     from oodml.runner import run_grid
 
     raise typer.Exit(run_grid(cfg))
@@ -207,12 +282,37 @@ def report(
     results: Annotated[Path, typer.Option(help="results folder written by `oodml run`")] = Path("results"),
     metric: Annotated[str | None, typer.Option(help="leaderboard metric (default recall@1; accuracy for k>0)")]
     = None,
+    bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples per 95% interval and p-value (0: none)")]
+    = 2000,
 ) -> None:
     """Write leaderboards, degradation curves and report.md/html per dataset from a results folder (SPEC §4)."""
     from oodml.report import build_report
 
-    for path in build_report(results=results, metric=metric):
+    for path in build_report(results=results, metric=metric, bootstrap=bootstrap):
         typer.echo(str(path))
+
+
+@app.command()
+@user_errors
+def compare(
+    a: Annotated[str, typer.Argument(metavar="A", help="method (the difference is A minus B)")],
+    b: Annotated[str, typer.Argument(metavar="B", help="method to compare with")],
+    results: Annotated[Path, typer.Option(help="results folder written by `oodml run`")] = Path("results"),
+    k: Annotated[str | None, typer.Option("--k", help="shots: 0, 10 or 2,5 (default: every k both have)")] = None,
+    metric: Annotated[str | None, typer.Option(help="metric (default recall@1, else accuracy)")] = None,
+    levels: Annotated[str | None, typer.Option(help="split levels: 3, 1..8 (default: all)")] = None,
+    bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples and Monte Carlo sign flips")] = 2000,
+) -> None:
+    """Paired difference A - B per level and over levels: 95% bootstrap interval, permutation p, Holm over levels."""
+    from oodml.ranges import parse_int_list
+    from oodml.report.compare import compare_command, render
+
+    found = compare_command(results=results, a=a, b=b, ks=parse_int_list(k, "--k") if k else None, metric=metric,
+                            levels=parse_int_list(levels, "--levels", minimum=1) if levels else None,
+                            bootstrap=bootstrap)
+    for c in found:
+        typer.echo(render(c))
+        typer.echo(f"written: {c.path}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -53,3 +53,18 @@ def import_timm() -> ModuleType:
     import timm
 
     return timm
+
+
+RAY_INSTALL = "pip install 'oodml[ray]'  (or: pip install 'ray>=2.9')"
+
+
+def import_ray() -> ModuleType:
+    """Import Ray; OodmlError with the install command when it is missing."""
+    try:
+        import ray
+    except ImportError:
+        from oodml.errors import OodmlError
+
+        raise OodmlError(f"--executor ray needs Ray, which is not installed; install it with {RAY_INSTALL}, "
+                         f"or use --executor local") from None
+    return ray

@@ -1,7 +1,9 @@
 """Frozen, typed configuration: the only source of truth for a run (GUIDE §4).
 
-YAML (`--config FILE.yaml`) uses the same keys as the command-line options (`method`, `shifts`, `k`, `seeds`, ...);
-command-line options override it; the merged result is validated once, here.
+`RunCfg`'s fields state every study-config key once: its name (`method`, `k` and the field names), its type, how a
+YAML or command-line value is read, and its default. `build_run_cfg` merges a YAML study config (`--config
+FILE.yaml`) with command-line options (those given win), reads every value through its field (a wrong type is one
+`OodmlError` naming the key), and validates the result once.
 """
 
 from __future__ import annotations
@@ -9,59 +11,84 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from oodml.errors import OodmlError
+from oodml.errors import OodmlError, check_bounded, check_name
 from oodml.ranges import parse_int_list
 
 REGIMES = ("head", "full")
-EXECUTORS = ("local", "ray")
+#: most grid cells a run starts unless `--max-cells` (YAML `max_cells`) allows more
+MAX_CELLS = 10_000
+#: largest study config file read (a study config is a few hundred bytes)
+MAX_CONFIG_BYTES = 1 << 20
+#: most values a study config may hold once its YAML aliases are expanded (the shipped ones hold under 100)
+MAX_CONFIG_VALUES = 100_000
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def _opt(default: Any = None, *, kind: str, key: str | None = None, hashed: bool = True,
+         factory: Callable[[], Any] | None = None) -> Any:
+    """A RunCfg field: `kind` names its reader in `_READERS`; `key` is its YAML key / CLI option when that differs
+    from the field name; `hashed=False` keeps it out of `to_dict` (so out of `cfg_hash` and the result rows): such a
+    field decides whether a run starts, never a number in it."""
+    meta = {"kind": kind, "key": key or None, "hashed": hashed}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class RunCfg:
     """Everything `oodml run` needs. `shifts=None` means every level of the split file."""
 
-    methods: tuple[str, ...]
-    dataset: str | None = None
-    splits: str | None = None
-    features: str | None = None
-    shifts: tuple[int, ...] | None = None
-    ks: tuple[int, ...] = (0, 2, 5, 10)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    regime: str = "head"
-    executor: str = "local"
-    address: str | None = None
-    workers: int | None = None
-    results: str = "results"
-    force: bool = False
-    device: str = "auto"
-    method_params: Mapping[str, Any] = field(default_factory=dict)
-    plugins: tuple[str, ...] = ()
-    data_root: str | None = None
+    methods: tuple[str, ...] = _opt(kind="names", key="method", factory=tuple)
+    dataset: str | None = _opt(kind="name")
+    splits: str | None = _opt(kind="path")
+    features: str | None = _opt(kind="path")
+    shifts: tuple[int, ...] | None = _opt(kind="levels")
+    ks: tuple[int, ...] = _opt((0, 2, 5, 10), kind="shots", key="k")
+    seeds: tuple[int, ...] = _opt((0, 1, 2), kind="seeds")
+    regime: str = _opt("head", kind="text")
+    executor: str = _opt("local", kind="text")
+    address: str | None = _opt(kind="text")
+    workers: int | None = _opt(kind="count")
+    results: str = _opt("results", kind="path")
+    force: bool = _opt(False, kind="flag")
+    device: str = _opt("auto", kind="text")
+    method_params: Mapping[str, Any] = _opt(kind="params", factory=dict)
+    plugins: tuple[str, ...] = _opt(kind="names", factory=tuple)
+    data_root: str | None = _opt(kind="path")
     #: loader options of the dataset (e.g. omniglot rotations=true), for embedding it and for the `full` regime
-    dataset_options: Mapping[str, Any] = field(default_factory=dict)
+    dataset_options: Mapping[str, Any] = _opt(kind="options", factory=dict)
     #: the backbone the `full` regime trains (default: the split file's); in `head` it must be the features' backbone
-    backbone: str | None = None
+    backbone: str | None = _opt(kind="text")
+    #: a grid of more cells is refused (`--seeds 0..100000000` would otherwise run for ever)
+    max_cells: int = _opt(MAX_CELLS, kind="count", hashed=False)
 
     def __post_init__(self) -> None:
         if not self.methods:
             raise OodmlError("no method given; pass --method NAME[,NAME...] (`oodml list methods` shows all)")
         if self.regime not in REGIMES:
             raise OodmlError(f"--regime {self.regime!r} is not one of {', '.join(REGIMES)}")
-        if self.executor not in EXECUTORS:
-            raise OodmlError(f"--executor {self.executor!r} is not one of {', '.join(EXECUTORS)}")
         if self.workers is not None and self.workers < 1:
             raise OodmlError(f"--workers must be >= 1, got {self.workers}")
+        if self.max_cells < 1:
+            raise OodmlError(f"--max-cells must be >= 1, got {self.max_cells}")
         if self.shifts is not None and any(s < 1 for s in self.shifts):
             raise OodmlError("--shifts values are split levels, numbered from 1")
+        if not _DEVICE.fullmatch(self.device):
+            raise OodmlError(f"--device {self.device!r} is not auto, cpu, cuda or cuda:N")
+        if self.address and self.executor == "local":
+            raise OodmlError(f"--address {self.address} is for --executor ray; the local executor runs on this "
+                             "machine only: drop --address or add --executor ray")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict of every field."""
-        d = dataclasses.asdict(self)
+        """Plain JSON-able dict of every field that can change a number (not `max_cells`)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("hashed", True)}
         d["method_params"] = dict(self.method_params)
         d["dataset_options"] = dict(self.dataset_options)
         return d
@@ -69,8 +96,6 @@ class RunCfg:
     def to_row(self) -> dict[str, Any]:
         """Flatten to `dotted.key -> scalar` (lists become comma-joined strings)."""
         return flatten(self.to_dict())
-
-
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Flatten nested mappings to dotted keys; sequences become comma-joined strings."""
     out: dict[str, Any] = {}
@@ -118,47 +143,141 @@ def _scalar(text: str, yaml: Any) -> Any:
             return cast(text)
         except ValueError:
             pass
-    return yaml.safe_load(text)
+    value = yaml.safe_load(text)
+    return text if isinstance(value, int) and ":" in text else value  # '2:30' is a schedule, not YAML 1.1 base 60
 
 
-_YAML_KEYS = {
-    "dataset", "splits", "features", "method", "shifts", "k", "seeds", "regime", "executor", "address", "workers",
-    "results", "force", "device", "method_params", "plugins", "data_root", "dataset_options", "backbone",
+def config_keys() -> dict[str, dataclasses.Field[Any]]:
+    """YAML key (= command-line option name with `_` for `-`) -> the RunCfg field it sets."""
+    return {f.metadata.get("key") or f.name: f for f in dataclasses.fields(RunCfg)}
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _bad(key: str, want: str, value: Any) -> OodmlError:
+    return OodmlError(f"config key {key!r} (--{key.replace('_', '-')}) must be {want}, got "
+                      f"{type(value).__name__} {_show(value)}")
+
+
+def _read_text(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _bad(key, "a non-empty string", value)
+    return value
+
+
+def _read_name(key: str, value: Any) -> str:
+    return check_name(_read_text(key, value), f"config key {key!r}")
+
+
+def _read_path(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise _bad(key, "a non-empty path", value)
+    return value
+
+
+def _read_names(key: str, value: Any) -> tuple[str, ...]:
+    """Names from a YAML list or a comma-separated string (`a,b` or `[a, b]`)."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    if not all(isinstance(v, str) for v in items):
+        raise _bad(key, "a name, a comma-separated string of names or a list of names", value)
+    return tuple(n.strip() for n in ",".join(items).split(",") if n.strip())
+
+
+def _read_count(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(key, "an integer", value)
+    return value
+
+
+def _read_flag(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _bad(key, "true or false", value)
+    return value
+
+
+def _int_list_text(key: str, value: Any) -> str:
+    items = value if isinstance(value, (list, tuple)) else [value]
+    if not items or not all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in items):
+        raise _bad(key, "an integer list such as 3, 1,3,5, 1..8 or [1, 2]", value)
+    return ",".join(str(v) for v in items)
+
+
+def _int_reader(minimum: int, allow_all: bool = False) -> Callable[[str, Any, int], tuple[int, ...] | None]:
+    def read(key: str, value: Any, limit: int) -> tuple[int, ...] | None:
+        return parse_int_list(_int_list_text(key, value), f"--{key}", minimum=minimum, allow_all=allow_all,
+                              limit=limit, limit_hint="--max-cells")
+
+    return read
+
+
+def _read_mapping(key: str, value: Any, option: str, example: str) -> dict[str, Any]:
+    """NAME -> value from a YAML mapping, or from `NAME=VALUE` items (a list, or one string)."""
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) for k in value):
+            raise _bad(key, "a mapping of names to values", value)
+        return dict(value)
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+        raise _bad(key, f"a mapping of names to values or a list of NAME=VALUE ({example})", value)
+    return parse_param_overrides(list(items), option, example)
+
+
+def _param_map(value: Any, key: str = "method_params") -> dict[str, Any]:
+    """Method hyperparameters from a YAML mapping or `--method-param NAME=VALUE` items ({} for none)."""
+    if value is None:
+        return {}
+    return _read_mapping(key, value, "--method-param", "margin=0.2 or triplet.margin=0.2")
+
+
+def dataset_options(value: Any, key: str = "dataset_options") -> dict[str, Any]:
+    """Dataset loader options from a YAML mapping or `--dataset-option NAME=VALUE` items ({} for none)."""
+    if value is None:
+        return {}
+    return _read_mapping(key, value, "--dataset-option", "rotations=true")
+
+
+#: how each field kind reads a YAML / command-line value (int lists also take the cap on their length)
+_READERS: dict[str, Callable[..., Any]] = {
+    "text": _read_text, "name": _read_name, "path": _read_path, "names": _read_names, "count": _read_count,
+    "flag": _read_flag, "params": lambda key, v: _param_map(v, key), "options": lambda key, v: dataset_options(v, key),
+    "levels": _int_reader(1, allow_all=True), "shots": _int_reader(0), "seeds": _int_reader(0),
 }
+_INT_LISTS = ("levels", "shots", "seeds")
 
 
 def load_yaml_config(path: str | Path) -> dict[str, Any]:
-    """Read a study config; returns raw option values keyed like the CLI options. Unknown keys are an error."""
+    """Read a study config; returns raw option values keyed like the CLI options. Unknown keys are an error, and so
+    is a file over MAX_CONFIG_BYTES or one whose aliases expand beyond a study config's size."""
     import yaml
 
     p = Path(path)
     if not p.is_file():
         raise OodmlError(f"config file {str(p)!r} does not exist")
+    if p.stat().st_size > MAX_CONFIG_BYTES:
+        raise OodmlError(f"config file {str(p)!r} is {p.stat().st_size:,} bytes; a study config is at most "
+                         f"{MAX_CONFIG_BYTES:,}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise OodmlError(f"config file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except (RecursionError, UnicodeDecodeError) as e:
+        raise OodmlError(f"config file {str(p)!r} cannot be read as YAML ({type(e).__name__})") from None
     if not isinstance(data, dict):
         raise OodmlError(f"config file {str(p)!r} must be a mapping of option names to values")
-    unknown = sorted(set(data) - _YAML_KEYS)
+    keys = config_keys()
+    unknown = sorted(str(k) for k in set(data) - set(keys))
     if unknown:
-        raise OodmlError(f"config file {str(p)!r} has unknown keys {unknown}; valid keys: {sorted(_YAML_KEYS)}")
+        raise OodmlError(f"config file {str(p)!r} has unknown keys {unknown}; valid keys: {sorted(keys)}")
+    check_bounded(data, f"config file {str(p)!r}", max_nodes=MAX_CONFIG_VALUES)
     return data
 
 
-def _as_text(v: Any) -> str:
-    if isinstance(v, (list, tuple)):
-        return ",".join(str(x) for x in v)
-    return str(v)
-
-
-def _names(v: Any) -> tuple[str, ...]:
-    """Names from a YAML list or a comma-separated string (`a,b` or `[a, b]`); () for None."""
-    return tuple(n.strip() for n in _as_text(v).split(",") if n.strip()) if v else ()
-
-
-def build_run_cfg(options: Mapping[str, Any], config_file: str | Path | None = None) -> RunCfg:
-    """Merge a YAML study config with command-line options (those not None win) and validate into a RunCfg."""
+def merge_options(options: Mapping[str, Any], config_file: str | Path | None = None) -> dict[str, Any]:
+    """A YAML study config overlaid with command-line options (those not None win; `method_params` and
+    `dataset_options` merge name by name)."""
     merged: dict[str, Any] = load_yaml_config(config_file) if config_file else {}
     if options.get("method") is not None and merged.get("method_params"):
         merged["method_params"] = _for_methods(_param_map(merged["method_params"]), options["method"],
@@ -172,60 +291,99 @@ def build_run_cfg(options: Mapping[str, Any], config_file: str | Path | None = N
             merged[k] = {**dataset_options(merged.get(k)), **dataset_options(v)}
         else:
             merged[k] = v
-    methods = merged.get("method")
-    if methods is None:
+    return merged
+
+
+def build_run_cfg(options: Mapping[str, Any], config_file: str | Path | None = None) -> RunCfg:
+    """Merge a YAML study config with command-line options (those not None win) and read every value through its
+    RunCfg field into a validated RunCfg; a wrong type or a grid over `max_cells` is an OodmlError naming the key."""
+    merged = merge_options(options, config_file)
+    keys = config_keys()
+    unknown = sorted(set(merged) - set(keys))
+    if unknown:
+        raise OodmlError(f"unknown option(s) {unknown}; valid: {sorted(keys)}")
+    if merged.get("method") is None:
         raise OodmlError("no method given; pass --method NAME[,NAME...] (`oodml list methods` shows all)")
-    method_list = _names(methods)
-    params = _param_map(merged.get("method_params"))
-    ds_opts = dataset_options(merged.get("dataset_options"))
-    plugins = _names(merged.get("plugins"))
-    kw: dict[str, Any] = dict(
-        methods=method_list,
-        dataset=merged.get("dataset"),
-        splits=merged.get("splits"),
-        features=merged.get("features"),
-        shifts=parse_int_list(_as_text(merged.get("shifts", "all")), "--shifts", minimum=1, allow_all=True),
-        ks=parse_int_list(_as_text(merged.get("k", "0,2,5,10")), "--k", minimum=0),
-        seeds=parse_int_list(_as_text(merged.get("seeds", "0..2")), "--seeds", minimum=0),
-        regime=str(merged.get("regime", "head")),
-        executor=str(merged.get("executor", "local")),
-        address=merged.get("address"),
-        workers=merged.get("workers"),
-        results=str(merged.get("results", "results")),
-        force=bool(merged.get("force", False)),
-        device=str(merged.get("device", "auto")),
-        method_params=dict(params),
-        plugins=tuple(plugins),
-        data_root=merged.get("data_root"),
-        dataset_options=ds_opts,
-        backbone=merged.get("backbone"),
-    )
-    return RunCfg(**kw)
+    limit = _read_count("max_cells", merged.get("max_cells", MAX_CELLS))
+    kw: dict[str, Any] = {}
+    for key, f in keys.items():
+        if key not in merged:
+            continue
+        value, kind = merged[key], f.metadata["kind"]
+        if value is None:
+            if f.default is not None:  # a required value left empty (`results: ~`); optional ones stay None
+                raise _bad(key, "given (or the key left out for its default)", value)
+            continue
+        kw[f.name] = _READERS[kind](key, value, limit) if kind in _INT_LISTS else _READERS[kind](key, value)
+    cfg = RunCfg(**kw)
+    _check_dataset(cfg)
+    _check_grid_bound(cfg)
+    _check_cli_method_params(cfg, _param_map(options.get("method_params")))
+    require_device(cfg.device)
+    return cfg
+
+
+def grid_size_error(n_cells: int, how: str, max_cells: int) -> OodmlError:
+    """The refusal of a grid over `max_cells` (a lower bound `how` is worded by the caller)."""
+    return OodmlError(f"the grid has {how}{n_cells:,} cells, more than --max-cells {max_cells:,}; narrow --method, "
+                      f"--shifts or --seeds, or confirm with --max-cells {n_cells}")
+
+
+def check_grid_size(n_cells: int, cfg: RunCfg) -> None:
+    """Refuse a planned grid of more than `cfg.max_cells` cells."""
+    if n_cells > cfg.max_cells:
+        raise grid_size_error(n_cells, "", cfg.max_cells)
+
+
+def _check_dataset(cfg: RunCfg) -> None:
+    """`--dataset` without `--splits` names the split file `splits/<dataset>.json`: when there is none, an
+    unregistered name is most likely a typo, reported with the closest registered names."""
+    if cfg.dataset and not cfg.splits and not (Path("splits") / f"{cfg.dataset}.json").is_file():
+        from oodml.data import DATASETS
+
+        DATASETS.resolve(cfg.dataset)
+
+
+def _check_grid_bound(cfg: RunCfg) -> None:
+    """Refuse early (before the split file is read) when the method x level x seed lists alone exceed the cap."""
+    bound = len(cfg.methods) * (len(cfg.shifts) if cfg.shifts else 1) * len(cfg.seeds)
+    if bound > cfg.max_cells:
+        raise grid_size_error(bound, "at least ", cfg.max_cells)
+
+
+def _check_cli_method_params(cfg: RunCfg, cli_params: Mapping[str, Any]) -> None:
+    """`--method-param m.name=v` must name a method of this run (a config's values for other methods are dropped
+    on purpose: the command line chose a subset)."""
+    dotted = {k: v for k, v in cli_params.items() if "." in k}
+    if not dotted:
+        return
+    from oodml import methods as methods_api
+
+    methods_api.load_plugins(cfg.plugins)
+    specs = methods_api.resolve_methods(list(cfg.methods))
+    kept = methods_api.applicable_params(specs, dotted)
+    for key in dotted:
+        if key not in kept:
+            raise OodmlError(f"--method-param {key}=... names method {key.rsplit('.', 1)[0]!r}, which this run does "
+                             f"not run (methods: {', '.join(specs)}); drop it or add that method to --method")
+
+
+def require_device(device: str) -> None:
+    """`cuda` / `cuda:N` must be a visible GPU; raises OodmlError before any work otherwise."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if index >= n:
+        seen = f"{n} CUDA device(s) visible" if n else "no CUDA device is visible (or torch is a CPU build)"
+        raise OodmlError(f"--device {device}: {seen}; use --device cpu or auto")
 
 
 def _for_methods(params: dict[str, Any], methods: Any, plugins: Any) -> dict[str, Any]:
     """A config's method_params restricted to those that apply to the command line's `--method` list."""
     from oodml import methods as methods_api
 
-    methods_api.load_plugins(_names(plugins))
-    return methods_api.applicable_params(methods_api.resolve_methods(_names(methods)), params)
-
-
-def _param_map(value: Any) -> dict[str, Any]:
-    """Method hyperparameters from a YAML mapping or `--method-param NAME=VALUE` items ({} for none)."""
-    if not value:
-        return {}
-    if isinstance(value, (list, tuple)):
-        return parse_param_overrides(list(value))
-    return dict(value)
-
-
-def dataset_options(value: Any) -> dict[str, Any]:
-    """Dataset loader options from a YAML mapping or `--dataset-option NAME=VALUE` items ({} for none)."""
-    if not value:
-        return {}
-    if isinstance(value, Mapping):
-        return dict(value)
-    if isinstance(value, str):
-        value = [value]
-    return parse_param_overrides(list(value), "--dataset-option", "rotations=true")
+    methods_api.load_plugins(_read_names("plugins", plugins) if plugins else ())
+    return methods_api.applicable_params(methods_api.resolve_methods(_read_names("method", methods)), params)

@@ -9,11 +9,13 @@ from oodml.errors import OodmlError
 _ITEM = re.compile(r"^(-?\d+)(?:\.\.(-?\d+))?$")
 
 
-def parse_int_list(text: str, option: str, *, minimum: int = 0, allow_all: bool = False) -> tuple[int, ...] | None:
+def parse_int_list(text: str, option: str, *, minimum: int = 0, allow_all: bool = False, limit: int | None = None,
+                   limit_hint: str = "") -> tuple[int, ...] | None:
     """Parse an integer list; returns None for `all` (when allowed). Raises OodmlError on malformed input.
 
     Ranges are inclusive and must ascend (`8..1` is an error); values below `minimum` are errors; duplicates are
-    dropped, order of first appearance kept.
+    dropped, order of first appearance kept. A list of more than `limit` values is refused before it is expanded
+    (`limit_hint` names the option that raises the limit).
     """
     text = text.strip()
     if allow_all and text == "all":
@@ -21,7 +23,7 @@ def parse_int_list(text: str, option: str, *, minimum: int = 0, allow_all: bool 
     how = "use e.g. 3, 1,3,5, 1..8 or 2..4,7" + (" or all" if allow_all else "")
     if not text:
         raise OodmlError(f"{option} is empty; {how}")
-    out: list[int] = []
+    bounds: list[tuple[int, int]] = []
     for part in text.split(","):
         m = _ITEM.match(part.strip())
         if not m:
@@ -30,12 +32,17 @@ def parse_int_list(text: str, option: str, *, minimum: int = 0, allow_all: bool 
         hi = int(m.group(2)) if m.group(2) is not None else lo
         if hi < lo:
             raise OodmlError(f"{option} range {part.strip()!r} descends; write it low..high, e.g. {hi}..{lo}")
-        for v in range(lo, hi + 1):
-            if v < minimum:
-                raise OodmlError(f"{option} value {v} is out of range: values must be >= {minimum}")
-            if v not in out:
-                out.append(v)
-    return tuple(out)
+        if lo < minimum:
+            raise OodmlError(f"{option} value {lo} is out of range: values must be >= {minimum}")
+        bounds.append((lo, hi))
+    count = sum(hi - lo + 1 for lo, hi in bounds)
+    if limit is not None and count > limit:
+        raise OodmlError(f"{option} {text!r} lists {count:,} values, more than the {limit:,} allowed"
+                         + (f"; confirm a bigger grid with {limit_hint} N" if limit_hint else ""))
+    seen: dict[int, None] = {}
+    for lo, hi in bounds:
+        seen.update(dict.fromkeys(range(lo, hi + 1)))
+    return tuple(seen)
 
 
 def format_int_list(values: tuple[int, ...] | None) -> str:

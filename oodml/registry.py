@@ -83,12 +83,20 @@ class Registry(Generic[InfoT]):
         """Metadata of `name`."""
         return self.get(name).info
 
+    def entries(self) -> builtins.list[Entry[InfoT]]:
+        """Every entry, in registration order."""
+        return list(self._entries.values())
+
     def names(self, include_aliases: bool = False) -> builtins.list[str]:
         """All registered names, sorted."""
         names = list(self._entries)
         if include_aliases:
             names += list(self._aliases)
         return sorted(names)
+
+    def aliases(self) -> dict[str, str]:
+        """Alias -> registered name, sorted by alias."""
+        return dict(sorted(self._aliases.items()))
 
     def list(self, pattern: str = "*") -> builtins.list[str]:
         """Registered names matching an fnmatch `pattern`, sorted (aliases excluded)."""

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -72,6 +73,7 @@ def test_claims_error_reduction_and_trend(tmp_path: Path) -> None:
     pd.DataFrame([_rows(m, 1, 5, v, "accuracy") for m, v in acc.items()]).to_csv(path, index=False)
     out = claims.scott_claims([str(path)], ["s"])
     assert "weight_transfer | 0.300 | adapted_proto | 0.200 | 33%" in out  # (0.3 - 0.2) / 0.3
+    assert "| 1 seeds (no unit values) | inconclusive (no interval) |" in out  # one seed, no episodes
     # the dot plot: one point per (task, k) and variant; the same input gives the same bytes
     recs = claims.scott_records([str(path)] * 2, ["scott2018_x", "scott2018_x_plateau"])
     assert [(r["study"], r["k"], round(float(r["reduction"]), 3)) for r in recs] == [
@@ -85,8 +87,31 @@ def test_claims_error_reduction_and_trend(tmp_path: Path) -> None:
     path2 = tmp_path / "oodml.csv"
     pd.DataFrame(rows).to_csv(path2, index=False)
     text = claims.oodml_claims(str(path2))
-    assert "| margin | 0.800 | 0.700 | -0.100 | -1.000 | yes |" in text
-    assert "| margin+sec | margin | 0.750 | 0.800 | 0.050 | 1/1 | yes |" in text
+    assert "| margin | 0.800 | 0.700 | -0.100 | [+nan, +nan] | -1.000 |" in text
+    assert "| margin+sec | margin | 0.750 | 0.800 | 0.050 | [+nan, +nan] | nan |" in text
+    assert text.count("inconclusive (no interval)") == 3  # one seed and no unit rows: nothing to resample
+    # with unit rows (classes, 3 seeds): the add-on's +0.05 on every class is resolved, the fall too
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in range(3):
+        for lv in (1, 2, 3):
+            cls = rng.uniform(0.5, 0.9, 8)
+            for m, shift in (("margin", 0.0), ("margin+sec", 0.05)):
+                vals = cls + shift - 0.1 * lv
+                rows.append({**_rows(m, lv, 0, float(vals.mean())), "seed": s, "method_family": "dml"})
+                rows += [{**_rows(m, lv, 0, float(v)), "seed": s, "class": f"c{i}", "n_queries": 5,
+                          "method_family": "dml"} for i, v in enumerate(vals)]
+    path3 = tmp_path / "units.csv"
+    pd.DataFrame(rows).to_csv(path3, index=False)
+    text = claims.oodml_claims(str(path3), n_boot=500)
+    assert "| margin+sec | margin |" in text and "| 3 seeds x 8 classes | reproduces |" in text
+    assert text.count("reproduces") == 3  # both methods fall with FID; the add-on raises recall@1
+
+
+#: configs whose results folder is not named after them: the own-loss variants of the ooDML studies keep the folders
+#: of the committed results, and the studies under ooDML's protocol write new ones
+RESULTS = {"oodml_cub200_subset_ownloss": "oodml_cub200_subset", "oodml_omniglot_ownloss": "oodml_omniglot",
+           "oodml_cub200_subset": "oodml_cub200_subset_oodml", "oodml_omniglot": "oodml_omniglot_oodml"}
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in BASELINES.glob("*.yaml")))
@@ -100,7 +125,7 @@ def test_study_configs_are_valid(config: str) -> None:
     specs = resolve_methods(cfg.methods)
     validate_overrides(specs, dict(cfg.method_params))
     stem = config.removesuffix(".yaml")
-    assert cfg.results == f"results/{stem}"
+    assert cfg.results == f"results/{RESULTS.get(stem, stem)}"
     committed = (BASELINES.parent / str(cfg.splits)).is_file()
     paper_scale = stem in ("oodml_cub200", "oodml_sop", "quickstart")  # built where the data is
     assert committed or paper_scale, cfg.splits

@@ -102,3 +102,83 @@ def test_cli_method_subset_drops_config_params_of_other_methods(tmp_path: Path) 
     cfg_file.write_text("method: baseline\nmethod_params:\n  wyas: 5\n")
     with pytest.raises(OodmlError, match="no method has a hyperparameter 'wyas'"):
         validate_overrides(["baseline"], build_run_cfg({"method": "baseline"}, cfg_file).method_params)
+
+
+#: cfg_hash of every study config shipped at e22bb68 (before RunCfg's fields became the one source of the keys and
+#: defaults), computed there with `cfg_hash(build_run_cfg({}, path))`: valid configs must resolve exactly as before
+SHIPPED_HASHES = {
+    "baselines/oodml_cars196.yaml": "fa38f4484613019af5db1384b3da0f7b41545e90",
+    "baselines/oodml_cub200.yaml": "0b03dbcc21c5b60f54a409356b748f3cf492cccb",
+    "baselines/oodml_cub200_lite0_ownloss.yaml": "760b7d97bc84618a3f6842653f9f2ac8de9771b8",  # at 2082372
+    "baselines/oodml_cub200_subset.yaml": "50c86812e14c6169b8046a5e2a80d292cf701562",
+    "baselines/oodml_omniglot.yaml": "9f8dc89872db32a2d1d19b9cbae240e10ecc765a",
+    "baselines/oodml_sop.yaml": "04a85ef26b882307ae292423c918d17160a655c8",
+    "baselines/quickstart.yaml": "085cb513428604dfbd2ca7eadb01a8dcb08e33f7",
+    "baselines/scott2018_mnist.yaml": "63fd34b1f0663af3bb94012805b790e5745fb56d",
+    "baselines/scott2018_mnist_conv4.yaml": "3d0ada0c9103c4005808b2935a616239ccf14f01",
+    "baselines/scott2018_mnist_plateau.yaml": "95c0945f55bd6e911963e6c630ae3edb6882fc5f",
+    "baselines/scott2018_omniglot_20way.yaml": "b79f7b1135dddcd6850256ae1f523bc3575de326",
+    "baselines/scott2018_omniglot_20way_conv4.yaml": "4c1597c0936677adad1d0fada4e85d31fe9a5693",
+    "baselines/scott2018_omniglot_20way_plateau.yaml": "c30dc11833ea50518e2e57008b34acb51ba66ecf",
+    "baselines/scott2018_omniglot_5way.yaml": "6582f19496ccd59b303a8759eaf26220c8737add",
+    "baselines/scott2018_omniglot_5way_conv4.yaml": "9b48d89f63beec0b2303d3d102b55452317b1a7f",
+    "baselines/scott2018_omniglot_5way_plateau.yaml": "5b7ef886f067a1188714ccee8669dcecfc16c304",
+}
+
+
+@pytest.mark.parametrize("path", sorted(SHIPPED_HASHES))
+def test_shipped_configs_resolve_as_before(path: str) -> None:
+    assert cfg_hash(build_run_cfg({}, path)) == SHIPPED_HASHES[path]
+
+
+def test_cli_overrides_resolve_as_before() -> None:
+    # the same before/after check for a config built from command-line options only (computed at e22bb68)
+    cfg = build_run_cfg({"method": "margin,protonet", "k": "0,2", "seeds": "0..4", "shifts": "1..3",
+                          "regime": "full", "device": "cpu", "force": True,
+                          "method_params": {"margin.lr": 0.01, "iterations": 5}, "plugins": (),
+                          "dataset_options": ["rotations=true"], "backbone": "conv4"})
+    assert cfg_hash(cfg) == "7cc330e16fa3894acbde024401f2e799115327fc"
+    assert cfg_hash(build_run_cfg({"method": "margin"})) == "3a1ad6e29dedee37bfa743f0d308fb51b1137d92"
+
+
+def test_yaml_keys_and_defaults_come_from_the_dataclass() -> None:
+    import dataclasses
+
+    from oodml.config import config_keys
+
+    keys = config_keys()
+    assert set(keys) == {f.name for f in dataclasses.fields(RunCfg)} - {"methods", "ks"} | {"method", "k"}
+    cfg = build_run_cfg({"method": "pretrained"})
+    for f in dataclasses.fields(RunCfg):  # every value not given is the field's own default, not a restated one
+        if f.name != "methods":
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            assert getattr(cfg, f.name) == default, f.name
+
+
+def test_cli_defaults_come_from_the_library(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    import oodml.features.extract
+    import oodml.splits.generate
+    from oodml.cli import app
+    from oodml.features.backbones import DEFAULT_BACKBONE
+    from oodml.splits.generate import LadderCfg
+
+    seen: dict[str, object] = {}
+
+    def fake_make(**kw: object) -> str:
+        seen.update(kw)
+        return "x"
+
+    def fake_embed(**kw: object) -> str:
+        seen.update(embed_backbone=kw["backbone"])
+        return "y"
+
+    monkeypatch.setenv("OODML_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(oodml.splits.generate, "make_splits_command", fake_make)
+    monkeypatch.setattr(oodml.features.extract, "embed_dataset", fake_embed)
+    assert CliRunner().invoke(app, ["make-splits", "mnist", "--out", str(tmp_path / "s.json")]).exit_code == 0
+    assert CliRunner().invoke(app, ["embed", "mnist", "--out", str(tmp_path / "f.npz")]).exit_code == 0
+    d = LadderCfg()
+    assert seen["backbone"] == seen["embed_backbone"] == DEFAULT_BACKBONE
+    assert (seen["levels"], seen["ks"], seen["episodes"], seen["seed"]) == (d.levels, d.ks, d.episodes, d.seed)

@@ -283,7 +283,11 @@ class ImageDataset:
 def resolve_root(name: str, data_root: str | Path | None) -> Path:
     """`--data-root`, else `$OODML_DATA/<name>`, else `~/.cache/oodml/data/<name>`."""
     if data_root is not None and str(data_root) != "":
-        return Path(data_root).expanduser()
+        root = Path(data_root).expanduser()
+        if root.exists() and not root.is_dir():
+            raise OodmlError(f"--data-root {str(root)!r} is a file; pass the folder that holds the dataset's "
+                             "archives or extracted files")
+        return root
     env = os.environ.get("OODML_DATA")
     if env:
         return Path(env).expanduser() / name
@@ -295,10 +299,16 @@ def load_dataset(name: str, root: str | Path | None = None, **options: Any) -> I
     canonical = DATASETS.resolve(name)
     entry = DATASETS.get(canonical)
     path = resolve_root(canonical, root)
-    accepted = [p for p in inspect.signature(entry.factory).parameters if p != "root"]
+    params = {n: p for n, p in inspect.signature(entry.factory).parameters.items() if n != "root"}
+    accepted = list(params)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise OodmlError(f"dataset {canonical} has no option {unknown[0]!r}; options: {', '.join(accepted) or 'none'}")
+    for n, value in options.items():  # an option's type is its loader's default's (rotations=false, not "no")
+        default = params[n].default
+        if default is not inspect.Parameter.empty and default is not None and type(value) is not type(default):
+            raise OodmlError(f"dataset {canonical} option {n}={value!r} must be a {type(default).__name__} like its "
+                             f"default ({n}={default!r})")
     return entry.factory(path, **options)  # type: ignore[no-any-return]
 
 

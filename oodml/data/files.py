@@ -1,24 +1,21 @@
-"""Files on disk: the oodml cache, memoised checksums, verified downloads and one-time tar extraction."""
+"""Dataset files: the official files of a dataset (`RemoteFile`), their verified download and the 'dataset not
+found' message. The cache, memoised checksums, downloads and tar extraction themselves live in `oodml.io`
+(the names below are aliases kept for the dataset modules)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-import socket
 import tarfile
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from oodml.errors import OodmlError
-from oodml.progress import log, progress
+from oodml.io import (JsonMemo, cache_dir, can_reach, download, extract_tar, extracted_dir, file_digests,  # noqa: F401
+                      files_digest, is_offline)
+from oodml.progress import log
 
-_CHUNK = 1 << 20
+__all__ = ["JsonMemo", "RemoteFile", "cache_dir", "can_reach", "download", "download_file", "extract_tar",
+           "extracted_dir", "fetch_official", "file_digests", "files_digest", "is_offline", "note_unofficial", "tar_has"]
 
 
 @dataclass(frozen=True)
@@ -38,127 +35,16 @@ class RemoteFile:
         return self.sha256 is None or digests["sha256"] == self.sha256
 
 
-def cache_dir() -> Path:
-    """The oodml cache: `$OODML_CACHE`, else `~/.cache/oodml`."""
-    env = os.environ.get("OODML_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "oodml"
-
-
-def is_offline() -> bool:
-    """True when `OODML_OFFLINE=1` forbids network access."""
-    return os.environ.get("OODML_OFFLINE", "") not in ("", "0")
-
-
-def can_reach(url: str, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the host of `url` opens within `timeout` (file:// URLs: the file exists)."""
-    parts = urllib.parse.urlparse(url)
-    if parts.scheme == "file":
-        return Path(urllib.request.url2pathname(parts.path)).is_file()
-    if is_offline() or not parts.hostname:
-        return False
-    port = parts.port or {"https": 443, "http": 80, "ftp": 21}.get(parts.scheme, 443)
-    try:
-        with socket.create_connection((parts.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-class JsonMemo:
-    """A small JSON memo in the cache (e.g. checksums keyed by path, size and mtime); lost writes only cost time."""
-
-    def __init__(self, name: str) -> None:
-        self.path = cache_dir() / name
-        self._data: dict[str, object] | None = None
-
-    def _load(self) -> dict[str, object]:
-        if self._data is None:
-            try:
-                self._data = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                self._data = {}
-        return self._data
-
-    def get(self, key: str) -> object | None:
-        """The stored value, or None."""
-        return self._load().get(key)
-
-    def put(self, key: str, value: object) -> None:
-        """Store a value (atomic file replace)."""
-        data = self._load()
-        data[key] = value
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(data, sort_keys=True))
-            tmp.replace(self.path)
-        except OSError:
-            pass
-
-
-def _stat_key(path: Path) -> str:
-    st = path.stat()
-    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-
-
-def file_digests(path: str | Path) -> dict[str, str]:
-    """md5 and sha256 of a file, memoised in the cache by (path, size, mtime)."""
-    p = Path(path)
-    memo = JsonMemo("digests.json")
-    key = _stat_key(p)
-    hit = memo.get(key)
-    if isinstance(hit, dict):
-        return {str(k): str(v) for k, v in hit.items()}
-    md5, sha = hashlib.md5(), hashlib.sha256()
-    with p.open("rb") as f:
-        for block in iter(lambda: f.read(_CHUNK), b""):
-            md5.update(block)
-            sha.update(block)
-    out = {"md5": md5.hexdigest(), "sha256": sha.hexdigest()}
-    memo.put(key, out)
-    return out
-
-
-def files_digest(base: Path, rel_paths: Sequence[str]) -> str:
-    """sha256 over the names and bytes of many files under `base`, memoised by their (path, size, mtime) list."""
-    stats = hashlib.sha256()
-    for rel in rel_paths:
-        stats.update(f"{rel}\0{_stat_key(base / rel)}\n".encode())
-    memo = JsonMemo("tree_digests.json")
-    key = stats.hexdigest()
-    hit = memo.get(key)
-    if isinstance(hit, str):
-        return hit
-    h = hashlib.sha256()
-    for rel in rel_paths:
-        h.update(rel.encode() + b"\0")
-        h.update(hashlib.sha256((base / rel).read_bytes()).digest())
-    memo.put(key, h.hexdigest())
-    return h.hexdigest()
-
-
 def download_file(remote: RemoteFile, dest_dir: Path) -> Path:
     """Download `remote` into `dest_dir` and verify its checksums; a mismatch deletes the file and raises OodmlError."""
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    dest = dest_dir / remote.name
-    tmp = dest_dir / f".{remote.name}.{os.getpid()}.part"
-    try:
-        with urllib.request.urlopen(remote.url, timeout=30) as resp:  # noqa: S310 (official URL from the table)
-            total = int(resp.headers.get("Content-Length") or 0) or remote.size
-            with tmp.open("wb") as f, progress(f"download {remote.name}", total, unit="B") as p:
-                for block in iter(lambda: resp.read(_CHUNK), b""):
-                    f.write(block)
-                    p.update(len(block))
-    except (urllib.error.URLError, OSError) as e:
-        tmp.unlink(missing_ok=True)
-        raise OodmlError(f"download of {remote.url} failed ({e}); fetch it by hand into {dest_dir}") from None
-    digests = file_digests(tmp)
-    if not remote.matches(digests):
-        tmp.unlink(missing_ok=True)
-        raise OodmlError(f"download of {remote.url} has md5 {digests['md5']}, expected {remote.md5}; the server sent "
-                         f"a different file (retry later, or fetch it by hand into {dest_dir})")
-    tmp.replace(dest)
-    return dest
+
+    def check(tmp: Path) -> None:
+        digests = file_digests(tmp)
+        if not remote.matches(digests):
+            raise OodmlError(f"download of {remote.url} has md5 {digests['md5']}, expected {remote.md5}; the server "
+                             f"sent a different file (retry later, or fetch it by hand into {dest_dir})")
+
+    return download(remote.url, dest_dir / remote.name, size=remote.size, check=check)
 
 
 def fetch_official(dataset: str, files: Sequence[RemoteFile], root: Path, looked_for: str) -> None:
@@ -191,34 +77,6 @@ def note_unofficial(dataset: str, paths: Iterable[Path], official: Sequence[Remo
         _NOTED.add(key)
         log(f"note: {dataset}: {', '.join(p.name for p in odd)}: checksum differs from the official file; "
             "the layout is valid, using it")
-
-
-def extracted_dir(archive: Path, digest: str) -> Path:
-    """Where `extract_tar` puts an archive with this checksum (complete when it holds a `.complete` file)."""
-    return cache_dir() / "extracted" / f"{archive.name.split('.')[0]}-{digest[:12]}"
-
-
-def extract_tar(archive: Path, digest: str) -> Path:
-    """Extract a tar archive once into the cache (keyed by its checksum) and return the folder."""
-    dest = extracted_dir(archive, digest)
-    if (dest / ".complete").is_file():
-        return dest
-    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    log(f"extracting {archive} into {dest} (once)")
-    try:
-        with tarfile.open(archive) as tf:
-            tf.extractall(tmp, filter="data")
-    except (tarfile.TarError, OSError, EOFError) as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise OodmlError(f"archive {archive} is corrupt or truncated ({e}); download it again") from None
-    (tmp / ".complete").write_text(str(archive) + "\n")
-    if dest.exists():  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        tmp.replace(dest)
-    return dest
 
 
 def tar_has(archive: Path, member: str) -> bool:

@@ -1,14 +1,24 @@
-"""Pure retrieval metrics of the neighbour-label matrix (GUIDE §1.4).
+"""The metrics: pure per-query functions of the neighbour-label matrix (GUIDE §1.4) and the METRICS registry.
 
 `knn_labels[i, j]` is the label of query i's (j+1)-th nearest other item; `query_labels[i]` is query i's label.
 Every function takes only these arrays (and R), so each can be checked against a table worked out by hand.
+
+Each metric is defined once, as a `METRICS` entry: its name, its kind (what its function takes), the protocols it
+applies to and how unit values reduce to the metric. The evaluation protocol (`oodml.eval.protocol`) reads the
+registry in registration order, so registering a `retrieval` metric here (or in a plugin) is all it takes to have
+it in every zero-/k-shot cell, per class in zero-shot cells, and in the report.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
 import numpy as np
 
 from oodml.errors import OodmlError
+from oodml.registry import Entry, Registry
 
 
 def matches(knn_labels: np.ndarray, query_labels: np.ndarray) -> np.ndarray:
@@ -59,3 +69,99 @@ def map_at_r_per_query(knn_labels: np.ndarray, query_labels: np.ndarray, r: np.n
 def map_at_r(knn_labels: np.ndarray, query_labels: np.ndarray, r: np.ndarray) -> float:
     """MAP@R: the mean over queries of `map_at_r_per_query`."""
     return float(np.mean(map_at_r_per_query(knn_labels, query_labels, r)))
+
+
+# --- the registry ------------------------------------------------------------------------------------------------
+
+ZERO_SHOT = "zero_shot"
+FEW_SHOT = "few_shot"
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """One metric.
+
+    `kind` says what its function (the registry factory) computes:
+    - `retrieval`: `fn(knn_labels, query_labels, r) -> (n,) float64`, one value per query (the unit), reduced by the
+      mean; `neighbours(max_r)` is how many neighbours a query needs when the largest class has `max_r` + 1 items;
+    - `clustering`: `fn(embeddings, labels, seed) -> float` over the whole evaluated set (e.g. NMI);
+    - `classification`: `fn(support, support_labels, queries, query_labels) -> float` per k-shot episode.
+    """
+
+    name: str
+    description: str
+    kind: str
+    protocols: tuple[str, ...]
+    neighbours: Callable[[int], int] | None = None
+    reduction: str = "mean"
+
+
+METRICS: Registry[MetricInfo] = Registry("metric")  # type: ignore[type-var]  # frozen vs HasName
+
+
+def _nmi(embeddings: np.ndarray, labels: np.ndarray, seed: int) -> float:
+    from oodml.eval.clustering import nmi
+
+    return nmi(embeddings, labels, seed=seed)
+
+
+def _accuracy(support: np.ndarray, support_labels: np.ndarray, queries: np.ndarray, query_labels: np.ndarray) -> float:
+    from oodml.eval.fewshot import prototype_accuracy
+
+    return prototype_accuracy(support, support_labels, queries, query_labels)
+
+
+def _first(k: int) -> Callable[[int], int]:
+    """`neighbours` of a metric that reads the first `k` neighbours."""
+
+    def need(max_r: int) -> int:
+        return k
+
+    return need
+
+
+def _all_relevant(max_r: int) -> int:
+    """`neighbours` of a metric that reads the first R neighbours of every query."""
+    return max_r
+
+
+def recall_metric(k: int) -> Entry[MetricInfo]:
+    """The `recall@k` entry: the registered one, or an unregistered one for another cut-off."""
+    name = f"recall@{k}"
+    if name in METRICS:
+        return METRICS.get(name)
+    return Entry(MetricInfo(name, f"recall at {k}", "retrieval", (ZERO_SHOT, FEW_SHOT), _first(k)),
+                 functools.partial(_recall_fn, k=k))
+
+
+def _recall_fn(knn_labels: np.ndarray, query_labels: np.ndarray, r: np.ndarray, *, k: int) -> np.ndarray:
+    return recall_at_k_per_query(knn_labels, query_labels, k)
+
+
+# registration order is the order of a cell's rows: accuracy first in k-shot cells, NMI last in zero-shot ones
+METRICS.add(MetricInfo("accuracy", "k-shot n-way nearest-prototype classification accuracy of the queries",
+                       "classification", (FEW_SHOT,)), _accuracy)
+for _k in (1, 2, 4, 8):
+    METRICS.add(MetricInfo(f"recall@{_k}", f"fraction of queries with a same-class item among their {_k} nearest",
+                           "retrieval", (ZERO_SHOT, FEW_SHOT), _first(_k)),
+                functools.partial(_recall_fn, k=_k))
+METRICS.add(MetricInfo("map@r", "mean average precision at R (Musgrave et al. 2020)", "retrieval",
+                       (ZERO_SHOT, FEW_SHOT), _all_relevant), map_at_r_per_query)
+METRICS.add(MetricInfo("nmi", "normalised mutual information of a k-means clustering, one cluster per class",
+                       "clustering", (ZERO_SHOT,)), _nmi)
+
+
+def protocol_metrics(protocol: str, kind: str | None = None) -> list[Entry[MetricInfo]]:
+    """The registered metrics of `protocol` (`zero_shot`, `few_shot`), of one `kind` if given, in registration
+    order."""
+    return [e for e in METRICS.entries() if protocol in e.info.protocols and (kind is None or e.info.kind == kind)]
+
+
+def per_query_values(knn_labels: np.ndarray, query_labels: np.ndarray, r: np.ndarray,
+                     metrics: Sequence[Entry[MetricInfo]]) -> np.ndarray:
+    """(len(metrics), n) float64: each retrieval metric's value per query; the one per-query reduction that full
+    and subset retrieval share."""
+    out = np.empty((len(metrics), len(query_labels)))
+    for row, m in enumerate(metrics):
+        out[row] = m.factory(knn_labels, query_labels, r)
+    return out

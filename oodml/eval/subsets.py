@@ -19,8 +19,9 @@ import numpy as np
 
 from oodml.errors import OodmlError
 from oodml.eval.inputs import as_labels, to_numpy
-from oodml.eval.metrics import map_at_r_per_query, recall_at_k_per_query
-from oodml.eval.retrieval import DEFAULT_KS, _check_ks, needed_k
+from oodml.eval.metrics import MetricInfo, per_query_values
+from oodml.eval.retrieval import DEFAULT_KS, RetrievalResult, metrics_for, neighbours_needed
+from oodml.registry import Entry
 
 
 def first_members(indices: np.ndarray, member: np.ndarray, k: int) -> np.ndarray:
@@ -51,7 +52,8 @@ class SubsetRetrieval:
     labels[member], ks)` up to the rounding of near-equal distances (module docstring).
     """
 
-    def __init__(self, labels: Any, member: Any, ks: Sequence[int] = DEFAULT_KS, *, backend: str = "faiss") -> None:
+    def __init__(self, labels: Any, member: Any, ks: Sequence[int] = DEFAULT_KS, *, backend: str = "faiss",
+                 metrics: Sequence[Entry[MetricInfo]] | None = None) -> None:
         """Set up the subset.
 
         Args:
@@ -59,8 +61,9 @@ class SubsetRetrieval:
             member: (N,) bool mask of the subset, or its item indices.
             ks: the recall@k cut-offs.
             backend: the kNN backend of the search, recorded as `knn_backend`.
+            metrics: the retrieval metrics (`METRICS` entries) to compute instead of recall@ks and MAP@R.
         """
-        self.ks = _check_ks(ks)
+        self.metrics = metrics_for(ks, metrics)
         lab = to_numpy(labels)
         n = len(lab)
         m = to_numpy(member)
@@ -85,10 +88,10 @@ class SubsetRetrieval:
         self.is_query[rows[r > 0]] = True
         self.n_members = len(rows)
         self.n_queries = int((r > 0).sum())
-        self.knn_k = min(needed_k(self.ks, sizes), self.n_members - 1)
+        self.knn_k = min(neighbours_needed(self.metrics, sizes), self.n_members - 1)
         #: neighbours per item the shared search needs: knn_k members after skipping every non-member
         self.depth = min(n - 1, self.knn_k + n - self.n_members)
-        self._per_query = np.empty((len(self.ks) + 1, self.n_queries))
+        self._per_query = np.empty((len(self.metrics), self.n_queries))
         self._next = 0
         self._filled = 0
 
@@ -111,23 +114,25 @@ class SubsetRetrieval:
         if not sel.any():
             return
         nb = first_members(indices[sel, : self.depth], self.member, self.knn_k)
-        knn_labels = self.code[nb]
         q = self.code[start:end][sel]
         s, e = self._filled, self._filled + len(q)
-        for row, c in enumerate(self.ks):
-            self._per_query[row, s:e] = recall_at_k_per_query(knn_labels, q, c)
-        self._per_query[-1, s:e] = map_at_r_per_query(knn_labels, q, self.r[start:end][sel])
+        self._per_query[:, s:e] = per_query_values(self.code[nb], q, self.r[start:end][sel], self.metrics)
         self._filled = e
 
     def result(self) -> dict[str, Any]:
         """The metrics, with the keys of `retrieval_metrics`; every item must have been consumed."""
+        return self.per_query().summary()
+
+    def per_query(self) -> RetrievalResult:
+        """The per-query values; `query_ids` are positions among the subset's members (as in a search over the
+        subset alone). Every item must have been consumed."""
         if self._next != self.n:
             raise OodmlError(f"only {self._next} of {self.n} items' neighbour lists were consumed")
-        out: dict[str, Any] = {f"recall@{c}": float(np.mean(self._per_query[row])) for row, c in enumerate(self.ks)}
-        out["map@r"] = float(np.mean(self._per_query[-1]))
-        out.update(n_queries=self.n_queries, n_excluded=self.n_members - self.n_queries, knn_backend=self.backend,
-                   knn_k=self.knn_k)
-        return out
+        members = np.flatnonzero(self.member)
+        query_ids = np.flatnonzero(self.is_query[members])
+        return RetrievalResult(names=tuple(m.info.name for m in self.metrics), values=self._per_query,
+                               query_ids=query_ids, n_excluded=self.n_members - self.n_queries,
+                               knn_k=self.knn_k, knn_backend=self.backend)
 
 
 def subset_retrieval_metrics(indices: np.ndarray, labels: Any, member: Any, ks: Sequence[int] = DEFAULT_KS, *,

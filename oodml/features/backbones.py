@@ -176,7 +176,7 @@ def efficientnet_lite0(pretrained: bool = True) -> Backbone:
 
 def _offline_weights(timm: Any, model_name: str) -> dict[str, str] | None:
     """When the Hugging Face hub is unreachable, point timm at the locally cached weights file (or fail fast)."""
-    from oodml.data.files import can_reach
+    from oodml.io import can_reach
 
     if can_reach("https://huggingface.co"):
         return None
@@ -217,7 +217,7 @@ def timm_model(model_name: str, pretrained: bool = True) -> Backbone:
 
 def _resnet50_state(weights: Any) -> dict[str, torch.Tensor]:
     """The torchvision weights from the torch hub cache, downloading them when absent and online."""
-    from oodml.data.files import can_reach
+    from oodml.io import can_reach
 
     url = weights.url
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from oodml.data.files import cache_dir
+from oodml.io import cache_dir
 
 #: Bump when the extraction procedure changes in a way that changes features (2: chunked forward pass).
 EXTRACT_VERSION = 2
@@ -42,7 +42,7 @@ def read_meta(path: Path) -> dict[str, object]:
     try:
         with np.load(path, allow_pickle=False) as z:
             return dict(json.loads(str(z["meta"])))
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return {}
 
 

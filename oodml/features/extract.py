@@ -15,13 +15,13 @@ import numpy as np
 import torch
 
 from oodml.data import ImageDataset, load_dataset
-from oodml.data.files import JsonMemo
 from oodml.errors import OodmlError
 from oodml.features.backbones import (DEFAULT_BACKBONE, Backbone, backbone_weights_id, canonical_backbone,
                                       create_backbone)
 from oodml.features.cache import cache_key, cache_path, find_cached_features, read_meta
 from oodml.features.io import FeatureSet
 from oodml.features.runtime import OnnxForward, TorchForward, forward_chunk, make_forward, resolve_runtime
+from oodml.io import JsonMemo, atomic_write
 from oodml.progress import log, progress
 
 __all__ = ["compute_features", "embed_dataset", "find_cached_features", "forward_chunk", "load_or_compute_features"]
@@ -172,9 +172,8 @@ def embed_dataset(*, dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: 
         return path
     dest = Path(out)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".tmp.npz")
-    shutil.copyfile(path, tmp)
-    tmp.replace(dest)
+    with atomic_write(dest, "wb") as f, open(path, "rb") as src:
+        shutil.copyfileobj(src, f)
     return dest
 
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from oodml.errors import OodmlError
+from oodml.errors import OodmlError, check_name
+from oodml.io import atomic_write
 
 REQUIRED_KEYS = ("features", "labels", "class_names", "paths", "meta")
 
@@ -44,12 +45,26 @@ class FeatureSet:
         self.class_names = np.asarray(self.class_names, dtype=str)
         self.paths = np.asarray(self.paths, dtype=str)
         n = len(self.features)
-        if self.features.ndim != 2 or len(self.labels) != n or len(self.paths) != n:
+        if self.features.ndim != 2 or len(self.labels) != n or len(self.paths) != n or self.labels.ndim != 1:
             raise OodmlError("features file is inconsistent: features (N, D), labels (N,) and paths (N,) must agree")
+        if self.features.shape[1] < 1:
+            raise OodmlError("features file has zero-width features (N, 0); re-embed the dataset with `oodml embed`")
         if n and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
             raise OodmlError("features file is inconsistent: labels must index class_names")
         if self.class_split is not None:
             self.class_split = np.asarray(self.class_split, dtype=str)
+        self._check_finite()
+
+    def _check_finite(self) -> None:
+        """NaN or Inf in a feature row is an error naming its classes: a broken embedding (the backbone diverged or
+        the file was damaged) must not silently drop classes from the benchmark."""
+        bad = ~np.isfinite(self.features).all(axis=1)
+        if bad.any():
+            classes = sorted({str(self.class_names[label]) for label in np.unique(self.labels[bad])})
+            more = f" and {len(classes) - 5} more" if len(classes) > 5 else ""
+            raise OodmlError(f"features file has NaN or Inf in {int(bad.sum())} row(s) of class(es) "
+                             f"{', '.join(map(repr, classes[:5]))}{more}; re-embed (`oodml embed`), or leave those "
+                             "classes out (`oodml embed --classes ...`)")
 
     @property
     def dataset(self) -> str:
@@ -109,9 +124,8 @@ class FeatureSet:
             arrays["class_split"] = fs.class_split
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp.npz")
-        np.savez(tmp, **arrays)  # type: ignore[arg-type]
-        tmp.replace(p)
+        with atomic_write(p, "wb") as f:
+            np.savez(f, **arrays)  # type: ignore[arg-type]
         self.meta = meta
         return p
 
@@ -129,12 +143,25 @@ class FeatureSet:
                 data = {k: z[k] for k in z.files}
         except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
             raise OodmlError(f"features file {str(p)!r} is corrupt or not an .npz: {e}") from None
+        kinds = {"features": "fiu", "labels": "iu", "class_names": "U", "paths": "U", "meta": "U"}
+        wrong = [k for k, ok in kinds.items() if data[k].dtype.kind not in ok]
+        if wrong:
+            raise OodmlError(f"features file {str(p)!r}: `{wrong[0]}` has dtype {data[wrong[0]].dtype}, not the "
+                             "one SPEC §2 gives; re-create it with `oodml embed`")
         try:
             meta = json.loads(str(data["meta"]))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise OodmlError(f"features file {str(p)!r} has a `meta` that is not JSON") from None
-        return cls(data["features"], data["labels"], data["class_names"], data["paths"], meta,
-                   data.get("class_split"))
+        if not isinstance(meta, dict):
+            raise OodmlError(f"features file {str(p)!r} has a `meta` that is a JSON {type(meta).__name__}, not an "
+                             "object (SPEC §2)")
+        if meta.get("dataset") not in (None, ""):
+            check_name(meta["dataset"], f"features file {str(p)!r}: meta.dataset")
+        try:
+            return cls(data["features"], data["labels"], data["class_names"], data["paths"], meta,
+                       data.get("class_split"))
+        except OodmlError as e:
+            raise OodmlError(f"{str(p)!r}: {e}") from None
 
 
 def _version() -> str:

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from oodml.data.files import cache_dir
 from oodml.errors import OodmlError
 from oodml.features.backbones import Backbone
+from oodml.io import atomic_write, cache_dir
 from oodml.progress import log
 
 RUNTIMES = ("auto", "onnx", "torch")
@@ -161,19 +159,13 @@ def export_onnx(backbone: Backbone, path: Path) -> Path:
     import warnings
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
     x = torch.zeros(2, 3, backbone.input_size, backbone.input_size)
-    try:
+    with atomic_write(path, "wb") as f:  # the exporter writes the temp file by its name
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-            torch.onnx.export(backbone.eval(), (x,), str(tmp), opset_version=ONNX_OPSET, dynamo=False,
+            torch.onnx.export(backbone.eval(), (x,), f.name, opset_version=ONNX_OPSET, dynamo=False,
                               input_names=["images"], output_names=["features"],
                               dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}})
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

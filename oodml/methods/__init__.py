@@ -13,8 +13,9 @@ from typing import Any, cast
 
 from oodml.errors import OodmlError
 from oodml.methods import dml, proto, transfer  # noqa: F401  (registers the built-in methods)
-from oodml.methods.addons import ADDONS, AddonInfo, canonical_spec, parse_spec
+from oodml.methods.addons import ADDONS, AddonInfo, apply_addons, canonical_spec, parse_spec
 from oodml.methods.base import (METHODS, FeatureInputs, Inputs, Method, MethodContext, MethodInfo)
+from oodml.methods.dml import register_dml_loss
 from oodml.methods.nets import ImageInputs, make_inputs
 from oodml.methods.params import build_params, field_names, to_jsonable
 from oodml.methods.trainer import EmbeddingMethod
@@ -22,7 +23,8 @@ from oodml.methods.trainer import EmbeddingMethod
 __all__ = [
     "ADDONS", "AddonInfo", "EmbeddingMethod", "FeatureInputs", "ImageInputs", "Inputs", "METHODS", "Method",
     "MethodContext", "MethodInfo", "build_method", "canonical_spec", "load_plugins", "make_inputs", "method_family",
-    "applicable_params", "method_params", "parse_spec", "resolve_methods", "resolve_params", "validate_overrides",
+    "applicable_params", "method_params", "parse_spec", "register_dml_loss", "resolve_methods", "resolve_params",
+    "validate_overrides",
 ]
 
 ENTRY_POINT_GROUP = "oodml.methods"
@@ -87,15 +89,15 @@ def method_family(spec: str) -> str:
 def _spec_fields(spec: str) -> set[str]:
     """Hyperparameter names of a method spec (its method's and its add-ons')."""
     name, addons = parse_spec(spec)
-    return field_names(METHODS.info(name).params).union(*(field_names(ADDONS[a].params) for a in addons))
+    return field_names(METHODS.info(name).params).union(*(field_names(ADDONS.info(a).params) for a in addons))
 
 
 def _all_fields() -> set[str]:
     names: set[str] = set()
     for n in METHODS.names():
         names |= field_names(METHODS.info(n).params)
-    for a in ADDONS.values():
-        names |= field_names(a.params)
+    for a in ADDONS.names():
+        names |= field_names(ADDONS.info(a).params)
     return names
 
 
@@ -120,7 +122,7 @@ def resolve_params(spec: str, overrides: Mapping[str, Any] = {}) -> tuple[Any, d
     if info.params is not None:
         classes[""] = info.params
     for a in addons:
-        classes[a] = ADDONS[a].params
+        classes[a] = ADDONS.info(a).params
     known = set().union(*(field_names(c) for c in classes.values())) if classes else set()
     bare: dict[str, Any] = {}
     specific: dict[str, Any] = {}
@@ -196,10 +198,5 @@ def build_method(spec: str, ctx: MethodContext, overrides: Mapping[str, Any] = {
     params, addon_params = resolve_params(spec, overrides)
     entry = METHODS.get(name)
     method = entry.factory(entry.info, ctx, params)
-    if addons:
-        if not isinstance(method, EmbeddingMethod):
-            raise OodmlError(f"method {name!r} is not built on EmbeddingMethod, so it takes no add-on ({spec!r})")
-        method.with_addons(sec=addon_params.get("sec"), dmml=addon_params.get("dmml"),
-                           spec="+".join((name, *addons)))
-    return method
+    return apply_addons(method, {a: addon_params[a] for a in addons}, "+".join((name, *addons)))
 

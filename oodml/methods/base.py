@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from oodml.registry import Registry
+from oodml.seeding import seed_everything
 
 FAMILIES = ("reference", "baseline", "transfer", "dml", "fewshot", "adapted")
 
@@ -73,10 +75,8 @@ class MethodContext:
     regime: str = "head"          # "head" or "full"
     in_dim: int | None = None     # feature dimension in the head regime
     backbone: str = "efficientnet_lite0"
-    dataset: str = ""
     device: str = "cpu"
     seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Method(ABC):
@@ -91,6 +91,28 @@ class Method(ABC):
     def adapt(self, x: Inputs, y: np.ndarray) -> Method:
         """Adapt on a k-shot support set; returns a new Method and leaves `self` (the source state) untouched."""
         return copy.deepcopy(self)
+
+    def adapt_episodes(self, supports: Sequence[tuple[Inputs, np.ndarray]],
+                       seeds: Sequence[int] | None = None) -> Iterator[Method]:
+        """Adapted copies for many k-shot supports (every episode of a cell, of every k), in order; `self` is
+        untouched.
+
+        The default adapts one support at a time, when the next copy is asked for (so one copy at a time is in
+        memory), seeding the global RNGs with `seeds[i]` first; methods that adapt many supports as one batched
+        computation override it (`EmbeddingMethod` with `adapt_protocol=oodml`).
+        """
+        for i, (x, y) in enumerate(supports):
+            if seeds is not None:
+                seed_everything(seeds[i])
+            yield self.adapt(x, y)
+
+    def fit_record(self) -> dict[str, Any]:
+        """How the source fit went, recorded in the cell (e.g. the kept checkpoint); empty: nothing to record."""
+        return {}
+
+    def adaptation_record(self, k: int) -> dict[str, Any]:
+        """The adaptation settings in force at k shots, recorded in the cell (empty: nothing to record)."""
+        return {}
 
     @abstractmethod
     def embed(self, x: Inputs) -> np.ndarray:

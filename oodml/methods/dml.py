@@ -123,7 +123,21 @@ class DmlMethod(EmbeddingMethod):
         return groups
 
 
-def _register(loss: DmlLoss) -> None:
+def register_dml_loss(name: str, params: type, build: ObjectiveFn, *, description: str,
+                      proxies: bool = False) -> DmlLoss:
+    """Register a DML loss as two methods: `name` (trained on the source) and `adapted_<name>` (also fine-tuned on
+    the k-shot support); both take the add-ons. Built-in losses and plugins register the same way.
+
+    Args:
+        name: method name.
+        params: its hyperparameter dataclass (a `TrainParams` subclass with the loss's own fields).
+        build: (params, n_classes) -> objective module mapping (embeddings, labels) to a loss, e.g. a
+            `PmlObjective` around a pytorch-metric-learning loss.
+        description: one line for `oodml list methods`.
+        proxies: the objective holds one proxy per class (initialised at the support means when adapting).
+    """
+    loss = DmlLoss(name, params, build, proxies, description)
+
     def plain(info: MethodInfo, ctx: MethodContext, params: TrainParams) -> Method:
         return DmlMethod(info, ctx, params, loss)
 
@@ -132,9 +146,10 @@ def _register(loss: DmlLoss) -> None:
     METHODS.add(MethodInfo(f"adapted_{loss.name}", family="adapted", trains=True, uses_support=True, addons=True,
                            params=loss.params, description=f"{loss.description}, fine-tuned on the k-shot support"),
                 plain)
+    return loss
 
 
 for _loss in DML_LOSSES:
-    _register(_loss)
+    register_dml_loss(_loss.name, _loss.params, _loss.build, description=_loss.description, proxies=_loss.proxies)
 
 METHODS.alias("adapted_hist", "adapted_histogram")

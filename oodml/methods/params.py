@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
@@ -17,6 +18,12 @@ HEADS = ("linear", "mlp")
 ADAPT_SCOPES = ("last", "all")
 ADAPT_STOPS = ("fixed", "plateau")
 ADAPT_BN = ("train", "frozen")
+ADAPT_PROTOCOLS = ("own_loss", "oodml")
+SELECTS = ("last", "val")
+
+#: what `adapt_protocol: oodml` sets unless the same fields are given explicitly (Milbich et al. 2021, few-shot
+#: script: Adam at 1e-4 on the last linear layer, 1,000 iterations at 2 shots and 1,500 at 5 shots)
+OODML_ADAPTATION = {"adapt_lr": 1e-4, "adapt_iterations": "2:1000,5:1500", "adapt_scope": "last"}
 
 #: field metadata of hyperparameters added after results were published: such a field is left out of a method's
 #: resolved parameters (and so of its cells' ids) while it has its default, which keeps the old behaviour, so that
@@ -37,9 +44,19 @@ class TrainParams:
         backbone_lr: Adam learning rate of the backbone in the `full` regime (ooDML: 1e-5).
         weight_decay: Adam weight decay.
         iterations: source training iterations (batches).
+        epochs: when > 0, the source training length in epochs instead: iterations = ceil(epochs x the level's
+            training images / batch_size) (ooDML counts epochs; its sampler is batch_size=112, samples_per_class=2).
+        select: `last`: keep the source model as training leaves it; `val`: hold the level's `val_classes` out of
+            training, score them with recall@1 (`oodml.eval`) every `select_every` iterations and at the end, and keep
+            the best-scoring weights (ooDML's checkpoint selection); the cell records the kept iteration and the
+            validation curve.
+        select_every: `val`: iterations between two validation scorings.
         batch_size: images per batch.
         samples_per_class: images per class in a batch (ooDML: 2).
-        adapt_iterations: fine-tuning iterations on the k-shot support (methods that adapt).
+        adapt_iterations: fine-tuning iterations on the k-shot support (methods that adapt): one number for every
+            k, or a per-k schedule `2:1000,5:1500` (a YAML mapping `{2: 1000, 5: 1500}` works too). A k that the
+            schedule doesn't name takes the entry of the largest named k below it (k = 10 above: 1,500), and a k below
+            every named one the entry of the smallest (k = 1 above: 1,000).
         adapt_lr: learning rate of the adaptation.
         adapt_scope: `last` (the head's last layer plus loss parameters, ooDML) or `all` (all trainable parameters,
             Scott et al.).
@@ -55,6 +72,13 @@ class TrainParams:
         adapt_bn: `train`: BatchNorm layers that adapt re-estimate their running statistics on the support batches
             (as in training; Scott et al.'s code); `frozen`: they keep the source statistics while their weights
             adapt (a 5-image support batch gives noisy statistics).
+        adapt_protocol: `own_loss`: the adaptation trains with the method's own objective (Scott et al.);
+            `oodml`: ooDML's few-shot protocol (Milbich et al. 2021): the last linear layer only, with their margin
+            criterion (PML `MarginLoss`, margin 0.2, beta 1.2 kept fixed as their fine-tuning optimiser holds only
+            the last layer, on L2-normalised embeddings, triplets from the distance-weighted miner with cutoff 0.5
+            and non-zero-loss cutoff 1.4), class-balanced support batches (`batch_size`, `samples_per_class`);
+            unless given explicitly it sets adapt_lr=1e-4, adapt_iterations=2:1000,5:1500, adapt_scope=last. All
+            episodes of a cell adapt together as one batched computation (`EmbeddingMethod.adapt_episodes`).
     """
 
     embed_dim: int = 128
@@ -67,7 +91,7 @@ class TrainParams:
     iterations: int = 300
     batch_size: int = 64
     samples_per_class: int = 2
-    adapt_iterations: int = 100
+    adapt_iterations: int | str = 100
     adapt_lr: float = 1e-3
     adapt_scope: str = "last"
     adapt_stop: str = field(default="fixed", metadata=LATER)
@@ -75,9 +99,37 @@ class TrainParams:
     adapt_patience: int = field(default=100, metadata=LATER)
     adapt_min_gain: float = field(default=0.01, metadata=LATER)
     adapt_bn: str = field(default="train", metadata=LATER)
+    adapt_protocol: str = field(default="own_loss", metadata=LATER)
+    epochs: float = field(default=0.0, metadata=LATER)
+    select: str = field(default="last", metadata=LATER)
+    select_every: int = field(default=100, metadata=LATER)
+
+    @staticmethod
+    def preset(values: Mapping[str, Any]) -> dict[str, Any]:
+        """Field values implied by the given ones (`adapt_protocol: oodml` -> ooDML's lr, schedule and scope)."""
+        return dict(OODML_ADAPTATION) if values.get("adapt_protocol") == "oodml" else {}
+
+    def adapt_iterations_for(self, k: int) -> int:
+        """The adaptation iterations at k shots (see `adapt_iterations`)."""
+        return schedule_for(self.adapt_iterations, k)
+
+    def fit_iterations(self, n_train: int) -> int:
+        """Source training iterations for `n_train` training images (`epochs` converted, else `iterations`)."""
+        if self.epochs > 0:
+            return max(1, math.ceil(self.epochs * n_train / self.batch_size))
+        return self.iterations
 
     def validate(self) -> None:
         """Raise OodmlError for out-of-range values."""
+        if self.select not in SELECTS:
+            raise OodmlError(f"select={self.select!r} is not one of {', '.join(SELECTS)}")
+        if self.select_every < 1 or self.epochs < 0:
+            raise OodmlError(f"need select_every >= 1 and epochs >= 0, got {self.select_every} and {self.epochs}")
+        if self.adapt_protocol not in ADAPT_PROTOCOLS:
+            raise OodmlError(f"adapt_protocol={self.adapt_protocol!r} is not one of {', '.join(ADAPT_PROTOCOLS)}")
+        if self.adapt_protocol == "oodml" and (self.adapt_scope != "last" or self.adapt_stop != "fixed"):
+            raise OodmlError("adapt_protocol=oodml adapts the last layer for a fixed number of iterations; drop "
+                             "adapt_scope/adapt_stop or use adapt_protocol=own_loss")
         if self.adapt_stop not in ADAPT_STOPS:
             raise OodmlError(f"adapt_stop={self.adapt_stop!r} is not one of {', '.join(ADAPT_STOPS)}")
         if not 1 <= self.adapt_check_every <= self.adapt_patience:
@@ -94,9 +146,9 @@ class TrainParams:
         for name in ("embed_dim", "hidden_dim", "batch_size", "samples_per_class"):
             if getattr(self, name) < 1:
                 raise OodmlError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("iterations", "adapt_iterations"):
-            if getattr(self, name) < 0:
-                raise OodmlError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.iterations < 0:
+            raise OodmlError(f"iterations must be >= 0, got {self.iterations}")
+        parse_schedule(self.adapt_iterations, "adapt_iterations")
         for name in ("lr", "backbone_lr", "adapt_lr"):
             if not getattr(self, name) > 0:
                 raise OodmlError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -257,6 +309,61 @@ class DmmlParams:
             raise OodmlError("dmml_noise and dmml_weight must be >= 0")
 
 
+def parse_schedule(value: int | str, what: str = "adapt_iterations") -> dict[int, int]:
+    """A per-k schedule `2:1000,5:1500` (or one number for every k: {0: n}) as {k: iterations}; OodmlError if bad."""
+    if isinstance(value, int):
+        if value < 0:
+            raise OodmlError(f"{what} must be >= 0, got {value}")
+        return {0: value}
+    out: dict[int, int] = {}
+    for item in str(value).split(","):
+        k, sep, n = item.partition(":")
+        try:
+            kk, nn = int(k), int(n)
+        except ValueError:
+            kk = nn = -1
+        if not sep or kk < 1 or nn < 0 or kk in out:
+            raise OodmlError(f"{what}={value!r} is not a per-k schedule; give a number or shots:iterations pairs "
+                             "with distinct shots >= 1, e.g. 2:1000,5:1500")
+        out[kk] = nn
+    return out
+
+
+def schedule_for(value: int | str, k: int) -> int:
+    """The schedule's entry for k shots: the largest named k <= `k`, else the smallest named k's."""
+    table = parse_schedule(value)
+    below = [kk for kk in table if kk <= k]
+    return table[max(below) if below else min(table)]
+
+
+def _schedule(cls_name: str, name: str, value: Any) -> int | str:
+    """An int, or a schedule (string or {k: n} mapping) in its canonical string form (sorted by k)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, Mapping):
+        value = ",".join(f"{k}:{v}" for k, v in value.items())
+    if isinstance(value, str):
+        if value.strip().lstrip("-").isdigit():
+            return int(value)
+        table = parse_schedule(value.replace(" ", ""), name)
+        return ",".join(f"{k}:{table[k]}" for k in sorted(table))
+    raise OodmlError(f"{cls_name}: {name}={value!r} is not a number or a per-k schedule like 2:1000,5:1500")
+
+
+@dataclass(frozen=True)
+class EnsParams:
+    """Ensemble control `+ens`: cohort size (the default equals `+dmml`'s, `dmml_models`)."""
+
+    ens_models: int = 3
+
+    def validate(self) -> None:
+        """Raise OodmlError for out-of-range values."""
+        if self.ens_models < 2:
+            raise OodmlError(f"ens_models must be >= 2, got {self.ens_models}")
+
+
 def field_names(cls: type | None) -> set[str]:
     """Names of the fields of a params dataclass (empty for None)."""
     return {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
@@ -265,7 +372,11 @@ def field_names(cls: type | None) -> set[str]:
 def _coerce(cls_name: str, name: str, value: Any, typ: Any) -> Any:
     """Convert an override value to the field's type, or raise OodmlError."""
     text = str(typ)
-    bad = OodmlError(f"{cls_name}: {name}={value!r} is not a valid {text.replace('typing.', '')}")
+    if text == "int | str":
+        return _schedule(cls_name, name, value)
+    wanted = {bool: "true or false", int: "integer", float: "number", str: "string"}.get(
+        typ, "list of integers" if text.startswith("tuple[int") else text.replace("typing.", ""))
+    bad = OodmlError(f"{cls_name}: {name}={value!r} is not a valid {wanted} (--method-param {name}=VALUE)")
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -304,6 +415,8 @@ def build_params(cls: type, values: Mapping[str, Any], *, what: str) -> Any:
             f"{what} has no hyperparameter {unknown[0]!r}{suggest(unknown[0], known)}; "
             f"its fields: {', '.join(sorted(known))}"
         )
+    preset = getattr(cls, "preset", None)
+    values = {**(preset(values) if preset is not None else {}), **values}
     kw = {k: _coerce(what, k, v, hints[k]) for k, v in values.items()}
     obj = cls(**kw)
     if hasattr(obj, "validate"):

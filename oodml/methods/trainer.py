@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from abc import abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,14 +20,12 @@ from torch import nn
 
 from oodml.errors import OodmlError
 from oodml.methods.base import Inputs, Method, MethodContext, MethodInfo
+from oodml.methods.cohort import concat_normalized
 from oodml.methods.losses import init_proxies, relational_mutual_loss, sec_loss
 from oodml.methods.nets import EmbeddingNet, batched_forward, build_trunk, make_head
 from oodml.methods.params import DmmlParams, SecParams, TrainParams
 from oodml.progress import progress
 from oodml.seeding import derive_seed
-
-STAGES = ("fit", "adapt")
-
 
 @contextlib.contextmanager
 def seeded_torch(seed: int) -> Iterator[None]:
@@ -121,6 +119,10 @@ class EmbeddingMethod(Method):
 
     #: initialise the adaptation objective's class proxies at the support class means
     init_proxies_on_adapt: bool = False
+    #: False for methods whose adaptation starts from scratch instead of the source model (`baseline`)
+    adapts_source_model: bool = True
+    #: False for methods that train nothing on the source (`baseline`): the fit stage has no parameter groups
+    fit_trains: bool = True
 
     def __init__(self, info: MethodInfo, ctx: MethodContext, params: TrainParams) -> None:
         self.info = info
@@ -136,6 +138,8 @@ class EmbeddingMethod(Method):
         self.in_dim: int | None = ctx.in_dim
         self.n_classes = 0
         self.adapt_shots = 1
+        self.adapt_k = 1  # shots of the support being adapted on (picks the `adapt_iterations` entry)
+        self.selection: dict[str, Any] = {}  # how the source model was chosen (`select=val`, `epochs`)
 
     # ----------------------------------------------------------------------------------------------- hooks
     @abstractmethod
@@ -153,13 +157,6 @@ class EmbeddingMethod(Method):
         return [{"params": params, "lr": lr * scale}]
 
     # ----------------------------------------------------------------------------------------------- add-ons
-    def with_addons(self, *, sec: SecParams | None = None, dmml: DmmlParams | None = None,
-                    spec: str | None = None) -> EmbeddingMethod:
-        """Turn on the spherical embedding constraint and/or diversified mutual learning; returns self."""
-        self.sec, self.dmml = sec, dmml
-        self.spec = spec or self.spec
-        return self
-
     @property
     def n_models(self) -> int:
         """Cohort size (1 without `+dmml`)."""
@@ -212,6 +209,8 @@ class EmbeddingMethod(Method):
     # ----------------------------------------------------------------------------------------------- training
     def _param_groups(self, m: int, stage: str) -> list[dict[str, Any]]:
         p, net = self.params, self.nets[m]
+        if stage == "fit" and not self.fit_trains:
+            return []
         groups: list[dict[str, Any]]
         if stage == "fit":
             groups = [{"params": list(net.head.parameters()), "lr": p.lr},
@@ -274,9 +273,9 @@ class EmbeddingMethod(Method):
             for q in frozen:
                 q.requires_grad_(True)
 
-    def _train(self, x: Inputs, y: np.ndarray, stage: str) -> None:
+    def _train(self, x: Inputs, y: np.ndarray, stage: str, val: tuple[Inputs, np.ndarray] | None = None) -> None:
         p = self.params
-        iterations = p.iterations if stage == "fit" else p.adapt_iterations
+        iterations = p.fit_iterations(len(y)) if stage == "fit" else p.adapt_iterations_for(self.adapt_k)
         groups = [self._param_groups(m, stage) for m in range(self.n_models)]
         if iterations == 0 or not any(groups):
             return
@@ -290,6 +289,8 @@ class EmbeddingMethod(Method):
         self._train_mode(stage)
         show = progress(f"{stage} {self.spec}", iterations) if stage == "fit" else contextlib.nullcontext()
         stop = _Plateau(p.adapt_min_gain) if stage == "adapt" and p.adapt_stop == "plateau" else None
+        best = _Plateau(0.0) if val is not None else None
+        curve: list[list[float]] = []
         with self._only_training(groups), show as bar:
             for it in range(iterations):
                 idx = self.batch_indices(y, rng, stage)
@@ -309,8 +310,17 @@ class EmbeddingMethod(Method):
                     self._train_mode(stage)
                 if stop is not None and (it + 1) % p.adapt_patience == 0 and stop.plateaued():
                     break
+                if best is not None and val is not None and ((it + 1) % p.select_every == 0 or it + 1 == iterations):
+                    score = self.val_score(*val)
+                    curve.append([it + 1, score])
+                    best.update(score, lambda: (it + 1, self._snapshot()))
+                    self._train_mode(stage)
         if stop is not None and stop.best_state is not None:
             self._restore(stop.best_state)
+        if best is not None and best.best_state is not None:
+            kept, state = best.best_state
+            self._restore(state)
+            self.selection.update(select="val", every=p.select_every, kept_iteration=kept, val_curve=curve)
         for net in self.nets:
             net.eval()
 
@@ -322,20 +332,41 @@ class EmbeddingMethod(Method):
         for module, sd in zip([*self.nets, *self.objectives], [*state[0], *state[1]]):
             module.load_state_dict(sd)
 
+    def val_score(self, x: Inputs, y: np.ndarray) -> float:
+        """Recall@1 of model 1's embeddings of the validation classes (`select=val`), as the evaluation computes it."""
+        from oodml.eval import retrieval_metrics
+
+        return float(retrieval_metrics(self._embed_net(0, x), np.asarray(y), (1,))["recall@1"])
+
     def support_score(self, x: Inputs, y: np.ndarray) -> float | None:
         """How well model 1 fits the support `x` (labels 0..C-1), for the `plateau` adaptation stop: leave-one-out
         1-NN accuracy of its embeddings; None when no class has two images."""
         return loo_nn_accuracy(torch.from_numpy(self._embed_net(0, x)), y)
 
     # ----------------------------------------------------------------------------------------------- protocol
-    def fit(self, x: Inputs, y: np.ndarray) -> None:
-        """Train on the source classes (labels are re-indexed to 0..C-1)."""
+    @property
+    def selects_on_val(self) -> bool:
+        """True when the source fit wants validation classes (`select=val`)."""
+        return self.params.select == "val"
+
+    def fit(self, x: Inputs, y: np.ndarray, val: tuple[Inputs, np.ndarray] | None = None) -> None:
+        """Train on the source classes (labels are re-indexed to 0..C-1); with `select=val`, `val` (inputs and
+        labels of the held-out validation classes) chooses the checkpoint."""
         classes, yi = np.unique(np.asarray(y), return_inverse=True)
         if self.in_dim is None and hasattr(x, "dim"):
             self.in_dim = int(x.dim)  # type: ignore[attr-defined]
+        if self.selects_on_val and val is None:
+            raise OodmlError(f"{self.spec}: select=val needs validation classes; the split level has none (rebuild "
+                             "the splits with val classes) or use select=last")
+        p = self.params
+        self.selection = {"iterations": p.fit_iterations(len(yi)), "epochs": p.epochs} if p.epochs > 0 else {}
         with seeded_torch(self._seed("fit")):
             self._build(len(classes))
-            self._train(x, yi.astype(np.int64), "fit")
+            self._train(x, yi.astype(np.int64), "fit", val if self.selects_on_val else None)
+
+    def fit_record(self) -> dict[str, Any]:
+        """How the source model was trained and chosen (epochs, `select=val`: kept iteration and val curve)."""
+        return dict(self.selection)
 
     def prepare_adapt(self, x: Inputs, y: np.ndarray, n_classes: int) -> None:
         """Replace the objectives by ones for the target classes (proxies at the support means if configured)."""
@@ -352,6 +383,8 @@ class EmbeddingMethod(Method):
 
     def adapt(self, x: Inputs, y: np.ndarray) -> Method:
         """A fine-tuned copy (when the method uses the support; otherwise an untouched copy)."""
+        if self.info.uses_support and self.params.adapt_protocol == "oodml":
+            return next(self.adapt_episodes([(x, y)]))
         new = copy.deepcopy(self)
         if not self.info.uses_support:
             return new
@@ -359,12 +392,103 @@ class EmbeddingMethod(Method):
             raise OodmlError(f"{self.spec}: call fit before adapt")
         classes, yi = np.unique(np.asarray(y), return_inverse=True)
         yi = yi.astype(np.int64)
+        new.adapt_k = int(np.bincount(yi).min())
         with seeded_torch(self._seed("adapt")):
             new.prepare_adapt(x, yi, len(classes))
             if new.params.adapt_stop == "plateau" and new.support_score(x, yi) is None:
                 return new  # one image per class: nothing to score the adaptation on (Scott et al. don't adapt)
             new._train(x, yi, "adapt")
         return new
+
+    def adapt_episodes(self, supports: Sequence[tuple[Inputs, np.ndarray]],
+                       seeds: Sequence[int] | None = None) -> Iterator[Method]:
+        """Adapted copies for many supports. With `adapt_protocol=oodml`, every support's (and cohort model's) last
+        layer is fine-tuned in one batched computation (`oodml.methods.batched`); otherwise one support at a time.
+
+        The copies share the source model's frozen backbone (it is not trained by this protocol).
+        """
+        if not (self.info.uses_support and self.params.adapt_protocol == "oodml"):
+            return super().adapt_episodes(supports, seeds)
+        return iter(self._adapt_batched(supports))
+
+    def _adapt_batched(self, supports: Sequence[tuple[Inputs, np.ndarray]]) -> list[Method]:
+        from oodml.methods.batched import AdaptTask, adapt_last_layers
+
+        if not self.nets:
+            raise OodmlError(f"{self.spec}: call fit before adapt")
+        if not self.adapts_source_model:
+            raise OodmlError(f"{self.spec} trains from scratch on the support; adapt_protocol=oodml fine-tunes a "
+                             "source model's last layer, so use adapt_protocol=own_loss for it")
+        p = self.params
+        lasts: list[nn.Linear] = []
+        for net in self.nets:
+            layer = net.last_layer()
+            if not isinstance(layer, nn.Linear) or layer.bias is None:
+                raise OodmlError(f"{self.spec}: adapt_protocol=oodml needs a linear last layer with a bias")
+            lasts.append(layer)
+        tasks: list[AdaptTask] = []
+        for x, y in supports:
+            yi = np.unique(np.asarray(y), return_inverse=True)[1].astype(np.int64)
+            iterations = p.adapt_iterations_for(int(np.bincount(yi).min()))
+            for m in range(self.n_models):
+                g = torch.Generator().manual_seed(self._seed("adapt", "miner", m))
+                tasks.append(AdaptTask(self._frozen_part(m, x), yi, iterations,
+                                       np.random.default_rng(self._seed("adapt", "batches")), g))
+        weight = torch.stack([layer.weight.detach() for layer in lasts] * len(supports))
+        bias = torch.stack([layer.bias.detach() for layer in lasts] * len(supports))
+        adapt_last_layers(weight, bias, tasks, lr=p.adapt_lr, weight_decay=p.weight_decay,
+                          batch=lambda y, rng: balanced_batch(y, p.batch_size, p.samples_per_class, rng))
+        out: list[Method] = []
+        shared = {id(net.trunk): net.trunk for net in self.nets}
+        for i in range(len(supports)):
+            new = copy.deepcopy(self, dict(shared))
+            for m, net in enumerate(new.nets):
+                last = net.last_layer()
+                assert isinstance(last, nn.Linear)
+                with torch.no_grad():
+                    last.weight.copy_(weight[i * self.n_models + m])
+                    last.bias.copy_(bias[i * self.n_models + m])
+                net.eval()
+            out.append(new)
+        return out
+
+    def _frozen_part(self, m: int, x: Inputs) -> Callable[[np.ndarray], torch.Tensor]:
+        """rows -> inputs of model m's last layer (backbone and earlier head layers in eval mode, no gradients);
+        on cached features computed once for all of `x`."""
+        net = self.nets[m].eval()
+        dev = self.ctx.device
+
+        def below_last(xb: torch.Tensor) -> torch.Tensor:
+            h = net.trunk(xb)
+            for layer in list(net.head)[:-1]:
+                h = layer(h)
+            return h
+
+        if self.ctx.regime == "head":
+            bs = 4096
+            cached = torch.from_numpy(batched_forward(below_last, x, dev, bs)).to(dev)
+            return lambda rows: cached[torch.as_tensor(rows, dtype=torch.long)]
+
+        def fetch(rows: np.ndarray) -> torch.Tensor:
+            with torch.no_grad():
+                return below_last(x.fetch(rows, train=True).to(dev))
+
+        return fetch
+
+    def adaptation_record(self, k: int) -> dict[str, Any]:
+        """Protocol, objective, iterations (this k's entry of the schedule), learning rate and scope."""
+        if not self.info.uses_support:
+            return {}
+        p = self.params
+        rec: dict[str, Any] = {"protocol": p.adapt_protocol, "iterations": p.adapt_iterations_for(k),
+                               "lr": p.adapt_lr, "scope": p.adapt_scope}
+        if p.adapt_protocol == "oodml":
+            rec["objective"] = "margin 0.2, beta 1.2 fixed, distance-weighted miner cutoffs 0.5/1.4"
+            rec["batch"] = [p.batch_size, p.samples_per_class]
+        else:
+            rec["objective"] = "own"
+            rec["stop"] = p.adapt_stop
+        return rec
 
     def _embed_net(self, m: int, x: Inputs) -> np.ndarray:
         net = self.nets[m].eval()
@@ -384,9 +508,7 @@ class EmbeddingMethod(Method):
         if self.dmml is None:
             return {"": first}
         parts = [first] + [self._embed_net(m, x) for m in range(1, self.n_models)]
-        cat = np.concatenate([p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12) for p in parts], 1)
-        cat /= np.maximum(np.linalg.norm(cat, axis=1, keepdims=True), 1e-12)
-        return {"": first, "ensemble": cat.astype(np.float32)}
+        return {"": first, "ensemble": concat_normalized(parts)}
 
     def state_dict(self) -> dict[str, Any]:
         """The fitted source state: nets and objectives of every cohort model (CPU tensors)."""
@@ -394,13 +516,14 @@ class EmbeddingMethod(Method):
         def cpu(sd: dict[str, Any]) -> dict[str, Any]:
             return {k: v.detach().cpu().clone() for k, v in sd.items()}
 
-        return {"in_dim": self.in_dim, "n_classes": self.n_classes,
+        return {"in_dim": self.in_dim, "n_classes": self.n_classes, "selection": self.selection,
                 "nets": [cpu(n.state_dict()) for n in self.nets],
                 "objectives": [cpu(o.state_dict()) for o in self.objectives]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Rebuild the nets and objectives and load a `state_dict`."""
         self.in_dim = state["in_dim"]
+        self.selection = dict(state.get("selection", {}))
         self._build(int(state["n_classes"]))
         for net, sd in zip(self.nets, state["nets"], strict=True):
             net.load_state_dict(sd)

@@ -63,15 +63,15 @@ class ClassifierMethod(EmbeddingMethod):
 class BaselineMethod(ClassifierMethod):
     """Trained on the target k-shot support only: a fresh net and classifier, no source training."""
 
-    def fit(self, x: Inputs, y: np.ndarray) -> None:
+    adapts_source_model = False
+    fit_trains = False
+
+    def fit(self, x: Inputs, y: np.ndarray, val: tuple[Inputs, np.ndarray] | None = None) -> None:
         """No source training; only builds an (untrained) net so that `embed` is defined."""
         if self.in_dim is None and hasattr(x, "dim"):
             self.in_dim = int(x.dim)  # type: ignore[attr-defined]
         with seeded_torch(self._seed("fit")):
             self._build(1)
-
-    def _param_groups(self, m: int, stage: str) -> list[dict[str, Any]]:
-        return super()._param_groups(m, stage) if stage == "adapt" else []
 
     def prepare_adapt(self, x: Inputs, y: np.ndarray, n_classes: int) -> None:
         """Start from scratch on the target classes."""

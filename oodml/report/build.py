@@ -2,7 +2,8 @@
 
 Per dataset, under `<results>/<dataset>/`: `all.csv`, `levels.csv`, `leaderboard_k<k>.csv`, `curves_<metric>.png/.svg`,
 `gain_<metric>.png/.svg` and `.csv` (few-shot gain), `error_reduction.csv`, `report.md`, `report.html`.
-The same store gives byte-identical files.
+Intervals and p-values come from a bootstrap with a fixed seed, so the same store gives byte-identical files.
+Every column is documented in docs/results.md.
 """
 
 from __future__ import annotations
@@ -16,12 +17,21 @@ import numpy as np
 import pandas as pd
 
 from oodml import __version__
+from oodml.errors import check_name, check_writable
 from oodml.progress import log
-from oodml.report import curves, document as doc
+from oodml.report import curves, document as doc, intervals as iv
 from oodml.report.leaderboard import (ADAPTED_FAMILIES, choose_metrics, error_counts, error_reduction,
                                       few_shot_gain, leaderboard, level_stats, levels_table, ok_rows, seed_values)
+from oodml.report.stats import DEFAULT_BOOTSTRAP
 from oodml.report.store import Store, grid_entries, read_store
 from oodml.schema import ROW_COLUMNS, STATUSES
+
+#: Columns of `all.csv`: the GUIDE §5 row columns, then the unit columns (empty on the aggregate rows).
+ALL_COLUMNS: tuple[str, ...] = (*ROW_COLUMNS, "episode", "class")
+#: Columns a unit row of `all.csv` fills (the rest stay empty: join on `cell_id` for them).
+UNIT_ROW_COLUMNS: tuple[str, ...] = ("cell_id", "dataset", "method", "method_family", "split_level", "split_fid",
+                                     "split_hash", "k_shot", "seed", "metric", "value", "n_queries", "status",
+                                     "episode", "class")
 
 
 @dataclass(frozen=True)
@@ -40,14 +50,18 @@ class DatasetTables:
     gain: pd.DataFrame
     gain_metric: str | None
     error_reduction: pd.DataFrame
+    units: pd.DataFrame
+    coverage: iv.Coverage
+    n_boot: int
 
 
-def build_report(*, results: Path, metric: str | None = None) -> list[Path]:
+def build_report(*, results: Path, metric: str | None = None, bootstrap: int = DEFAULT_BOOTSTRAP) -> list[Path]:
     """Aggregate `<results>/cells/*.json` and write the SPEC §4 files for every dataset in it.
 
     Args:
         results: the folder `oodml run --results` wrote.
         metric: the leaderboard metric for every k; None: recall@1, or accuracy at a k without recall.
+        bootstrap: bootstrap replicates (and Monte Carlo sign patterns) per interval and p-value; 0: none.
 
     Returns:
         Every written path (the report.md and report.html of each dataset last); their folders are also logged.
@@ -57,7 +71,10 @@ def build_report(*, results: Path, metric: str | None = None) -> list[Path]:
     """
     t0 = time.perf_counter()
     store = read_store(Path(results))
-    tables = [aggregate(store, dataset, metric) for dataset in store.datasets]  # all checks before any output
+    for dataset in store.datasets:  # a name from the cell files becomes a folder: safe, and writable, before output
+        check_writable(Path(results) / check_name(dataset, f"cell files in {str(results)!r} name a dataset"),
+                       "report folder")
+    tables = [aggregate(store, dataset, metric, bootstrap) for dataset in store.datasets]  # checks before output
     log(f"report: {len(store.cells)} cell files, {len(store.rows)} rows, {len(tables)} dataset(s) read and "
         f"aggregated in {time.perf_counter() - t0:.1f}s")
     written: list[Path] = []
@@ -69,10 +86,11 @@ def build_report(*, results: Path, metric: str | None = None) -> list[Path]:
     return written
 
 
-def aggregate(store: Store, dataset: str, metric: str | None) -> DatasetTables:
-    """All tables of one dataset (no files written)."""
+def aggregate(store: Store, dataset: str, metric: str | None, bootstrap: int = DEFAULT_BOOTSTRAP) -> DatasetTables:
+    """All tables of one dataset (no files written); `bootstrap`: replicates per interval (0: no intervals)."""
     rows = store.rows[store.rows["dataset"] == dataset].reset_index(drop=True)
     cells = store.cells[store.cells["dataset"] == dataset].reset_index(drop=True)
+    units = store.units[store.units["dataset"] == dataset].reset_index(drop=True)
     levels = levels_table(rows)
     seeds = seed_values(ok_rows(rows))
     stats = level_stats(seeds)
@@ -81,38 +99,80 @@ def aggregate(store: Store, dataset: str, metric: str | None) -> DatasetTables:
     ran = grid[grid["status"].isin(("ok", "error")) & (grid["k_shot"] >= 0)]
     ks = sorted({int(k) for k in ran["k_shot"]})
     metric_by_k = choose_metrics(ok_rows(rows), ks, metric)
+    coverage = iv.Coverage()
     boards: dict[int, pd.DataFrame] = {}
+    frames = {k: iv.unit_frame(units, seeds, k=k, metric=m) for k, m in metric_by_k.items()}
     for k, m in metric_by_k.items():
         fams = ran[ran["k_shot"] == k].groupby("method")["method_family"].first()
+        iv.coverage_notes(frames[k], k, coverage)
         boards[k] = leaderboard(stats, seeds, levels, errors, k=k, metric=m,
-                                methods={str(a): str(b) for a, b in fams.items()})
-    gain_metric = metric if metric is not None else metric_by_k.get(0)
-    gain = few_shot_gain(stats, levels, gain_metric) if gain_metric else pd.DataFrame()
+                                methods={str(a): str(b) for a, b in fams.items()}, frame=frames[k], n_boot=bootstrap)
+    stats = level_stats(seeds, _level_ci(boards, metric_by_k))
+    gain_metric = metric if metric is not None else metric_by_k.get(0, "recall@1")
+    families = {str(a): str(b) for a, b in ran.groupby("method")["method_family"].first().items()}
+    gain_frames = {k: frames[k] if metric_by_k.get(k) == gain_metric else
+                   iv.unit_frame(units, seeds, k=k, metric=gain_metric) for k in ks if k > 0}
+    gain = few_shot_gain({k: f for k, f in gain_frames.items() if len(f)}, families, levels, gain_metric, bootstrap)
     return DatasetTables(dataset, rows, cells, grid, errors, levels, stats, metric_by_k, boards, gain,
-                         gain_metric if len(gain) else None, error_reduction(stats, levels, metric_by_k))
+                         gain_metric if len(gain) else None, error_reduction(stats, levels, metric_by_k), units,
+                         coverage, bootstrap)
+
+
+def _level_ci(boards: dict[int, pd.DataFrame], metric_by_k: dict[int, str]) -> pd.DataFrame:
+    """The leaderboards' per-level intervals as (metric, k_shot, method, split_level, ci_low, ci_high)."""
+    parts = []
+    for k, board in boards.items():
+        for col in board.columns:
+            if col.startswith("L") and col.endswith("_ci_low"):
+                lv = int(col[1:-len("_ci_low")])
+                parts.append(pd.DataFrame({"metric": metric_by_k[k], "k_shot": k, "method": board["method"],
+                                           "split_level": lv, "ci_low": board[col],
+                                           "ci_high": board[f"L{lv}_ci_high"]}))
+    cols = ["metric", "k_shot", "method", "split_level", "ci_low", "ci_high"]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+
+
+def write_all_csv(t: DatasetTables, path: Path) -> Path:
+    """`all.csv`: every stored row (`ALL_COLUMNS`, `episode` and `class` empty), then one row per unit value
+    (`UNIT_ROW_COLUMNS` filled, the other columns empty)."""
+    rows = t.rows[list(ROW_COLUMNS)].assign(episode=pd.NA, **{"class": None})
+    rows.to_csv(path, index=False, lineterminator="\n")
+    if len(t.units):
+        fids = dict(zip(t.levels["level"], t.levels["fid"]))
+        u = t.units.assign(split_fid=t.units["split_level"].map(fids), status="ok")
+        u["n_queries"] = u["n_queries"].astype("Int64")
+        u["split_level"] = u["split_level"].astype(np.int64)
+        u["seed"] = u["seed"].astype(np.int64)
+        u = u.reindex(columns=list(ALL_COLUMNS))
+        u.to_csv(path, index=False, header=False, mode="a", lineterminator="\n")
+    return path
 
 
 def write_dataset(t: DatasetTables, out: Path) -> list[Path]:
     """Write one dataset's CSVs, plots, report.md and report.html into `out`; returns the paths."""
     out.mkdir(parents=True, exist_ok=True)
-    written = [_csv(t.rows[list(ROW_COLUMNS)], out / "all.csv"), _csv(t.levels, out / "levels.csv")]
+    written = [write_all_csv(t, out / "all.csv"), _csv(t.levels, out / "levels.csv")]
     written += [_csv(board, out / f"leaderboard_k{k}.csv") for k, board in t.leaderboards.items()]
     written.append(_csv(t.error_reduction, out / "error_reduction.csv"))
     figures: list[tuple[Path, str]] = []
     for m in sorted(set(t.metric_by_k.values())):
         panels = {_panel_title(k): curves.metric_series(t.stats, t.levels, k=k, metric=m)
                   for k in sorted(t.metric_by_k) if ((t.stats["k_shot"] == k) & (t.stats["metric"] == m)).any()}
-        fig = curves.build_figure(panels, t.levels, ylabel=m, title=f"{t.dataset}: {m} vs. shift (95% band over seeds)")
+        fig = curves.build_figure(panels, t.levels, ylabel=m,
+                                  title=f"{t.dataset}: {m} vs. shift (95% bootstrap band over seeds and units)")
         paths = curves.save_figure(fig, out / f"curves_{m}")
         written += paths
-        figures.append((paths[1], f"{m} vs. FID of the split level, one panel per k, 95% band over seeds"))
+        figures.append((paths[1], f"{m} vs. FID of the split level, one panel per k, 95% hierarchical bootstrap "
+                                  "band (seeds, then episodes or test classes)"))
     if t.gain_metric:
         panels = {_panel_title(int(k)): curves.gain_series(t.gain, k=int(k)) for k in sorted(t.gain["k_shot"].unique())}
-        fig = curves.build_figure(panels, t.levels, ylabel=f"{t.gain_metric} at k minus at k = 0",
-                                  title=f"{t.dataset}: few-shot gain vs. shift", unit_range=False, zero_line=True)
+        fig = curves.build_figure(panels, t.levels, ylabel=f"{t.gain_metric}: adapted minus unadapted",
+                                  title=f"{t.dataset}: few-shot gain vs. shift (95% bootstrap band)", unit_range=False,
+                                  zero_line=True)
         paths = curves.save_figure(fig, out / f"gain_{t.gain_metric}")
         written += [*paths, _csv(t.gain, out / f"gain_{t.gain_metric}.csv")]
-        figures.append((paths[1], f"few-shot gain: {t.gain_metric} at k minus at k = 0, per method, vs. FID"))
+        figures.append((paths[1], f"few-shot gain: {t.gain_metric} of each adapted method minus its unadapted "
+                                  "source model on the same k-shot queries, vs. FID, 95% bootstrap band"))
     blocks = report_blocks(t, figures)
     title = f"oodml report: {t.dataset}"
     for name, render in (("report.md", doc.render_markdown), ("report.html", doc.render_html)):
@@ -155,12 +215,16 @@ def provenance(t: DatasetTables) -> list[str]:
 def board_display(board: pd.DataFrame, errors: pd.DataFrame) -> pd.DataFrame:
     """A leaderboard with formatted cells, e.g. `0.512 (n=2; 1 error)` at a level with fewer seeds or failures."""
     levels = [c for c in board.columns if c.startswith("L") and c[1:].isdigit()]
+    tied = board["tied_with_best"].fillna(False).astype(bool) & (board["rank"].fillna(0) != 1)
     shown = pd.DataFrame({
         "rank": board["rank"].astype(object).where(board["rank"].notna(), "—").astype(str),
-        "method": board["method"], "family": board["family"],
-        "mean": [doc.fmt_number(v) + (f" ({n}/{len(levels)} levels)" if 0 < n < len(levels) else "")
-                 for v, n in zip(board["mean"], board["n_levels"])],
-        "auc": board["auc"].map(doc.fmt_number),
+        "method": [m + (" ≈" if t else "") for m, t in zip(board["method"], tied)],
+        "family": board["family"],
+        "mean [95% CI]": [doc.fmt_interval(v, lo, hi) + (f" ({n}/{len(levels)} levels)" if 0 < n < len(levels) else "")
+                          for v, lo, hi, n in zip(board["mean"], board["ci_low"], board["ci_high"], board["n_levels"])],
+        "auc [95% CI]": [doc.fmt_interval(v, lo, hi)
+                         for v, lo, hi in zip(board["auc"], board["auc_ci_low"], board["auc_ci_high"])],
+        "p vs best (Holm)": board["vs_best_p_holm"].map(doc.fmt_p),
         "n_seeds": board["n_seeds"].astype(str), "errors": board["n_errors"].astype(str),
     })
     for c in levels:
@@ -168,7 +232,8 @@ def board_display(board: pd.DataFrame, errors: pd.DataFrame) -> pd.DataFrame:
         notes = [", ".join(([f"n={n}"] if n < full and np.isfinite(v) else [])
                            + ([f"{e} error" + ("s" if e > 1 else "")] if e else []))
                  for n, full, v, e in zip(board[f"n_{c}"], board["n_seeds"], board[c], n_err.fillna(0).astype(int))]
-        shown[c] = [doc.fmt_number(v) + (f" ({note})" if note else "") for v, note in zip(board[c], notes)]
+        shown[c] = [doc.fmt_interval(v, lo, hi) + (f" ({note})" if note else "")
+                    for v, lo, hi, note in zip(board[c], board[f"{c}_ci_low"], board[f"{c}_ci_high"], notes)]
     return shown
 
 
@@ -191,9 +256,17 @@ def report_blocks(t: DatasetTables, figures: list[tuple[Path, str]]) -> list[doc
     blocks.append(doc.table(levels.astype(object).where(levels.notna(), "—")))
     blocks.append(doc.heading("Leaderboards"))
     blocks.append(doc.text("Rows sorted by `mean` (over levels of the mean over seeds); equal means share a rank; "
-                           "`auc` is the area under the metric-vs-FID curve divided by the FID range. Error cells "
+                           "`auc` is the area under the metric-vs-FID curve divided by the FID range. Each value is "
+                           "printed as `mean [low, high]`, its 95% hierarchical percentile bootstrap interval "
+                           f"({t.n_boot} resamples of the seeds, then of the episodes (k > 0) or test classes "
+                           "(k = 0) within each seed). `p vs best (Holm)`: paired sign-flip permutation test of "
+                           "the mean over levels against the rank-1 method on the same units, Holm-adjusted over "
+                           "the methods; `≈` marks a method not distinguishable from rank 1 at 0.05. Error cells "
                            "are counted in `errors`, never averaged; `(n=..)` marks a level with fewer seeds; "
                            "`(i/n levels)` marks a mean (and auc) over only the levels that have values."))
+    if t.coverage.notes:
+        blocks.append(doc.text("Values without an interval (the mean is still exact):"))
+        blocks.append(doc.bullet_list(t.coverage.notes))
     if not t.leaderboards:
         blocks.append(doc.text("Nothing to rank: no cell of this dataset finished with `ok` or `error`."))
     for k, board in t.leaderboards.items():

@@ -37,20 +37,21 @@ class Series:
 
 
 def metric_series(stats: pd.DataFrame, levels: pd.DataFrame, *, k: int, metric: str) -> list[Series]:
-    """Per method: mean over seeds at each level with its 95% interval, for one k and metric (from `level_stats`)."""
+    """Per method: mean over seeds at each level with its 95% bootstrap interval, for one k and metric (from
+    `level_stats`; no band where the level has no interval)."""
     sub = stats[(stats["k_shot"] == k) & (stats["metric"] == metric)]
     sub = sub.merge(levels[["level", "fid"]].rename(columns={"level": "split_level"}), on="split_level")
     return [Series(str(m), str(g["method_family"].iloc[0]), g["fid"].to_numpy(float), g["split_level"].to_numpy(),
-                   g["mean"].to_numpy(float), g["ci_lo"].to_numpy(float), g["ci_hi"].to_numpy(float))
+                   g["mean"].to_numpy(float), g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float))
             for m, g in sub.sort_values(["method", "fid"]).groupby("method", sort=True)]
 
 
 def gain_series(gain: pd.DataFrame, *, k: int) -> list[Series]:
-    """Per method: few-shot gain (metric at k minus at k = 0) at each level, for one k (from `few_shot_gain`)."""
+    """Per adapted method: its few-shot gain over the unadapted model at each level, with the 95% bootstrap
+    interval as its band, for one k (from `few_shot_gain`)."""
     sub = gain[gain["k_shot"] == k].sort_values(["method", "fid"])
-    nan = np.full(0, np.nan)
     return [Series(str(m), str(g["method_family"].iloc[0]), g["fid"].to_numpy(float), g["split_level"].to_numpy(),
-                   g["gain"].to_numpy(float), nan, nan)
+                   g["gain"].to_numpy(float), g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float))
             for m, g in sub.groupby("method", sort=True)]
 
 

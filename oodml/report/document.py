@@ -62,6 +62,22 @@ def fmt_number(value: object, digits: int = 3) -> str:
     return str(value)
 
 
+def fmt_interval(value: object, low: object, high: object, digits: int = 3) -> str:
+    """`mean [low, high]`; just the mean when the interval is missing (NaN)."""
+    out = fmt_number(value, digits)
+    if out == "—" or fmt_number(low, digits) == "—" or fmt_number(high, digits) == "—":
+        return out
+    return f"{out} [{fmt_number(low, digits)}, {fmt_number(high, digits)}]"
+
+
+def fmt_p(value: object) -> str:
+    """A p-value with 2 significant digits (`<0.001` below that); NaN as an em dash."""
+    if value is None or not np.isfinite(float(value)):  # type: ignore[arg-type]
+        return "—"
+    v = float(value)  # type: ignore[arg-type]
+    return "<0.001" if v < 0.001 else f"{v:.2g}"
+
+
 def fmt_percent(value: object) -> str:
     """A fraction as a signed percentage with one decimal; NaN as an em dash."""
     if value is None or not np.isfinite(float(value)):  # type: ignore[arg-type]
@@ -69,9 +85,21 @@ def fmt_percent(value: object) -> str:
     return f"{100 * float(value):+.1f}%"  # type: ignore[arg-type]
 
 
+_CODE_SPAN = re.compile(r"(`[^`\n]*`)")
+_MD_SPECIAL = re.compile(r"([\\<>\[\]|])")
+
+
+def md_safe(value: str) -> str:
+    """`value` as one line of Markdown in which nothing read from a results folder can become markup: outside code
+    spans, `\\ < > [ ] |` are backslash-escaped (no HTML, links, images or table cells), and line breaks become
+    spaces (no new blocks). Code spans stay as they are: their content is shown literally."""
+    parts = _CODE_SPAN.split(" ".join(str(value).splitlines()))
+    return "".join(p if i % 2 else _MD_SPECIAL.sub(r"\\\1", p) for i, p in enumerate(parts))
+
+
 def render_markdown(title: str, blocks: Sequence[Block]) -> str:
-    """The report as GitHub-flavoured Markdown."""
-    out = [f"# {title}", ""]
+    """The report as GitHub-flavoured Markdown; every piece of text goes through `md_safe`."""
+    out = [f"# {md_safe(title)}", ""]
     for b in blocks:
         out += _MD[b.kind](b)
         out.append("")
@@ -79,28 +107,32 @@ def render_markdown(title: str, blocks: Sequence[Block]) -> str:
 
 
 def _md_heading(b: Block) -> list[str]:
-    return ["#" * b.level + " " + b.text]
+    return ["#" * b.level + " " + md_safe(b.text)]
+
+
+def _md_cell(value: object) -> str:
+    return re.sub(r"(?<!\\)\|", r"\\|", md_safe(str(value)))  # GFM ends a cell at `|` even inside a code span
 
 
 def _md_table(b: Block) -> list[str]:
     assert b.table is not None
-    cols = [str(c) for c in b.table.columns]
-    esc = [[str(v).replace("|", "\\|") for v in row] for row in b.table.astype(str).to_numpy()]
+    cols = [_md_cell(c) for c in b.table.columns]
+    esc = [[_md_cell(v) for v in row] for row in b.table.astype(str).to_numpy()]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in esc]
-    return ([b.text, ""] if b.text else []) + lines
+    return ([md_safe(b.text), ""] if b.text else []) + lines
 
 
 def _md_figure(b: Block) -> list[str]:
     assert b.image is not None
     png = b.image.with_suffix(".png").name
-    return [f"![{b.text}]({png})", "", f"*{b.text}* ([SVG]({b.image.name}))"]
+    return [f"![{md_safe(b.text)}]({png})", "", f"*{md_safe(b.text)}* ([SVG]({b.image.name}))"]
 
 
 _MD: dict[str, Callable[[Block], list[str]]] = {
     "heading": _md_heading,
-    "text": lambda b: [b.text],
-    "list": lambda b: [f"- {item}" for item in b.items],
+    "text": lambda b: [md_safe(b.text)],
+    "list": lambda b: [f"- {md_safe(item)}" for item in b.items],
     "table": _md_table,
     "figure": _md_figure,
 }

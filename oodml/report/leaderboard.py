@@ -2,6 +2,7 @@
 
 Everything here is a pandas group-by or pivot over the tidy rows; nothing computes a metric. Values are first
 averaged per seed (a seed's row already aggregates its episodes), then over seeds per level, then over levels.
+Intervals and p-values come from the per-unit values (`oodml.report.intervals`).
 """
 
 from __future__ import annotations
@@ -10,19 +11,19 @@ from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from oodml.errors import OodmlError, suggest
 from oodml.progress import log
+from oodml.report import intervals as iv
+from oodml.report.stats import ALPHA
 from oodml.schema import METRICS
 
 #: Default leaderboard metric per k: the first of these that the results hold at that k.
 DEFAULT_METRIC_ORDER: tuple[str, ...] = ("recall@1", "accuracy")
 #: Families whose methods adapt a source-trained embedding on the support set (Scott et al.'s hybrids).
 ADAPTED_FAMILIES: tuple[str, ...] = ("adapted",)
-#: Columns every leaderboard starts with (SPEC §4); `L<level>` columns follow, then `n_errors`, `n_levels`,
-#: `n_L<level>`.
-LEADERBOARD_HEAD: tuple[str, ...] = ("rank", "method", "family", "metric", "mean", "auc", "n_seeds")
+#: Unadapted counterparts whose name is not the adapted method's name without `adapted_`.
+UNADAPTED: dict[str, str] = {"adapted_proto": "protonet", "adapted_hist": "histogram"}
 _STAT_KEY = ["metric", "k_shot", "method", "split_level"]
 
 
@@ -88,17 +89,18 @@ def seed_values(ok: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def level_stats(seeds: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std, n and 95% t-interval over seeds per (metric, k, method, level)."""
+def level_stats(seeds: pd.DataFrame, level_ci: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Mean, std and n over seeds per (metric, k, method, level), with `ci_low`, `ci_high` from `level_ci`
+    (columns metric, k_shot, method, split_level, ci_low, ci_high: the bootstrap intervals; NaN elsewhere)."""
     grouped = seeds.groupby(_STAT_KEY, sort=True)
     out = grouped["value"].agg(["mean", "std", "count"]).rename(columns={"count": "n"})
     out["method_family"] = grouped["method_family"].first()
-    n = out["n"].to_numpy()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        half = np.where(n > 1, sps.t.ppf(0.975, np.maximum(n - 1, 1)) * out["std"].to_numpy() / np.sqrt(n), np.nan)
-    out["ci_lo"] = out["mean"] - half
-    out["ci_hi"] = out["mean"] + half
-    return out.reset_index()
+    out = out.reset_index()
+    if level_ci is None or level_ci.empty:
+        return out.assign(ci_low=np.nan, ci_high=np.nan)
+    ci = level_ci.astype({"k_shot": np.int64, "split_level": np.int64})
+    out = out.astype({"method": str, "metric": str}).merge(ci, on=_STAT_KEY, how="left")
+    return out
 
 
 def error_counts(grid: pd.DataFrame) -> pd.DataFrame:
@@ -131,9 +133,17 @@ def area_under_curve(fids: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 def leaderboard(stats: pd.DataFrame, seeds: pd.DataFrame, levels: pd.DataFrame, errors: pd.DataFrame, *, k: int,
-                metric: str, methods: Mapping[str, str]) -> pd.DataFrame:
-    """The SPEC §4 leaderboard of one k: `rank, method, family, metric, mean, auc, n_seeds, L..`, then `n_errors`,
-    `n_levels` (levels with a value: `mean` and `auc` cover only those) and `n_L..` (seeds per level).
+                metric: str, methods: Mapping[str, str], frame: pd.DataFrame | None = None,
+                n_boot: int = 0) -> pd.DataFrame:
+    """The SPEC §4 leaderboard of one k: `rank, method, family, metric, mean, ci_low, ci_high, auc, auc_ci_low,
+    auc_ci_high, n_seeds, vs_best_p, vs_best_p_holm, tied_with_best`, `L..`, `L.._ci_low`, `L.._ci_high`, then
+    `n_errors`, `n_levels` (levels with a value: `mean` and `auc` cover only those) and `n_L..` (seeds per level).
+
+    `ci_low`/`ci_high` are 95% hierarchical bootstrap intervals (seeds, then episodes or classes) of the mean over
+    levels, `auc_ci_*` of the auc, `L.._ci_*` of each level; `vs_best_p` is the paired sign-flip p-value of the
+    method's mean over levels against the rank-1 method on their shared units, `vs_best_p_holm` its Holm
+    adjustment over the methods, and `tied_with_best` is True for rank 1 and for every method whose adjusted p is
+    at least 0.05 (not distinguishable from rank 1).
 
     Args:
         stats: `level_stats` of one dataset.
@@ -143,6 +153,8 @@ def leaderboard(stats: pd.DataFrame, seeds: pd.DataFrame, levels: pd.DataFrame, 
         k: the shot count.
         metric: the metric to rank by.
         methods: method -> family of every method with a cell at this k (methods with only error cells included).
+        frame: `intervals.unit_frame` of this k and metric (None: no intervals or p-values).
+        n_boot: bootstrap replicates and Monte Carlo sign patterns.
 
     Returns:
         One row per method, best mean first; equal means share a rank; methods without values rank last, unranked.
@@ -166,24 +178,101 @@ def leaderboard(stats: pd.DataFrame, seeds: pd.DataFrame, levels: pd.DataFrame, 
         board[f"n_L{lv}"] = counts[lv].fillna(0).astype(int).to_numpy()
     board.insert(0, "rank", board["mean"].round(12).rank(method="min", ascending=False).astype("Int64"))
     board = board.sort_values(["rank", "method"], na_position="last", kind="stable").reset_index(drop=True)
-    return board
+    return _with_uncertainty(board, levels, level_ids, frame, n_boot)
 
 
-def few_shot_gain(stats: pd.DataFrame, levels: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per method, k > 0 and level: mean metric at k minus mean at k = 0 (both over seeds).
+def _with_uncertainty(board: pd.DataFrame, levels: pd.DataFrame, level_ids: list[int], frame: pd.DataFrame | None,
+                      n_boot: int) -> pd.DataFrame:
+    """Add the interval and significance columns to a sorted leaderboard (NaN without per-unit values)."""
+    names = board["method"].tolist()
+    fids = {int(lv): float(f) for lv, f in zip(levels["level"], levels["fid"])}
+    per_level, over = iv.level_intervals(frame, names, fids, n_boot)
+    over = over.set_index("method").reindex(names)
+    ranked = board["rank"].notna().to_numpy()
+    best = names[0] if len(names) and ranked[0] else None
+    if best is not None and frame is not None and n_boot > 0:
+        tests = iv.vs_best(frame, best, [m for m, r in zip(names, ranked) if r], fids, n_boot).set_index("method")
+    else:
+        tests = pd.DataFrame(columns=["vs_best_p", "vs_best_p_holm"])
+    p = tests["vs_best_p"].reindex(names).to_numpy(float)
+    p_holm = tests["vs_best_p_holm"].reindex(names).to_numpy(float)
+    tied = pd.array([True if m == best else (None if np.isnan(q) else bool(q >= ALPHA)) for m, q in zip(names, p_holm)],
+                    dtype="boolean")
+    head = {"ci_low": over["ci_low"].to_numpy(float), "ci_high": over["ci_high"].to_numpy(float)}
+    after_auc = {"auc_ci_low": over["auc_ci_low"].to_numpy(float), "auc_ci_high": over["auc_ci_high"].to_numpy(float)}
+    out = board.copy()
+    at = out.columns.get_loc("mean") + 1
+    for i, (col, vals) in enumerate(head.items()):
+        out.insert(at + i, col, vals)
+    at = out.columns.get_loc("auc") + 1
+    for i, (col, vals) in enumerate(after_auc.items()):
+        out.insert(at + i, col, vals)
+    at = out.columns.get_loc("n_seeds") + 1
+    for i, (col, vals) in enumerate({"vs_best_p": p, "vs_best_p_holm": p_holm, "tied_with_best": tied}.items()):
+        out.insert(at + i, col, vals)
+    ci = per_level.set_index(["method", "split_level"]) if len(per_level) else None
+    at = out.columns.get_loc(f"L{level_ids[-1]}") + 1 if level_ids else len(out.columns)
+    extra = {}
+    for lv in level_ids:
+        for side in ("ci_low", "ci_high"):
+            extra[f"L{lv}_{side}"] = ([float(ci[side].get((m, lv), np.nan)) for m in names] if ci is not None
+                                      else np.full(len(names), np.nan))
+    for i, (col, vals) in enumerate(extra.items()):
+        out.insert(at + i, col, vals)
+    return out
 
-    Returns columns `method, method_family, k_shot, split_level, fid, metric, mean_k, mean_0, gain`; empty when
-    the metric is not stored at k = 0 and some k > 0.
+
+#: Columns of `few_shot_gain`.
+GAIN_COLUMNS = ("method", "method_family", "unadapted", "k_shot", "split_level", "fid", "metric", "n_seeds", "n_units",
+                "mean_adapted", "mean_unadapted", "gain", "ci_low", "ci_high", "p", "p_holm")
+
+
+def unadapted_of(method: str, present: set[str]) -> str | None:
+    """The unadapted counterpart of an adapted method among `present`: `UNADAPTED`, else the name without
+    `adapted_` (`adapted_margin+sec[x]` -> `margin+sec[x]`); None when it did not run."""
+    base, bracket, variant = method.partition("[")
+    for name in (UNADAPTED.get(base), base.removeprefix("adapted_") if base.startswith("adapted_") else None):
+        if name is not None and name + bracket + variant in present:
+            return name + bracket + variant
+    return None
+
+
+def few_shot_gain(frames: Mapping[int, pd.DataFrame], families: Mapping[str, str], levels: pd.DataFrame,
+                  metric: str, n_boot: int) -> pd.DataFrame:
+    """The few-shot gain of every adapted method: per k > 0 and level, the paired difference "adapted minus the same
+    source model unadapted" on the same k-shot queries (same seeds and episodes), with its bootstrap interval, the
+    sign-flip p-value and Holm's adjustment over the levels.
+
+    Args:
+        frames: k -> `intervals.unit_frame` of (k, metric), for every k > 0 that has the metric.
+        families: method -> family (adapted methods: family in `ADAPTED_FAMILIES`).
+        levels: `levels_table`.
+        metric: the metric.
+        n_boot: bootstrap replicates and Monte Carlo sign patterns.
+
+    Returns:
+        `GAIN_COLUMNS`, one row per (k, adapted method, level); empty without adapted/unadapted pairs.
     """
-    sub = stats[stats["metric"] == metric]
-    zero = sub[sub["k_shot"] == 0][["method", "split_level", "mean"]].rename(columns={"mean": "mean_0"})
-    shots = sub[sub["k_shot"] > 0][["method", "method_family", "k_shot", "split_level", "mean"]]
-    out = shots.rename(columns={"mean": "mean_k"}).merge(zero, on=["method", "split_level"], how="inner")
-    out["gain"] = out["mean_k"] - out["mean_0"]
-    out["metric"] = metric
-    out = out.merge(levels[["level", "fid"]].rename(columns={"level": "split_level"}), on="split_level")
-    cols = ["method", "method_family", "k_shot", "split_level", "fid", "metric", "mean_k", "mean_0", "gain"]
-    return out[cols].sort_values(["k_shot", "method", "split_level"]).reset_index(drop=True)
+    fids = {int(lv): float(f) for lv, f in zip(levels["level"], levels["fid"])}
+    parts = []
+    for k, frame in sorted(frames.items()):
+        present = set(frame["method"].unique())
+        pairs = {m: (m, u) for m in sorted(present)
+                 if families.get(m) in ADAPTED_FAMILIES and (u := unadapted_of(m, present)) is not None}
+        if not pairs:
+            continue
+        d = iv.paired_differences(frame, pairs, fids, n_boot)
+        d = d[d["split_level"].notna()]
+        parts.append(pd.DataFrame({
+            "method": d["method_a"], "method_family": d["method_a"].map(families), "unadapted": d["method_b"],
+            "k_shot": k, "split_level": d["split_level"].astype(np.int64), "fid": d["fid"], "metric": metric,
+            "n_seeds": d["n_seeds"], "n_units": d["n_units"], "mean_adapted": d["mean_a"],
+            "mean_unadapted": d["mean_b"], "gain": d["diff"], "ci_low": d["ci_low"], "ci_high": d["ci_high"],
+            "p": d["p"], "p_holm": d["p_holm"]}))
+    if not parts:
+        return pd.DataFrame(columns=list(GAIN_COLUMNS))
+    out = pd.concat(parts, ignore_index=True)
+    return out.sort_values(["k_shot", "method", "split_level"]).reset_index(drop=True)[list(GAIN_COLUMNS)]
 
 
 def error_reduction(stats: pd.DataFrame, levels: pd.DataFrame, metric_by_k: Mapping[int, str]) -> pd.DataFrame:

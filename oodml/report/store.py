@@ -15,7 +15,7 @@ import json
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,13 @@ _CONFIG_KEYS: dict[str, tuple[str, ...]] = {
     "split_level": ("split_level", "level", "shift"), "k_shot": ("k_shot", "k"), "seed": ("seed",),
 }
 _CHUNK = 2000
+#: Per-unit values (issue 17): one row per (cell, method variant, k, metric, episode or class). `episode` is set on
+#: k-shot units (the split file's episode index), `class` on zero-shot units (a test class); `n_queries` is the
+#: class's query count (its weight in the cell's aggregate), NaN for episodes (equal weights).
+UNIT_COLUMNS: tuple[str, ...] = ("cell_id", "dataset", "method", "method_family", "split_level", "split_hash",
+                                 "k_shot", "seed", "metric", "episode", "class", "value", "n_queries")
+#: The payload lists that hold per-unit values, with their unit column: k-shot episodes, zero-shot test classes.
+UNIT_LISTS: dict[str, str] = {"episodes": "episode", "classes": "class"}
 #: Few distinct values, grouped and compared often: stored as pandas categoricals.
 _CATEGORY_COLUMNS = ("dataset", "method", "method_family", "metric", "status")
 
@@ -58,6 +65,7 @@ class Store:
     root: Path
     rows: pd.DataFrame
     cells: pd.DataFrame
+    units: pd.DataFrame = field(default_factory=lambda: empty_units())
 
     @property
     def datasets(self) -> list[str]:
@@ -122,11 +130,107 @@ def read_store(results: Path) -> Store:
         cells = _parse_files(files)
         rows, row_cell = _gather_rows(cells, files)
         table = _cell_table(cells, files, rows, row_cell)
+        units = _gather_units(cells, files, table, rows, row_cell)
         del cells
     _validate(rows, row_cell, table)
     for col in _CATEGORY_COLUMNS:  # factorised once here, not in every group-by and comparison downstream
         rows[col] = rows[col].astype("category")
-    return Store(Path(results), rows, table)
+    return Store(Path(results), rows, table, units)
+
+
+def empty_units() -> pd.DataFrame:
+    """A unit table without rows (`UNIT_COLUMNS`)."""
+    return pd.DataFrame({c: pd.Series(dtype=float if c in ("value", "n_queries") else object) for c in UNIT_COLUMNS})
+
+
+def _cell_spec(cell: Mapping[str, Any], first_method: Any) -> str:
+    """The method spec a cell ran (its `config.methods[0]`), which a unit's `variant` is appended to."""
+    config = cell.get("config") or {}
+    methods = config.get("methods") if isinstance(config, Mapping) else None
+    if isinstance(methods, list) and methods and isinstance(methods[0], str):
+        return methods[0]
+    spec = config.get("method") if isinstance(config, Mapping) else None
+    if isinstance(spec, str):
+        return spec
+    return str(first_method).split("[", 1)[0] if isinstance(first_method, str) else ""
+
+
+def _unit_entries(cells: list[dict[str, Any]], files: list[str], key: str, unit: str,
+                  specs: list[str]) -> pd.DataFrame | None:
+    """The entries of one per-unit list (`episodes` or `classes`) of every ok cell, as (cell, method, k, unit,
+    metric, value, n_queries) columns. Entries name their method (`method`, as the runner writes episodes) or
+    their embedding variant (`variant`, appended to the cell's spec as `spec[variant]`), and `k_shot` or `k`."""
+    per_cell = [c.get(key) or [] if c.get("status") == "ok" else [] for c in cells]
+    if not any(per_cell):
+        return None
+    bad = [i for i, lst in enumerate(per_cell) if not isinstance(lst, list)]
+    if bad:
+        raise OodmlError(f"cell file {files[bad[0]]!r} has a `{key}` that is not a list; delete it and rerun "
+                         "`oodml run`")
+    counts = np.fromiter(map(len, per_cell), dtype=np.int64, count=len(per_cell))
+    cell_idx = np.repeat(np.arange(len(cells)), counts)
+    flat = list(itertools.chain.from_iterable(per_cell))
+    first = flat[0] if isinstance(flat[0], Mapping) else {}
+    names = ("method" if "method" in first else "variant", "k_shot" if "k_shot" in first else "k", unit, "metric",
+             "value")
+    try:
+        tuples = list(map(itemgetter(*names), flat))
+        n_q = (np.fromiter(map(itemgetter("n_queries"), flat), dtype=float, count=len(flat)) if unit == "class"
+               else np.full(len(flat), np.nan))
+    except (KeyError, TypeError, ValueError):
+        for i, e in enumerate(flat):
+            if not isinstance(e, Mapping) or not set(names) <= set(e) or (unit == "class" and "n_queries" not in e):
+                want = ", ".join(names + (("n_queries",) if unit == "class" else ()))
+                raise OodmlError(f"cell file {files[cell_idx[i]]!r} has a `{key}` entry without {want}; delete it "
+                                 "and rerun `oodml run`") from None
+        raise OodmlError(f"cell file {files[cell_idx[0]]!r} has malformed `{key}` entries; rerun `oodml run`") from None
+    out = pd.DataFrame.from_records(tuples, columns=["method", "k_shot", unit, "metric", "value"])
+    out["n_queries"] = n_q
+    if names[0] == "variant":
+        spec = np.asarray(specs, dtype=object)[cell_idx]
+        variant = out["method"].fillna("").astype(str).to_numpy(dtype=object)
+        out["method"] = [s if not v else f"{s}[{v}]" for s, v in zip(spec, variant)]
+    out.insert(0, "_cell", cell_idx)
+    return out
+
+
+def _gather_units(cells: list[dict[str, Any]], files: list[str], table: pd.DataFrame, rows: pd.DataFrame,
+                  row_cell: np.ndarray) -> pd.DataFrame:
+    """Every per-unit value of the store (`UNIT_COLUMNS`); old cell files without unit lists add none."""
+    first_method = table.get("method", pd.Series([None] * len(cells))).tolist()
+    specs = [_cell_spec(c, m) for c, m in zip(cells, first_method)]
+    parts = [p for key, unit in UNIT_LISTS.items() if (p := _unit_entries(cells, files, key, unit, specs)) is not None]
+    if not parts:
+        return empty_units()
+    units = pd.concat(parts, ignore_index=True, sort=False)
+    idx = units.pop("_cell").to_numpy()
+    units["k_shot"] = pd.to_numeric(units["k_shot"], errors="coerce")
+    units["value"] = pd.to_numeric(units["value"], errors="coerce").astype(float)
+    value, n_q = units["value"].to_numpy(), units["n_queries"].to_numpy()
+    is_class = units["class"].notna().to_numpy() if "class" in units else np.zeros(len(units), bool)
+    bad = (np.isnan(value) | (value < 0) | (value > 1) | units["k_shot"].isna().to_numpy()
+           | (is_class & ~(n_q > 0)))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise OodmlError(f"cell file {files[idx[i]]!r} has a per-unit value that is missing, outside [0, 1] or "
+                         "without a positive n_queries; delete it and rerun `oodml run`")
+    hashes = rows.drop_duplicates("cell_id").set_index("cell_id")["split_hash"] if len(rows) else pd.Series()
+    cell_ids = table["cell_id"].to_numpy(dtype=object)[idx]
+    out = pd.DataFrame({"cell_id": cell_ids, "dataset": table["dataset"].to_numpy(dtype=object)[idx],
+                        "method": units["method"].astype(str).to_numpy(),
+                        "method_family": table["method_family"].to_numpy(dtype=object)[idx],
+                        "split_level": pd.to_numeric(table["split_level"], errors="coerce").to_numpy()[idx],
+                        "split_hash": pd.Series(cell_ids).map(hashes).to_numpy(dtype=object),
+                        "k_shot": units["k_shot"].astype(np.int64).to_numpy(),
+                        "seed": pd.to_numeric(table["seed"], errors="coerce").to_numpy()[idx],
+                        "metric": units["metric"].astype(str).to_numpy(),
+                        "episode": units["episode"].to_numpy() if "episode" in units else np.nan,
+                        "class": units["class"].to_numpy(dtype=object) if "class" in units else None,
+                        "value": value, "n_queries": n_q})
+    out["episode"] = pd.to_numeric(out["episode"], errors="coerce").astype("Int64")
+    for col in ("dataset", "method", "method_family", "metric"):
+        out[col] = out[col].astype("category")
+    return out
 
 
 @contextmanager

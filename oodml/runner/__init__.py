@@ -9,11 +9,12 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from oodml.config import RunCfg
+from oodml.config import RunCfg, check_grid_size
 from oodml.progress import log
 from oodml.runner.cell import CellResult, CellTask, execute
 from oodml.runner.executors import EXECUTORS, ExecOptions, Sink
-from oodml.runner.grid import Cell, Plan, describe, plan_grid
+from oodml.runner.grid import plan_grid
+from oodml.runner.plan import Cell, Plan, describe
 from oodml.runner.live import GridProgress
 from oodml.runner.store import Store, cell_payload
 
@@ -48,9 +49,9 @@ def make_tasks(plan: Plan, store: Store) -> tuple[list[CellTask], int]:
         if not cfg.force and store.is_done(cell):
             skipped += 1
             continue
-        stored = () if cfg.force else store.stored_ks(cell)
+        stored = () if cfg.force else store.stored_shots(cell)
         if stored:
-            cell = dataclasses.replace(cell, ks=tuple(sorted(set(cell.ks) | set(stored))))
+            cell = dataclasses.replace(cell, shots=tuple(sorted(set(cell.shots) | set(stored))))
         tasks.append(CellTask(cell=cell, level=plan.levels[cell.level], overrides=dict(cfg.method_params),
                               plugins=tuple(cfg.plugins), device=plan.device, threads=threads,
                               fit_cache=str(store.fits_dir.resolve()), refit=cfg.force, data_root=cfg.data_root,
@@ -87,8 +88,11 @@ def _headline(payload: dict[str, object]) -> str:
 
 def run_grid(cfg: RunCfg) -> int:
     """Run the grid described by `cfg`; returns 0 when every cell ended ok (or skipped), else 1."""
+    EXECUTORS.resolve(cfg.executor)  # an unknown executor: OodmlError with the closest names, before any work
     plan = plan_grid(cfg)
+    check_grid_size(len(plan.cells), cfg)
     store = Store(cfg.results)
+    store.remove_stale_temps()
     tasks, skipped = make_tasks(plan, store)
     log(describe(plan, len(tasks), skipped))
     log(f"run: results in {store.cells_dir}")

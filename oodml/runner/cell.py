@@ -7,8 +7,6 @@ This is what a worker process or a Ray task executes; it writes nothing but the 
 
 from __future__ import annotations
 
-import math
-import os
 import resource
 import time
 import traceback
@@ -20,12 +18,12 @@ from typing import Any
 import numpy as np
 
 from oodml.config import canonical_json
-from oodml.runner.grid import Cell, LevelData
+from oodml.eval.protocol import ClassValue, EpisodeValue, MetricRow, contiguous
+from oodml.io import atomic_write
+from oodml.progress import log
+from oodml.runner.plan import Cell
 from oodml.seeding import derive_seed, seed_everything
-
-ZERO_SHOT_METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi")
-FEW_SHOT_METRICS = ("accuracy", "recall@1", "recall@2", "recall@4", "recall@8", "map@r")
-RETRIEVAL_KS = (1, 2, 4, 8)
+from oodml.splits.levels import LevelData
 
 
 @dataclass
@@ -46,18 +44,21 @@ class CellTask:
 
 @dataclass
 class CellResult:
-    """Aggregated metrics (one dict per variant x k x metric), per-episode values, status and resources."""
+    """Aggregated metrics (one dict per variant x k x metric), per-episode values (k > 0), per-class values (k = 0),
+    status and resources."""
 
     cell_id: str
     status: str
     error: str | None = None
     traceback: str | None = None
-    metrics: list[dict[str, Any]] = field(default_factory=list)
-    episodes: list[dict[str, Any]] = field(default_factory=list)
+    metrics: list[MetricRow] = field(default_factory=list)
+    episodes: list[EpisodeValue] = field(default_factory=list)
+    classes: list[ClassValue] = field(default_factory=list)
     wall_time_s: float = 0.0
     cpu_time_s: float = 0.0
     peak_mem_mb: float | None = None
     fit_cached: bool = False
+    training: dict[str, Any] = field(default_factory=dict)  # e.g. the adaptation settings per k
 
 
 def execute(task: CellTask, features: Any) -> CellResult:
@@ -65,10 +66,11 @@ def execute(task: CellTask, features: Any) -> CellResult:
     t0, c0 = time.perf_counter(), time.process_time()
     _reset_peak_rss()
     try:
-        metrics, episodes, cached = _evaluate(task, features)
-        statuses = {m["status"] for m in metrics}
+        metrics, episodes, classes, cached, training = _evaluate(task, features)
+        statuses = {m.status for m in metrics}
         status = "skipped" if statuses == {"skipped"} else "ok"
-        result = CellResult(task.cell.cell_id, status, metrics=metrics, episodes=episodes, fit_cached=cached)
+        result = CellResult(task.cell.cell_id, status, metrics=metrics, episodes=episodes, classes=classes,
+                            fit_cached=cached, training=training)
     except Exception as e:  # one failing cell must not stop the grid (GUIDE §1.11)
         msg = " ".join(f"{type(e).__name__}: {e}".split())
         result = CellResult(task.cell.cell_id, "error", error=msg, traceback=traceback.format_exc())
@@ -88,7 +90,7 @@ def warm_up(plugins: tuple[str, ...] = ()) -> None:
     seed_everything(0)  # its first call imports torch._inductor (seconds)
     x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
     y = np.repeat(np.arange(4), 2)
-    ev.retrieval_metrics(x, y, RETRIEVAL_KS)
+    ev.retrieval_metrics(x, y)
     ev.nmi(x, y, seed=0)
     ev.prototype_accuracy(x[::2], y[::2], x[1::2], y[1::2])
     try:
@@ -110,13 +112,10 @@ def set_threads(n: int) -> None:
         pass
 
 
-def _contiguous(labels: np.ndarray) -> np.ndarray:
-    """Relabel to 0..C-1 (in sorted label order) for methods that train classifiers or proxies."""
-    return np.unique(labels, return_inverse=True)[1].astype(np.int64)
-
-
-def _evaluate(task: CellTask, fs: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
+def _evaluate(task: CellTask, fs: Any) -> tuple[list[MetricRow], list[EpisodeValue], list[ClassValue], bool,
+                                                dict[str, Any]]:
     from oodml import methods as api
+    from oodml.eval.protocol import EvalData, EvalSeeds, contiguous, evaluate
     from oodml.methods.base import MethodContext
 
     api.load_plugins(task.plugins)
@@ -130,217 +129,65 @@ def _evaluate(task: CellTask, fs: Any) -> tuple[list[dict[str, Any]], list[dict[
     def inputs(rows: np.ndarray) -> Any:
         return api.make_inputs(cell.regime, features=fs, rows=rows, dataset=dataset, backbone=cell.backbone)
 
-    fit_seed = derive_seed("fit", canonical_json(cell.seed_key()))
+    seed_key = canonical_json(cell.seed_key())
+    fit_seed = derive_seed("fit", seed_key)
     ctx = MethodContext(regime=cell.regime, in_dim=int(fs.features.shape[1]), backbone=cell.backbone,
-                        dataset=cell.dataset, device=task.device, seed=fit_seed % 2**32)
-    seed_everything(fit_seed)
-    method = api.build_method(cell.method, ctx, task.overrides)
-    cached = _fit(method, inputs(lv.train_rows), _contiguous(fs.labels[lv.train_rows]), task)
-    metrics: list[dict[str, Any]] = []
-    episodes: list[dict[str, Any]] = []
-    # a method that doesn't adapt embeds the test images alike in every episode: embed once, search once
-    few_ks = [k for k in cell.ks if k > 0]
-    shared_ks = ([k for k in few_ks if _shared_search_pays_off(fs, lv, k)]
-                 if few_ks and not method.info.uses_support and _supports_in_test(lv, few_ks) else [])
-    embs = method.embed_variants(inputs(lv.test_rows)) if shared_ks else None
-    zero_ok = 0 in cell.ks and method.info.zero_shot
-    zero, few = _shared_search(embs, fs, lv, shared_ks, zero_ok) if embs is not None else ({}, {})
-    for k in cell.ks:
-        if k == 0 and not method.info.zero_shot:
-            metrics += [_row("", 0, m, None, status="skipped") for m in ZERO_SHOT_METRICS]
-        elif k == 0:
-            metrics += _zero_shot(method, inputs, fs, lv, cell, embs, zero)
-        else:
-            m, e = few[k] if k in few else _few_shot(method, inputs, fs, lv, cell, k)
-            metrics += m
-            episodes += e
-    return metrics, episodes, cached
+                        device=task.device, seed=fit_seed % 2**32)
+
+    def build() -> Any:
+        seed_everything(fit_seed)
+        return api.build_method(cell.method, ctx, task.overrides)
+
+    method, cached = _fitted(build, inputs, lv, fs.labels, task)
+    data = EvalData(labels=fs.labels, test_rows=lv.test_rows, supports=lv.supports, class_names=fs.class_names)
+    seeds = EvalSeeds(metric_key=seed_key, adapt_key=cell.cell_id)
+    metrics, episodes, classes = evaluate(method, inputs, data, cell.shots, seeds)
+    adaptation = {str(k): r for k in cell.shots if k > 0 and (r := method.adaptation_record(k))}
+    training = {"fit": method.fit_record()} if method.fit_record() else {}
+    return metrics, episodes, classes, cached, ({**training, "adaptation": adaptation} if adaptation else training)
 
 
-def _fit(method: Any, x: Any, y: np.ndarray, task: CellTask) -> bool:
-    """Fit, or restore the fitted source state from the cache; returns True when the cache was used."""
+def _fitted(build: Callable[[], Any], inputs: Callable[[np.ndarray], Any], lv: LevelData, labels: np.ndarray,
+            task: CellTask) -> tuple[Any, bool]:
+    """A freshly built method fitted on the level's source rows, or restored from the fit cache (True when it was).
+    A method that selects its checkpoint on validation classes (`select=val`) fits without the level's validation
+    rows and scores them while it trains.
+
+    The cache holds tensors and plain values only and is read with `torch.load(weights_only=True)`, so a planted
+    file cannot run code; an unreadable, foreign or stale entry is refitted (from a freshly built method, as
+    without a cache) with a one-line note, and overwritten.
+    """
     import torch
 
+    method = build()
+    rows, val = lv.train_rows, None
+    if getattr(method, "selects_on_val", False) and len(lv.val_rows):  # hold the validation classes out
+        rows = lv.train_rows[~np.isin(lv.train_rows, lv.val_rows)]
+        val = (inputs(lv.val_rows), labels[lv.val_rows])
+    x, y = inputs(rows), contiguous(labels[rows])
     path = Path(task.fit_cache) / f"{task.cell.cell_id}.pt" if task.fit_cache else None
     if path is not None and path.is_file() and not task.refit:
         try:
-            # our own cache file (may hold numpy arrays besides tensors), written below by this function
-            state = torch.load(path, map_location=task.device, weights_only=False)
-        except Exception:  # a truncated or stale cache entry: fit again and overwrite it
-            state = None
-        if state is not None:
+            state = torch.load(path, map_location=task.device, weights_only=True)
+            if not isinstance(state, dict) or not state:
+                raise ValueError("not a state dict")
             method.load_state_dict(state)
-            return True
-    method.fit(x, y)
+            return method, True
+        except Exception as e:  # noqa: BLE001 -- any unusable entry is refitted
+            why = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+            log(f"note: fit cache {path} is unreadable or stale ({why}); fitting again")
+            method = build()
+    if val is None:
+        method.fit(x, y)
+    else:
+        method.fit(x, y, val=val)
     if path is not None:
         state = method.state_dict()
         if state:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            torch.save(state, tmp)
-            os.replace(tmp, path)
-    return False
-
-
-def _row(variant: str, k: int, metric: str, value: float | None, *, std: float | None = None, n_episodes: int = 0,
-         n_queries: int | None = None, knn_k: int | None = None, knn_backend: str | None = None,
-         status: str = "ok") -> dict[str, Any]:
-    return {"variant": variant, "k": k, "metric": metric, "value": value, "episode_std": std,
-            "n_episodes": n_episodes, "n_queries": n_queries, "knn_k": knn_k, "knn_backend": knn_backend,
-            "status": status}
-
-
-def _finite(value: Any, what: str) -> float:
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{what} is {v}; the embeddings contain NaN or inf")
-    return v
-
-
-def _zero_shot(method: Any, inputs: Callable[[np.ndarray], Any], fs: Any, lv: LevelData, cell: Cell,
-               embs: dict[str, np.ndarray] | None = None,
-               retrieval: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """k = 0 rows; `embs`: the test rows' embedding variants, `retrieval`: their retrieval metrics, when already
-    computed (`_shared_search`)."""
-    from oodml.eval import nmi, retrieval_metrics
-
-    labels = fs.labels[lv.test_rows]
-    out: list[dict[str, Any]] = []
-    for variant, emb in (method.embed_variants(inputs(lv.test_rows)) if embs is None else embs).items():
-        r = retrieval[variant] if retrieval else retrieval_metrics(emb, labels, RETRIEVAL_KS)
-        for m in ZERO_SHOT_METRICS[:-1]:
-            out.append(_row(variant, 0, m, _finite(r[m], f"{m} ({variant or 'base'}, k=0)"),
-                            n_queries=int(r["n_queries"]), knn_k=r.get("knn_k"), knn_backend=r.get("knn_backend")))
-        value = nmi(emb, labels, seed=derive_seed("nmi", canonical_json(cell.seed_key()), variant) % 2**32)
-        out.append(_row(variant, 0, "nmi", _finite(value, f"nmi ({variant or 'base'}, k=0)"),
-                        n_queries=len(labels)))
-    return out
-
-
-def _few_shot(method: Any, inputs: Callable[[np.ndarray], Any], fs: Any, lv: LevelData, cell: Cell,
-              k: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    from oodml.eval import prototype_accuracy, retrieval_metrics
-
-    acc = _KShot(k)
-    n_queries: list[int] = []
-    for e, support in enumerate(lv.supports[k]):
-        s_lab = fs.labels[support]
-        queries = lv.test_rows[_query_mask(fs, lv, support)]
-        q_lab = fs.labels[queries]
-        n_queries.append(len(queries))
-        seed_everything(derive_seed("adapt", cell.cell_id, k, e))
-        model = method.adapt(inputs(support), _contiguous(s_lab)) if method.info.uses_support else method
-        both = model.embed_variants(inputs(np.concatenate([support, queries])))
-        for variant, emb in both.items():
-            s_emb, q_emb = emb[: len(support)], emb[len(support):]
-            r = dict(retrieval_metrics(q_emb, q_lab, RETRIEVAL_KS))
-            r["accuracy"] = prototype_accuracy(s_emb, s_lab, q_emb, q_lab)
-            acc.add(variant, e, r)
-    return acc.result(n_queries)
-
-
-class _KShot:
-    """Collects one k's per-episode metrics (episode rows) and aggregates them (mean, std over episodes)."""
-
-    def __init__(self, k: int) -> None:
-        self.k = k
-        self.values: dict[tuple[str, str], list[float]] = {}
-        self.extra: dict[tuple[str, str], dict[str, Any]] = {}
-        self.episodes: list[dict[str, Any]] = []
-
-    def add(self, variant: str, episode: int, r: dict[str, Any]) -> None:
-        """Record one episode's metrics `r` (retrieval metrics plus `accuracy`) of one variant."""
-        for m in FEW_SHOT_METRICS:
-            v = _finite(r[m], f"{m} ({variant or 'base'}, k={self.k}, episode {episode})")
-            self.values.setdefault((variant, m), []).append(v)
-            self.episodes.append({"variant": variant, "k": self.k, "episode": episode, "metric": m, "value": v})
-            if m != "accuracy":
-                self.extra[(variant, m)] = {"knn_k": r.get("knn_k"), "knn_backend": r.get("knn_backend")}
-
-    def result(self, n_queries: list[int]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """(one row per variant and metric, the episode rows); `n_queries`: each episode's query count."""
-        rows = []
-        for (variant, m), vals in self.values.items():
-            arr = np.asarray(vals, dtype=np.float64)
-            rows.append(_row(variant, self.k, m, float(arr.mean()), std=float(arr.std()), n_episodes=len(vals),
-                             n_queries=int(round(float(np.mean(n_queries)))), **self.extra.get((variant, m), {})))
-        return rows, self.episodes
-
-
-def _query_mask(fs: Any, lv: LevelData, support: np.ndarray) -> np.ndarray:
-    """Over the level's test rows: True for an episode's queries, i.e. its classes' test images less its support."""
-    return np.isin(fs.labels[lv.test_rows], np.unique(fs.labels[support])) & ~np.isin(lv.test_rows, support)
-
-
-def _supports_in_test(lv: LevelData, ks: list[int]) -> bool:
-    """True when every support row of these k's episodes is a test row (as split files make them)."""
-    return all(np.isin(s, lv.test_rows).all() for k in ks for s in lv.supports[k])
-
-
-#: the shared search must look past every row outside an episode's queries, and each episode then scans all of
-#: those neighbour lists; beyond this share of the test rows per-episode searches are cheaper. Measured on
-#: Omniglot (13,180 test images, 10 episodes per k): 10-shot episodes hold half the test rows as support, and a
-#: shared search 6,600 deep made a plain method's cell ~50 s instead of ~15 s; CUB-sized 10-shot episodes (17%
-#: outside) are 3x cheaper shared (benchmarks/grid.py --shared-vs-episodes).
-SHARED_SEARCH_MAX_OUTSIDE = 0.2
-
-
-def _shared_search_pays_off(fs: Any, lv: LevelData, k: int) -> bool:
-    """True when no `k`-shot episode leaves more than `SHARED_SEARCH_MAX_OUTSIDE` of the test rows out of its
-    queries (its support, and for n-way episodes the other classes)."""
-    n = len(lv.test_rows)
-    for support in lv.supports[k]:
-        outside = n - int(_query_mask(fs, lv, support).sum())
-        if outside > SHARED_SEARCH_MAX_OUTSIDE * n:
-            return False
-    return True
-
-
-def _shared_search(embs: dict[str, np.ndarray], fs: Any, lv: LevelData, ks: list[int], zero: bool,
-                   ) -> tuple[dict[str, dict[str, Any]], dict[int, tuple[list[dict[str, Any]], list[dict[str, Any]]]]]:
-    """The k-shot episodes of `ks` for a method that doesn't adapt, from one embedding of the test rows and one kNN
-    search per variant, deep enough for every episode (`SubsetRetrieval.depth`); rows and episodes as `_few_shot`
-    makes them.
-    With `zero`, the same search also gives the zero-shot retrieval metrics (variant -> `retrieval_metrics` dict).
-
-    An episode's queries keep their test-row order, so dropping the non-queries from the shared neighbour lists
-    gives the (distance, index) order of a search over the queries alone, up to faiss's float32 rounding, which
-    depends on the database layout: neighbours within ~1e-5 relative distance may swap (CUB-sized benchmark:
-    episode values differ by at most 3e-6; benchmarks/grid.py --shared-vs-episodes).
-    """
-    from oodml.eval import knn_batches, prototype_accuracy
-    from oodml.eval.subsets import SubsetRetrieval
-
-    test_labels = fs.labels[lv.test_rows]
-    plan: list[tuple[int, int, np.ndarray, np.ndarray]] = []  # (k, episode, support positions, query mask)
-    for k in ks:
-        for e, support in enumerate(lv.supports[k]):
-            s_pos = np.searchsorted(lv.test_rows, support)
-            plan.append((k, e, s_pos, _query_mask(fs, lv, support)))
-    results: dict[tuple[str, int, int], dict[str, Any]] = {}
-    zero_shot: dict[str, dict[str, Any]] = {}
-    for variant, emb in embs.items():
-        everything = [SubsetRetrieval(test_labels, np.ones(len(test_labels), dtype=bool), RETRIEVAL_KS)] if zero else []
-        accs = [SubsetRetrieval(test_labels, mask, RETRIEVAL_KS) for _, _, _, mask in plan]
-        if accs or everything:
-            depth = max(a.depth for a in accs + everything)
-            for s, e, _, idx in knn_batches(emb, depth, backend="faiss")[1]:
-                for a in accs + everything:
-                    a.update(s, e, idx)
-        if everything:
-            zero_shot[variant] = everything[0].result()
-        for (k, ep, s_pos, mask), a in zip(plan, accs, strict=True):
-            r = a.result()
-            r["accuracy"] = prototype_accuracy(emb[s_pos], test_labels[s_pos], emb[mask], test_labels[mask])
-            results[(variant, k, ep)] = r
-    out: dict[int, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
-    for k in ks:
-        acc = _KShot(k)
-        for ep in range(len(lv.supports[k])):
-            for variant in embs:
-                acc.add(variant, ep, results[(variant, k, ep)])
-        out[k] = acc.result([int(mask.sum()) for kk, _, _, mask in plan if kk == k])
-    return zero_shot, out
+            with atomic_write(path, "wb") as f:
+                torch.save(state, f)
+    return method, False
 
 
 def _reset_peak_rss() -> None:

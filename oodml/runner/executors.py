@@ -12,16 +12,16 @@ import multiprocessing as mp
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
-from oodml.errors import OodmlError
+from oodml.compat import RAY_INSTALL, import_ray  # noqa: F401 -- import_ray: alias of its home
 from oodml.registry import Registry
 from oodml.runner.cell import CellResult, CellTask, execute, set_threads, warm_up
+from oodml.runner.procs import die_with_parent, mark_run
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,8 @@ class Sink:
         """`task` is done; the parent stores `result`."""
 
 
-#: An executor runs `tasks` with `features` (a FeatureSet) and its options, reporting to a Sink.
-ExecutorFn = Callable[..., None]
+#: name -> executor `fn(tasks, features, opts, sink)`: runs the tasks with the features (a FeatureSet), reporting
+#: to the Sink
 EXECUTORS: Registry[ExecutorInfo] = Registry("executor")  # type: ignore[type-var]  # frozen vs HasName
 
 
@@ -70,6 +70,7 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(features_path: str, threads: int, plugins: tuple[str, ...]) -> None:
     from oodml.features.io import FeatureSet
 
+    die_with_parent()  # the forkserver, which dies with the run
     set_threads(threads)
     _WORKER["features"] = FeatureSet.load(features_path)
     warm_up(plugins)
@@ -108,7 +109,8 @@ def _mp_context() -> mp.context.BaseContext:
     if "forkserver" not in mp.get_all_start_methods():  # pragma: no cover - Windows
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["oodml.runner.cell", "oodml.methods", "oodml.eval", "faiss", "sklearn.metrics",
+    mark_run()
+    ctx.set_forkserver_preload(["oodml.runner.forkserver", "oodml.runner.cell", "oodml.methods", "oodml.eval", "faiss", "sklearn.metrics",
                                 "pytorch_metric_learning.losses", "torch._inductor"])
     return ctx
 
@@ -160,19 +162,6 @@ def _pool_round(queue: Iterator[CellTask], opts: ExecOptions, sink: Sink) -> int
 
 
 # --- ray ---------------------------------------------------------------------------------------------------------
-
-RAY_INSTALL = "pip install 'oodml[ray]'  (or: pip install 'ray>=2.9')"
-
-
-def import_ray() -> ModuleType:
-    """Import Ray; OodmlError with the install command when it is missing."""
-    try:
-        import ray
-    except ImportError:
-        raise OodmlError(f"--executor ray needs Ray, which is not installed; install it with {RAY_INSTALL}, "
-                         f"or use --executor local") from None
-    return ray
-
 
 def _ray_execute(task: CellTask, features: Any, threads: int) -> CellResult:
     set_threads(threads)

@@ -11,14 +11,16 @@ import functools
 import json
 import os
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from oodml.config import canonical_json, cfg_hash
+from oodml.eval.protocol import MetricRow
+from oodml.io import atomic_write, remove_stale_temps
+from oodml.progress import log
 from oodml.runner.cell import CellResult
-from oodml.runner.grid import Cell, Plan
+from oodml.runner.plan import Cell, Plan
 from oodml.schema import EPISODE_COLUMNS, ROW_COLUMNS, SCHEMA_VERSION
 
 DONE_STATUSES = ("ok", "skipped")
@@ -26,8 +28,9 @@ DONE_STATUSES = ("ok", "skipped")
 LIBRARIES = ("torch", "numpy", "faiss-cpu", "pytorch-metric-learning", "timm", "scipy", "scikit-learn", "ray")
 
 
-class Store:
-    """Cell files under `<root>/cells/`; the fit cache under `<root>/fits/`."""
+class CellStore:
+    """The writer's side of the results store: cell files under `<root>/cells/`, the fit cache under `<root>/fits/`
+    (`oodml.report.store` reads it)."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -48,36 +51,31 @@ class Store:
         return data if isinstance(data, dict) else None
 
     def is_done(self, cell: Cell) -> bool:
-        """True when the cell's file finished (`ok`/`skipped`) and covers every k the cell asks for."""
-        data = self.read(cell.cell_id)
-        if data is None or data.get("status") not in DONE_STATUSES:
-            return False
-        have = set((data.get("config") or {}).get("ks") or [])
-        return set(cell.ks) <= have
+        """True when the cell's file is a finished cell (`finished_cell`) that covers every k the cell asks for."""
+        return set(cell.shots) <= set(self.stored_shots(cell))
 
-    def stored_ks(self, cell: Cell) -> tuple[int, ...]:
-        """The k values a finished file of this cell already holds (empty when none)."""
+    def stored_shots(self, cell: Cell) -> tuple[int, ...]:
+        """The k values a finished file of this cell already holds (empty when none, or when the file is not a
+        well-formed finished cell: it is then recomputed)."""
         data = self.read(cell.cell_id)
-        if data is None or data.get("status") not in DONE_STATUSES:
+        if data is None or not finished_cell(data, cell.cell_id):
             return ()
-        return tuple(int(k) for k in (data.get("config") or {}).get("ks") or [])
+        return tuple(int(k) for k in data["config"]["ks"])
 
     def write(self, payload: dict[str, Any]) -> Path:
         """Write one cell file atomically (temp file in the same folder, fsync, rename)."""
         self.cells_dir.mkdir(parents=True, exist_ok=True)
         final = self.path(payload["cell_id"])
         text = json.dumps(payload, indent=1, allow_nan=False) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=self.cells_dir)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(final) as f:
+            f.write(text)
         return final
+
+    def remove_stale_temps(self) -> None:
+        """Remove temp files that killed runs left in the cells and fits folders (one line when there were any)."""
+        removed = remove_stale_temps(self.cells_dir) + remove_stale_temps(self.fits_dir)
+        if removed:
+            log(f"run: removed {len(removed)} temp file(s) left by an interrupted run under {self.root}")
 
     def cells(self) -> list[dict[str, Any]]:
         """Every readable cell file, sorted by cell id."""
@@ -87,6 +85,25 @@ class Store:
             if data is not None:
                 out.append(data)
         return out
+
+
+def finished_cell(data: dict[str, Any], cell_id: str) -> bool:
+    """True when `data` is a finished cell file of `cell_id` as the runner writes it: status ok/skipped, its id,
+    a config listing its k, and rows with every schema column (anything else is recomputed, not skipped)."""
+    config = data.get("config")
+    rows = data.get("rows")
+    if data.get("status") not in DONE_STATUSES or data.get("cell_id") != cell_id or not isinstance(config, dict):
+        return False
+    ks = config.get("ks")
+    if not isinstance(ks, list) or not ks or not all(isinstance(k, int) and not isinstance(k, bool) for k in ks):
+        return False
+    if not isinstance(rows, list) or not rows or not isinstance(data.get("episodes", []), list):
+        return False
+    return all(isinstance(r, dict) and all(c in r for c in ROW_COLUMNS) and r.get("cell_id") == cell_id
+               for r in rows)
+
+
+Store = CellStore  # alias of the name before the writer and reader stores got distinct names
 
 
 @functools.lru_cache(maxsize=1)
@@ -136,7 +153,8 @@ def _git_sha() -> str | None:
 
 
 def cell_payload(plan: Plan, cell: Cell, result: CellResult) -> dict[str, Any]:
-    """The cell file: id, status, error, resolved config, provenance, tidy rows and per-episode rows."""
+    """The cell file: id, status, error, resolved config, provenance, tidy rows, per-episode rows (k > 0) and
+    per-class rows (k = 0: `{"variant", "k", "class", "metric", "value", "n_queries"}`)."""
     prov = provenance()
     config = plan.config_for(cell)
     config_hash = cfg_hash(config)
@@ -152,32 +170,29 @@ def cell_payload(plan: Plan, cell: Cell, result: CellResult) -> dict[str, Any]:
         "seed": cell.seed, "wall_time_s": result.wall_time_s, "peak_mem_mb": result.peak_mem_mb,
         "device": plan.device, "config_hash": config_hash, "config_json": config_json,
     }
-    metrics: list[dict[str, Any]]
-    if result.status == "error":
-        metrics = [{"variant": "", "k": k, "metric": None, "value": None, "episode_std": None, "n_episodes": 0,
-                    "n_queries": None, "knn_k": None, "knn_backend": None, "status": "error"} for k in cell.ks]
-    else:
-        metrics = result.metrics
+    # an error cell: one row per shots value, without a metric
+    metrics = ([MetricRow("", k, None, None, status="error") for k in cell.shots] if result.status == "error"
+               else result.metrics)
     rows = []
     for m in metrics:
-        row = {**base, "method": method_label(cell.method, m["variant"]), "k_shot": m["k"],
-               "n_episodes": m["n_episodes"], "metric": m["metric"], "value": m["value"],
-               "episode_std": m["episode_std"], "n_queries": m["n_queries"], "knn_k": m["knn_k"],
-               "knn_backend": m["knn_backend"], "status": m["status"],
-               "error": result.error if m["status"] == "error" else None}
+        row = {**base, "method": method_label(cell.method, m.variant), "k_shot": m.k, "n_episodes": m.n_episodes,
+               "metric": m.metric, "value": m.value, "episode_std": m.episode_std, "n_queries": m.n_queries,
+               "knn_k": m.knn_k, "knn_backend": m.knn_backend, "status": m.status,
+               "error": result.error if m.status == "error" else None}
         rows.append({c: row[c] for c in ROW_COLUMNS})
     episodes = []
     for e in result.episodes:
-        ep = {"cell_id": cell.cell_id, "method": method_label(cell.method, e["variant"]), "split_level": cell.level,
-              "k_shot": e["k"], "seed": cell.seed, "episode": e["episode"], "metric": e["metric"],
-              "value": e["value"]}
+        ep = {"cell_id": cell.cell_id, "method": method_label(cell.method, e.variant), "split_level": cell.level,
+              "k_shot": e.k, "seed": cell.seed, "episode": e.episode, "metric": e.metric, "value": e.value}
         episodes.append({c: ep[c] for c in EPISODE_COLUMNS})
     payload: dict[str, Any] = {
         "cell_id": cell.cell_id, "status": result.status, "error": result.error, "config": config,
         "config_hash": config_hash, "provenance": prov, "wall_time_s": result.wall_time_s,
         "cpu_time_s": result.cpu_time_s, "peak_mem_mb": result.peak_mem_mb, "fit_cached": result.fit_cached,
-        "rows": rows, "episodes": episodes,
+        "rows": rows, "episodes": episodes, "classes": [c.to_dict() for c in result.classes],
     }
+    if result.training:
+        payload["training"] = result.training
     if result.traceback:
         payload["traceback"] = result.traceback
     return payload

@@ -289,24 +289,20 @@ def _names(fs: FeatureSet, side: np.ndarray, s: int) -> list[str]:
 
 
 @one_blas_thread()  # the walk's choices and the level FIDs must not depend on OMP_NUM_THREADS
-def build_ladder(fs: FeatureSet, *, levels: int = 8, ks: tuple[int, ...] = (2, 5, 10), episodes: int = 10,
-                 seed: int = 0, ways: int | None = None, val_fraction: float = 0.25, floor_fraction: float = 0.5,
-                 tabu: int = 5, swaps_per_step: int | None = None, max_steps: int = 300, patience: int = 5,
-                 min_gain: float = 1e-3, classes_from: dict[str, Any] | None = None) -> SplitSpec:
+def build_ladder(fs: FeatureSet, cfg: LadderCfg | None = None, *,
+                 classes_from: dict[str, Any] | None = None) -> SplitSpec:
     """Build the FID ladder of a features file (see the module docstring).
 
     Args:
         fs: features (class means are taken over its images).
-        levels, ks, episodes, seed, ways, val_fraction, floor_fraction, tabu, swaps_per_step, max_steps, patience,
-            min_gain: see `LadderCfg`.
+        cfg: the ladder's knobs (`LadderCfg()`, the ooDML procedure, when None).
         classes_from: description of where the classes came from, recorded in the split file.
 
     Returns:
         The validated SplitSpec, levels 1..L by strictly increasing FID.
     """
-    cfg = LadderCfg(levels=levels, ks=tuple(ks), episodes=episodes, seed=seed, ways=ways, val_fraction=val_fraction,
-                    floor_fraction=floor_fraction, tabu=tabu, swaps_per_step=swaps_per_step, max_steps=max_steps,
-                    patience=patience, min_gain=min_gain)
+    cfg = cfg or LadderCfg()
+    seed = cfg.seed
     dataset = fs.dataset or "unknown"
     raw = fs.class_means()
     present = np.isfinite(raw).all(axis=1)
@@ -436,7 +432,7 @@ def make_splits_command(*, dataset: str | None, backbone: str, data_root: str | 
     names = [str(c) for c in fs.class_names]
     classes_from |= {"first_class": min(names), "last_class": max(names)}
     classes_from |= {k: fs.meta[k] for k in ("dataset_hash", "transform", "runtime") if k in fs.meta}
-    spec = build_ladder(fs, levels=levels, ks=tuple(ks), episodes=episodes, seed=seed, ways=ways,
+    spec = build_ladder(fs, LadderCfg(levels=levels, ks=tuple(ks), episodes=episodes, seed=seed, ways=ways),
                         classes_from=classes_from)
     path = Path(out) if out is not None else Path("splits") / f"{spec.dataset}.json"
     spec.save(path)

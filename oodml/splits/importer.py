@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import pickle
 import re
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from oodml.errors import OodmlError
+from oodml.errors import OodmlError, check_bounded
 from oodml.progress import log
 from oodml.splits.spec import Level, SplitSpec
 
@@ -72,14 +73,21 @@ class SafeUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
 
 
+#: largest pickle read (the published ooDML split pickles are a few MB)
+MAX_PICKLE_BYTES = 256 << 20
+
+
 def safe_load(data: bytes) -> Any:
-    """Unpickle `data` admitting only numpy scalars and builtin containers; OodmlError otherwise."""
+    """Unpickle `data` admitting only numpy scalars and builtin containers; OodmlError otherwise, also when the
+    result nests too deep or its shared references expand far beyond the size of `data` (an alias bomb)."""
     try:
-        return SafeUnpickler(io.BytesIO(data)).load()
+        obj = SafeUnpickler(io.BytesIO(data)).load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            ImportError) as e:
-        raise OodmlError(f"refusing to load the pickle: {e}; only ooDML split pickles (numpy scalars) are accepted") \
-            from None
+            ImportError, RecursionError, MemoryError) as e:
+        raise OodmlError(f"refusing to load the pickle: {type(e).__name__}: {str(e)[:100]}; only ooDML split "
+                         "pickles (numpy scalars) are accepted") from None
+    check_bounded(obj, "the pickle", max_nodes=100_000 + 4 * len(data))
+    return obj
 
 
 def _plain(x: Any) -> Any:
@@ -194,14 +202,45 @@ def _resolver(dataset: str, pickle_file: Path, annotations: Path | None) -> tupl
 # ---- conversion -------------------------------------------------------------------------------------------------
 
 def _as_split_dict(obj: Any, path: Path) -> dict[int, dict[str, Any]]:
+    """The pickle's splits, each checked for the types the conversion relies on; OodmlError naming the first bad
+    value otherwise."""
     bad = f"{str(path)!r} is not an ooDML split pickle"
     if not isinstance(obj, dict) or not obj:
         raise OodmlError(f"{bad}: expected a dict of split id -> split")
     need = {"train", "test", "fid"}
     for sid, split in obj.items():
-        if not isinstance(sid, int) or not isinstance(split, dict) or not need <= set(split):
-            raise OodmlError(f"{bad}: split {sid!r} lacks keys {sorted(need)}")
+        if not isinstance(sid, int) or isinstance(sid, bool) or not isinstance(split, dict) or not need <= set(split):
+            raise OodmlError(f"{bad}: split {str(sid)[:20]!r} lacks keys {sorted(need)}")
+        where = f"{bad}: split {sid}"
+        for key in ("train", "test", "split_val"):
+            if key in split and not _is_names(split[key]):
+                raise OodmlError(f"{where}: `{key}` must be a list of class names, got {type(split[key]).__name__}")
+        fid = split["fid"]
+        if isinstance(fid, bool) or not isinstance(fid, (int, float)) or not math.isfinite(fid):
+            raise OodmlError(f"{where}: `fid` must be a finite number, got {str(fid)[:30]!r}")
+        episodes = split.get("test_episodes", {})
+        if not isinstance(episodes, dict):
+            raise OodmlError(f"{where}: `test_episodes` must map shots to episodes, got {type(episodes).__name__}")
+        for shots in episodes:
+            if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
+                raise OodmlError(f"{where}: `test_episodes` key {str(shots)[:20]!r} is not a number of shots >= 1")
+        _check_episodes(episodes, where)
     return obj
+
+
+def _is_names(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+
+
+def _check_episodes(episodes: dict[int, Any], where: str) -> None:
+    """Episodes given per class must list file names (other shapes are skipped with a note by `convert_splits`)."""
+    for shots, eps in episodes.items():
+        if not isinstance(eps, dict) or not all(isinstance(e, dict) for e in eps.values()):
+            continue
+        for e, episode in eps.items():
+            if not all(isinstance(c, str) and _is_names(files) for c, files in episode.items()):
+                raise OodmlError(f"{where}: episode {str(e)[:20]!r} at {shots} shots must map class names to lists "
+                                 "of file names")
 
 
 def convert_splits(raw: dict[int, dict[str, Any]], *,
@@ -249,9 +288,15 @@ def import_splits_command(*, pickle_file: str | Path, dataset: str, out: str | P
     Returns:
         The written split file.
     """
+    from oodml.data import DATASETS
+
+    dataset = DATASETS.resolve(dataset)  # a registered name (it names the output file); a typo gets suggestions
     path = Path(pickle_file)
     if not path.is_file():
         raise OodmlError(f"pickle {str(path)!r} does not exist; pass the path of an ooDML *_splits.pkl file")
+    if path.stat().st_size > MAX_PICKLE_BYTES:
+        raise OodmlError(f"pickle {str(path)!r} is {path.stat().st_size:,} bytes; an ooDML split pickle is a few MB "
+                         f"(at most {MAX_PICKLE_BYTES:,} are read)")
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     raw = _as_split_dict(_plain(safe_load(data)), path)

@@ -74,6 +74,6 @@ def test_margin_method_uses_the_batched_miner() -> None:
     from oodml.methods import build_method
     from oodml.methods.base import MethodContext
 
-    ctx = MethodContext(regime="head", in_dim=16, backbone="none", dataset="synthetic", device="cpu", seed=0)
+    ctx = MethodContext(regime="head", in_dim=16, backbone="none", device="cpu", seed=0)
     method = build_method("margin", ctx, {"iterations": 3})
     assert isinstance(method.make_objective(10, "fit").miner, BatchedDistanceWeightedMiner)  # type: ignore[attr-defined]

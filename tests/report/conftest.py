@@ -45,15 +45,50 @@ def make_row(*, dataset: str, method: str, family: str, level: int, k: int, seed
 
 
 def write_cell(results: Path, rows: list[dict[str, Any]], *, status: str = "ok", error: str = "",
-               cid: str | None = None, config: Mapping[str, Any] | None = None) -> Path:
-    """Write one cell file as the runner does (cell_id, status, error, config, rows, episodes)."""
+               cid: str | None = None, config: Mapping[str, Any] | None = None,
+               episodes: list[dict[str, Any]] | None = None, classes: list[dict[str, Any]] | None = None) -> Path:
+    """Write one cell file as the runner does (cell_id, status, error, config, rows, episodes; `classes` only when
+    given, as cell files before per-class values had none)."""
     cid = cid or rows[0]["cell_id"]
     path = results / "cells" / f"{cid}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     cell = {"cell_id": cid, "status": status, "error": error, "config": dict(config or {}), "rows": rows,
-            "episodes": []}
+            "episodes": list(episodes or [])}
+    if classes is not None:
+        cell["classes"] = classes
     path.write_text(json.dumps(cell))
     return path
+
+
+def write_unit_cell(results: Path, *, method: str, level: int, seed: int, k: int, values: Sequence[float],
+                    n_queries: Sequence[int] | None = None, dataset: str = "u", family: str = "dml",
+                    metric: str = "recall@1", split_hash: str | None = None, variant: str = "",
+                    classes: Sequence[str] | None = None) -> Path:
+    """One cell with per-unit values, laid out as the runner writes them: k > 0 -> `episodes` (episode i has
+    `values[i]`; the row is their mean), k = 0 -> `classes` (class `c<i>` or `classes[i]` has `values[i]` over
+    `n_queries[i]` queries; the row is the query-weighted mean)."""
+    label = f"{method}[{variant}]" if variant else method
+    if k > 0:
+        agg = float(np.mean(values))
+    else:
+        w = np.asarray(n_queries if n_queries is not None else [1] * len(values), float)
+        agg = float(np.sum(w * np.asarray(values, float)) / w.sum())
+    row = make_row(dataset=dataset, method=label, family=family, level=level, k=k, seed=seed, metric=metric,
+                   value=agg)
+    if split_hash is not None:
+        row["split_hash"] = split_hash
+    cid = cell_id(dataset, label, level, k, seed)
+    row["cell_id"] = cid
+    config = {"methods": [method], "ks": [k]}
+    if k > 0:
+        eps = [{"cell_id": cid, "method": label, "split_level": level, "k_shot": k, "seed": seed, "episode": i,
+                "metric": metric, "value": float(v)} for i, v in enumerate(values)]
+        return write_cell(results, [row], config=config, episodes=eps)
+    names = list(classes) if classes is not None else [f"c{i}" for i in range(len(values))]
+    nq = list(n_queries) if n_queries is not None else [1] * len(values)
+    cls = [{"variant": variant, "k": 0, "class": c, "metric": metric, "value": float(v), "n_queries": int(q)}
+           for c, v, q in zip(names, values, nq)]
+    return write_cell(results, [row], config=config, episodes=[], classes=cls)
 
 
 def write_grid(results: Path, *, seed: int = 0, dataset: str = "synthetic",

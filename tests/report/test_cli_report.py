@@ -38,3 +38,18 @@ def test_report_prints_written_paths(tmp_path: Path) -> None:
     assert tmp_path / "synthetic" / "leaderboard_k2.csv" in printed
     assert all(p.is_file() for p in printed)
     assert "open " in r.stderr and "report.html" in r.stderr
+
+
+def test_bootstrap_option_is_passed_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, object] = {}
+
+    def fake(**kw: object) -> list[Path]:
+        seen.update(kw)
+        return []
+
+    monkeypatch.setattr("oodml.report.build_report", fake)
+    r = CliRunner().invoke(app, ["report", "--results", str(tmp_path), "--bootstrap", "300"])
+    assert r.exit_code == 0, r.output
+    assert seen == {"results": tmp_path, "metric": None, "bootstrap": 300}
+    r = CliRunner().invoke(app, ["report", "--results", str(tmp_path), "--bootstrap", "-1"])
+    assert r.exit_code == 2

@@ -12,7 +12,7 @@ from matplotlib.lines import Line2D
 
 from oodml.report import aggregate, build_report, read_store
 from oodml.report.curves import build_figure, method_styles, metric_series
-from tests.report.conftest import FIDS, make_row, write_cell
+from tests.report.conftest import FIDS, make_row, write_cell, write_unit_cell
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -58,12 +58,9 @@ def test_golden_plotted_data(tmp_path: Path) -> None:
     assert np.asarray(lines0["m2"].get_ydata()) == pytest.approx([0.8, 0.6])
     lines2 = {ln.get_label(): ln for ln in _data_lines(axes[1])}
     assert np.asarray(lines2["m2"].get_ydata()) == pytest.approx([0.95, 0.65])
-    # a 95% band where there are two seeds (m1, level 1: mean .3, sd .1414, t(.975, 1) = 12.706), none with one
-    band = axes[0].collections
-    assert len(band) == 2 and len(axes[1].collections) == 0
-    verts = np.concatenate([p.vertices for p in band[0].get_paths()])
-    half = 12.706 * np.std([0.2, 0.4], ddof=1) / np.sqrt(2)
-    assert verts[:, 1].max() == pytest.approx(0.3 + half, rel=1e-3)
+    # cell files without per-unit values: no band (and the report says why)
+    assert len(axes[0].collections) == 0 and len(axes[1].collections) == 0
+    assert any("no interval" in note for note in t.coverage.notes)
     # families by colour, methods by marker; the legend lists every method
     styles = method_styles(fams)
     assert lines0["m1"].get_color() == styles["m1"][0] != styles["m2"][0]
@@ -74,13 +71,36 @@ def test_golden_plotted_data(tmp_path: Path) -> None:
     assert [tl.get_text() for tl in top[0].get_xticklabels()] == ["L1", "L2"]
 
 
-def test_gain_plot_data(tmp_path: Path) -> None:
-    for k, v in ((0, 0.5), (5, 0.75)):
-        for lv in (1, 2):
-            write_cell(tmp_path, [make_row(dataset="g", method="m", family="adapted", level=lv, k=k, seed=0,
-                                           metric="recall@1", value=v + 0.1 * lv)])
+def test_bands_are_the_bootstrap_intervals(tmp_path: Path) -> None:
+    """With per-episode values the band of each level is its bootstrap interval (from the leaderboard)."""
+    rng = np.random.default_rng(0)
+    for lv in (1, 2):
+        for s in (0, 1, 2):
+            write_unit_cell(tmp_path, method="m", level=lv, seed=s, k=5, values=list(rng.uniform(0.3, 0.7, 6)),
+                            dataset="g")
     t = aggregate(read_store(tmp_path), "g", None)
-    assert t.gain["gain"].to_numpy() == pytest.approx([0.25, 0.25])
+    board = t.leaderboards[5].set_index("method")
+    fig = build_figure({"k = 5": metric_series(t.stats, t.levels, k=5, metric="recall@1")}, t.levels,
+                       ylabel="recall@1", title="bands")
+    (band,) = fig.axes[0].collections
+    verts = np.concatenate([p.vertices for p in band.get_paths()])
+    assert verts[:, 1].max() == pytest.approx(max(board.loc["m", "L1_ci_high"], board.loc["m", "L2_ci_high"]))
+    assert verts[:, 1].min() == pytest.approx(min(board.loc["m", "L1_ci_low"], board.loc["m", "L2_ci_low"]))
+    assert board.loc["m", "L1_ci_low"] < board.loc["m", "L1"] < board.loc["m", "L1_ci_high"]
+
+
+def test_gain_plot_data(tmp_path: Path) -> None:
+    """The gain is adapted minus unadapted on the same episodes: +0.25 on every episode -> 0.25 [0.25, 0.25]."""
+    for lv in (1, 2):
+        base = [0.4 + 0.1 * lv, 0.5, 0.3]
+        write_unit_cell(tmp_path, method="m", level=lv, seed=0, k=5, values=base, dataset="g")
+        write_unit_cell(tmp_path, method="adapted_m", family="adapted", level=lv, seed=0, k=5,
+                        values=[v + 0.25 for v in base], dataset="g")
+    t = aggregate(read_store(tmp_path), "g", None)
+    assert t.gain["gain"].to_numpy(float) == pytest.approx([0.25, 0.25])
+    assert t.gain["ci_low"].to_numpy(float) == pytest.approx([0.25, 0.25])
+    assert t.gain["ci_high"].to_numpy(float) == pytest.approx([0.25, 0.25])
+    assert list(t.gain["unadapted"]) == ["m", "m"]
     from oodml.report.curves import gain_series
 
     fig = build_figure({"k = 5": gain_series(t.gain, k=5)}, t.levels, ylabel="gain", title="g", unit_range=False,

@@ -16,6 +16,7 @@ import torch
 
 from oodml.features.io import FeatureSet
 from oodml.methods import METHODS, Method, MethodContext, MethodInfo
+from oodml.splits.frechet import frechet_distance
 from oodml.splits.spec import Level, SplitSpec
 from tests.conftest import make_blobs
 
@@ -25,7 +26,8 @@ FIT_CALLS: dict[str, int] = {}
 
 def build_split(fs: FeatureSet, *, levels: int = 3, ks: Sequence[int] = (2,), episodes: int = 2, seed: int = 0,
                 basenames: bool = False) -> SplitSpec:
-    """A hand-built ladder: level i moves i classes of the conventional test half into train and back."""
+    """A hand-built ladder: level i moves i classes of the conventional test half into train and back; the levels
+    carry their FIDs on `fs` and are numbered in rising FID."""
     rng = np.random.default_rng(seed)
     names = [str(c) for c in fs.class_names]
     half = len(names) // 2
@@ -43,9 +45,17 @@ def build_split(fs: FeatureSet, *, levels: int = 3, ks: Sequence[int] = (2,), ep
                     pick = sorted(rng.choice(ids, size=k, replace=False).tolist())
                     ep[c] = [p.rsplit("/", 1)[-1] for p in pick] if basenames else pick
                 eps[str(k)].append(ep)
-        lvls.append(Level(level=i, fid=10.0 * i, train_classes=train, test_classes=test, episodes=eps))
+        lvls.append(Level(level=i, fid=_fid(fs, train, test), train_classes=train, test_classes=test, episodes=eps))
+    lvls.sort(key=lambda lv: lv.fid)  # levels rise in FID, as in a real split file
+    for number, lv in enumerate(lvls, start=1):
+        lv.level = number
     return SplitSpec(dataset=fs.dataset, backbone=fs.backbone, feature_hash=fs.hash, seed=seed, source="test",
                      levels=lvls)
+
+
+def _fid(fs: FeatureSet, train: list[str], test: list[str]) -> float:
+    index, means = fs.class_index(), fs.class_means()
+    return frechet_distance(means[[index[c] for c in train]], means[[index[c] for c in test]])
 
 
 def write_inputs(tmp: Path, *, n_classes: int = 12, per_class: int = 6, dim: int = 8, levels: int = 3,

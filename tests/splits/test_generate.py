@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from oodml.cli import app
 from oodml.errors import OodmlError
 from oodml.features.io import FeatureSet
-from oodml.splits.generate import build_ladder, make_splits_command
+from oodml.splits.generate import LadderCfg, build_ladder, make_splits_command
 from oodml.splits.spec import SplitSpec
 from tests.conftest import make_blobs
 from tests.splits.test_frechet import sqrtm_fid
@@ -25,7 +25,7 @@ def fs() -> FeatureSet:
 
 @pytest.fixture(scope="module")
 def spec(fs: FeatureSet) -> SplitSpec:
-    return build_ladder(fs, levels=6, ks=(2, 5), episodes=3, seed=0)
+    return build_ladder(fs, LadderCfg(levels=6, ks=(2, 5), episodes=3, seed=0))
 
 
 def _means(fs: FeatureSet, names: list[str]) -> np.ndarray:
@@ -72,7 +72,7 @@ def test_floor_respected_and_removal_used(spec: SplitSpec) -> None:
 
 
 def test_custom_floor(fs: FeatureSet) -> None:
-    spec = build_ladder(fs, levels=4, ks=(2,), episodes=1, floor_fraction=0.9)
+    spec = build_ladder(fs, LadderCfg(levels=4, ks=(2,), episodes=1, floor_fraction=0.9))
     assert all(len(lv.train_classes) >= 18 and len(lv.test_classes) >= 18 for lv in spec.levels)
 
 
@@ -90,27 +90,27 @@ def test_episodes_exact_k_of_the_right_class(fs: FeatureSet, spec: SplitSpec) ->
 
 
 def test_same_seed_byte_identical_and_other_seed_other_episodes(fs: FeatureSet, spec: SplitSpec) -> None:
-    again = build_ladder(fs, levels=6, ks=(2, 5), episodes=3, seed=0)
+    again = build_ladder(fs, LadderCfg(levels=6, ks=(2, 5), episodes=3, seed=0))
     assert again.dumps() == spec.dumps()
-    other = build_ladder(fs, levels=6, ks=(2, 5), episodes=3, seed=1)
+    other = build_ladder(fs, LadderCfg(levels=6, ks=(2, 5), episodes=3, seed=1))
     assert other.levels[0].episodes["2"] != spec.levels[0].episodes["2"]
 
 
 def test_episodes_stable_when_other_options_change(fs: FeatureSet, spec: SplitSpec) -> None:
-    more = build_ladder(fs, levels=6, ks=(5, 2, 10), episodes=5, seed=0)
+    more = build_ladder(fs, LadderCfg(levels=6, ks=(5, 2, 10), episodes=5, seed=0))
     for a, b in zip(spec.levels, more.levels):
         assert a.train_classes == b.train_classes
         assert b.episodes["2"][:3] == a.episodes["2"] and b.episodes["5"][:3] == a.episodes["5"]
 
 
 def test_ways_samples_n_classes_per_episode(fs: FeatureSet) -> None:
-    spec = build_ladder(fs, levels=3, ks=(1,), episodes=4, ways=5)
+    spec = build_ladder(fs, LadderCfg(levels=3, ks=(1,), episodes=4, ways=5))
     for lv in spec.levels:
         for ep in lv.episodes["1"]:
             assert len(ep) == 5 and set(ep) <= set(lv.test_classes)
         assert len({tuple(ep) for ep in lv.episodes["1"]}) > 1
     with pytest.raises(OodmlError, match="--ways"):
-        build_ladder(fs, levels=3, ks=(1,), episodes=1, ways=500)
+        build_ladder(fs, LadderCfg(levels=3, ks=(1,), episodes=1, ways=500))
 
 
 def test_small_classes_excluded_from_large_k() -> None:
@@ -119,7 +119,7 @@ def test_small_classes_excluded_from_large_k() -> None:
     keep = ~((full.labels % 2 == 1) & (image_no >= 3))
     fs = FeatureSet(full.features[keep], full.labels[keep], full.class_names, full.paths[keep], full.meta,
                     full.class_split)  # odd classes keep 3 images, even ones 6
-    spec = build_ladder(fs, levels=3, ks=(2, 3), episodes=2)
+    spec = build_ladder(fs, LadderCfg(levels=3, ks=(2, 3), episodes=2))
     for lv in spec.levels:
         odd = sorted(c for c in lv.test_classes if int(c[1:]) % 2 == 1)
         assert lv.episode_excluded.get("3", []) == odd and "2" not in lv.episode_excluded
@@ -130,8 +130,8 @@ def test_small_classes_excluded_from_large_k() -> None:
 def test_missing_class_split_uses_seeded_half_split() -> None:
     fs = make_blobs(n_classes=30, per_class=5, dim=8)
     fs.class_split = None
-    a = build_ladder(fs, levels=3, ks=(2,), episodes=1, seed=4)
-    b = build_ladder(fs, levels=3, ks=(2,), episodes=1, seed=4)
+    a = build_ladder(fs, LadderCfg(levels=3, ks=(2,), episodes=1, seed=4))
+    b = build_ladder(fs, LadderCfg(levels=3, ks=(2,), episodes=1, seed=4))
     assert a.dumps() == b.dumps()
     assert a.extra["conventional_split"].startswith("random half split (seed 4)")
     assert not any(lv.conventional for lv in a.levels)  # not the dataset's usual split: not marked
@@ -142,14 +142,14 @@ def test_missing_class_split_uses_seeded_half_split() -> None:
 def test_one_sided_class_split_falls_back() -> None:
     fs = make_blobs(n_classes=20, per_class=5, dim=8)
     fs.class_split = np.array(["train"] * 20)
-    spec = build_ladder(fs, levels=3, ks=(2,), episodes=1)
+    spec = build_ladder(fs, LadderCfg(levels=3, ks=(2,), episodes=1))
     assert "fewer than 2 classes" in spec.extra["conventional_split"]
 
 
 def test_too_many_levels_is_a_user_error() -> None:
     fs = make_blobs(n_classes=6, per_class=4, dim=3)
     with pytest.raises(OodmlError, match="--levels"):
-        build_ladder(fs, levels=40, ks=(1,), episodes=1)
+        build_ladder(fs, LadderCfg(levels=40, ks=(1,), episodes=1))
 
 
 def test_make_splits_cli_writes_ladder_and_plot(blobs_file: Path, tmp_path: Path) -> None:

@@ -70,7 +70,7 @@ def test_unresolved_ids_keep_class_and_basename(tmp_path: Path) -> None:
            2: {"train": [np.str_("a")], "test": [np.str_("c")], "fid": np.float64(1.0), "split_val": []}}
     p = tmp_path / "toy_splits.pkl"
     p.write_bytes(pickle.dumps(raw, protocol=3))
-    spec = SplitSpec.load(import_splits_command(pickle_file=p, dataset="toy", out=tmp_path / "toy.json"))
+    spec = SplitSpec.load(import_splits_command(pickle_file=p, dataset="sop", out=tmp_path / "toy.json"))
     assert [lv.fid for lv in spec.levels] == [1.0, 2.0]  # ordered by FID, not by split id
     assert spec.extra["pickle_split_ids"] == [2, 1]
     assert spec.levels[0].removed_classes == ["b", "d"]

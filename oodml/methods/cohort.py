@@ -1,0 +1,91 @@
+"""`+ens`: a cohort of independently initialised and independently trained copies of one embedding method.
+
+Model 1 is the plain method itself (same seeds, so `X+ens` evaluates exactly `X` as its '' variant); model m > 1
+draws its initialisation, batches and miner samples from seeds derived from its own name (`<seed name>|ens<m>`).
+The 'ensemble' variant concatenates the members' L2-normalised embeddings and normalises the result, as `+dmml`'s
+does, so that `X+dmml[ensemble]` - `X+ens[ensemble]` isolates mutual learning from plain ensembling.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from oodml.methods.base import Inputs, Method
+
+
+def concat_normalized(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """Row-wise L2-normalise each (N, d_i) part, concatenate, normalise again; (N, sum d_i) float32."""
+    cat = np.concatenate([p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12) for p in parts], 1)
+    cat /= np.maximum(np.linalg.norm(cat, axis=1, keepdims=True), 1e-12)
+    return cat.astype(np.float32)
+
+
+class EnsembleMethod(Method):
+    """`n` members built from one configured (unfitted) embedding method; see the module docstring."""
+
+    def __init__(self, method: Any, n: int) -> None:
+        self.info = method.info
+        self.members = [method]
+        for m in range(1, n):
+            member = copy.deepcopy(method)
+            member.seed_name = f"{method.seed_name}|ens{m}"
+            self.members.append(member)
+
+    @property
+    def selects_on_val(self) -> bool:
+        """Whether the members' source fits choose their checkpoint on validation classes."""
+        return bool(getattr(self.members[0], "selects_on_val", False))
+
+    def fit(self, x: Inputs, y: np.ndarray, val: tuple[Inputs, np.ndarray] | None = None) -> None:
+        """Fit every member on the source, each from its own seeds."""
+        for member in self.members:
+            if val is None:
+                member.fit(x, y)
+            else:
+                member.fit(x, y, val=val)
+
+    def _with(self, members: Sequence[Method]) -> EnsembleMethod:
+        new = copy.copy(self)
+        new.members = list(members)
+        return new
+
+    def adapt(self, x: Inputs, y: np.ndarray) -> Method:
+        """Every member adapted on the support."""
+        return self._with([m.adapt(x, y) for m in self.members])
+
+    def adapt_episodes(self, supports: Sequence[tuple[Inputs, np.ndarray]],
+                       seeds: Sequence[int] | None = None) -> Iterator[Method]:
+        """Every member's `adapt_episodes` (batched where the member's protocol is), zipped per support."""
+        per_member = [list(m.adapt_episodes(supports, seeds)) for m in self.members]
+        for adapted in zip(*per_member, strict=True):
+            yield self._with(adapted)
+
+    def embed(self, x: Inputs) -> np.ndarray:
+        """Model 1's embeddings."""
+        return self.members[0].embed(x)
+
+    def embed_variants(self, x: Inputs) -> dict[str, np.ndarray]:
+        """'' = model 1; 'ensemble' = the normalised concatenation of every member's normalised embeddings."""
+        parts = [m.embed(x) for m in self.members]
+        return {"": parts[0], "ensemble": concat_normalized(parts)}
+
+    def fit_record(self) -> dict[str, Any]:
+        """Model 1's fit record."""
+        return self.members[0].fit_record()
+
+    def adaptation_record(self, k: int) -> dict[str, Any]:
+        """Model 1's adaptation settings (all members share them)."""
+        return self.members[0].adaptation_record(k)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every member's fitted state."""
+        return {"members": [m.state_dict() for m in self.members]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore every member."""
+        for m, s in zip(self.members, state["members"], strict=True):
+            m.load_state_dict(s)
