@@ -105,14 +105,14 @@ def test_cli_method_subset_drops_config_params_of_other_methods(tmp_path: Path) 
 
 
 #: cfg_hash of every study config shipped at e22bb68 (before RunCfg's fields became the one source of the keys and
-#: defaults), computed there with `cfg_hash(build_run_cfg({}, path))`: valid configs must resolve exactly as before
+#: defaults), computed there with `cfg_hash(build_run_cfg({}, path))`: valid configs must resolve exactly as before.
+#: The ooDML studies' configs of that commit live on as `*_ownloss.yaml` (the same bodies; the plain names now run
+#: ooDML's few-shot protocol, pinned in PROTOCOL_HASHES); the paper-scale oodml_{cars196,cub200,sop}.yaml changed to
+#: that protocol too.
 SHIPPED_HASHES = {
-    "baselines/oodml_cars196.yaml": "fa38f4484613019af5db1384b3da0f7b41545e90",
-    "baselines/oodml_cub200.yaml": "0b03dbcc21c5b60f54a409356b748f3cf492cccb",
     "baselines/oodml_cub200_lite0_ownloss.yaml": "760b7d97bc84618a3f6842653f9f2ac8de9771b8",  # at 2082372
-    "baselines/oodml_cub200_subset.yaml": "50c86812e14c6169b8046a5e2a80d292cf701562",
-    "baselines/oodml_omniglot.yaml": "9f8dc89872db32a2d1d19b9cbae240e10ecc765a",
-    "baselines/oodml_sop.yaml": "04a85ef26b882307ae292423c918d17160a655c8",
+    "baselines/oodml_cub200_subset_ownloss.yaml": "50c86812e14c6169b8046a5e2a80d292cf701562",
+    "baselines/oodml_omniglot_ownloss.yaml": "9f8dc89872db32a2d1d19b9cbae240e10ecc765a",
     "baselines/quickstart.yaml": "085cb513428604dfbd2ca7eadb01a8dcb08e33f7",
     "baselines/scott2018_mnist.yaml": "63fd34b1f0663af3bb94012805b790e5745fb56d",
     "baselines/scott2018_mnist_conv4.yaml": "3d0ada0c9103c4005808b2935a616239ccf14f01",
@@ -126,9 +126,20 @@ SHIPPED_HASHES = {
 }
 
 
-@pytest.mark.parametrize("path", sorted(SHIPPED_HASHES))
+#: the configs that run ooDML's few-shot protocol (adapt_protocol: oodml), pinned when they switched to it
+PROTOCOL_HASHES = {
+    "baselines/oodml_cars196.yaml": "d8852bcf2cd5e91f3c617c19b9416b592c25aefa",
+    "baselines/oodml_cub200.yaml": "fe9b166397c6bfb274e1aae70d75d72ae3abd18c",
+    "baselines/oodml_cub200_lite0.yaml": "28e556214bca741e4aeae80d56370c0e121618b7",
+    "baselines/oodml_cub200_subset.yaml": "837ee0442cf7f64c4657e75ab66fdbbca02a0cb0",
+    "baselines/oodml_omniglot.yaml": "8db39280a415620ff3c00aeecb2ca959c42d4fd7",
+    "baselines/oodml_sop.yaml": "d0cc2f783fa455b3551f9e00efdf7d4a5f02cef4",
+}
+
+
+@pytest.mark.parametrize("path", sorted(SHIPPED_HASHES | PROTOCOL_HASHES))
 def test_shipped_configs_resolve_as_before(path: str) -> None:
-    assert cfg_hash(build_run_cfg({}, path)) == SHIPPED_HASHES[path]
+    assert cfg_hash(build_run_cfg({}, path)) == (SHIPPED_HASHES | PROTOCOL_HASHES)[path]
 
 
 def test_cli_overrides_resolve_as_before() -> None:
