@@ -130,7 +130,7 @@ SHIPPED_HASHES = {
 PROTOCOL_HASHES = {
     "baselines/oodml_cars196.yaml": "d8852bcf2cd5e91f3c617c19b9416b592c25aefa",
     "baselines/oodml_cub200.yaml": "fe9b166397c6bfb274e1aae70d75d72ae3abd18c",
-    "baselines/oodml_cub200_lite0.yaml": "28e556214bca741e4aeae80d56370c0e121618b7",
+    "baselines/oodml_cub200_lite0.yaml": "020930fde0a5f1a4bba1f959b694e996f00838e6",
     "baselines/oodml_cub200_subset.yaml": "837ee0442cf7f64c4657e75ab66fdbbca02a0cb0",
     "baselines/oodml_omniglot.yaml": "8db39280a415620ff3c00aeecb2ca959c42d4fd7",
     "baselines/oodml_sop.yaml": "d0cc2f783fa455b3551f9e00efdf7d4a5f02cef4",
