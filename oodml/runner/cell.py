@@ -160,11 +160,6 @@ def _fitted(build: Callable[[], Any], inputs: Callable[[np.ndarray], Any], lv: L
     import torch
 
     method = build()
-    rows, val = lv.train_rows, None
-    if getattr(method, "selects_on_val", False) and len(lv.val_rows):  # hold the validation classes out
-        rows = lv.train_rows[~np.isin(lv.train_rows, lv.val_rows)]
-        val = (inputs(lv.val_rows), labels[lv.val_rows])
-    x, y = inputs(rows), contiguous(labels[rows])
     path = Path(task.fit_cache) / f"{task.cell.cell_id}.pt" if task.fit_cache else None
     if path is not None and path.is_file() and not task.refit:
         try:
@@ -177,10 +172,13 @@ def _fitted(build: Callable[[], Any], inputs: Callable[[np.ndarray], Any], lv: L
             why = " ".join(f"{type(e).__name__}: {e}".split())[:200]
             log(f"note: fit cache {path} is unreadable or stale ({why}); fitting again")
             method = build()
-    if val is None:
-        method.fit(x, y)
+    # the source inputs are built only when fitting (a cached fit needs none of them)
+    rows = lv.train_rows
+    if getattr(method, "selects_on_val", False) and len(lv.val_rows):  # hold the validation classes out
+        rows = lv.train_rows[~np.isin(lv.train_rows, lv.val_rows)]
+        method.fit(inputs(rows), contiguous(labels[rows]), val=(inputs(lv.val_rows), labels[lv.val_rows]))
     else:
-        method.fit(x, y, val=val)
+        method.fit(inputs(rows), contiguous(labels[rows]))
     if path is not None:
         state = method.state_dict()
         if state:
