@@ -452,9 +452,9 @@ class EmbeddingMethod(Method):
             out.append(new)
         return out
 
-    def _frozen_part(self, m: int, x: Inputs) -> Callable[[np.ndarray], torch.Tensor]:
-        """rows -> inputs of model m's last layer (backbone and earlier head layers in eval mode, no gradients);
-        on cached features computed once for all of `x`."""
+    def _frozen_part(self, m: int, x: Inputs) -> torch.Tensor | Callable[[np.ndarray], torch.Tensor]:
+        """Inputs of model m's last layer (backbone and earlier head layers in eval mode, no gradients): on cached
+        features computed once for all of `x` (a tensor), else a function rows -> inputs."""
         net = self.nets[m].eval()
         dev = self.ctx.device
 
@@ -466,8 +466,7 @@ class EmbeddingMethod(Method):
 
         if self.ctx.regime == "head":
             bs = 4096
-            cached = torch.from_numpy(batched_forward(below_last, x, dev, bs)).to(dev)
-            return lambda rows: cached[torch.as_tensor(rows, dtype=torch.long)]
+            return torch.from_numpy(batched_forward(below_last, x, dev, bs)).to(dev)
 
         def fetch(rows: np.ndarray) -> torch.Tensor:
             with torch.no_grad():
