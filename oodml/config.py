@@ -21,6 +21,8 @@ from oodml.errors import OodmlError, check_bounded, check_name
 from oodml.ranges import parse_int_list
 
 REGIMES = ("head", "full")
+#: where a backbone runs (`oodml.features.runtime.RUNTIMES`, not imported here: it pulls in torch)
+RUNTIMES = ("auto", "onnx", "torch")
 #: most grid cells a run starts unless `--max-cells` (YAML `max_cells`) allows more
 MAX_CELLS = 10_000
 #: largest study config file read (a study config is a few hundred bytes)
@@ -68,6 +70,10 @@ class RunCfg:
     backbone: str | None = _opt(kind="text")
     #: a grid of more cells is refused (`--seeds 0..100000000` would otherwise run for ever)
     max_cells: int = _opt(MAX_CELLS, kind="count", hashed=False)
+    #: where the backbone runs when `run` computes the features (none cached under the split file's feature hash):
+    #: `auto`, `onnx` or `torch`, as `embed --runtime`; the features file records the one used (`meta.runtime`) and
+    #: the cells its hash, so it stays out of the cells' config
+    runtime: str = _opt("auto", kind="text", hashed=False)
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -78,6 +84,8 @@ class RunCfg:
             raise OodmlError(f"--workers must be >= 1, got {self.workers}")
         if self.max_cells < 1:
             raise OodmlError(f"--max-cells must be >= 1, got {self.max_cells}")
+        if self.runtime not in RUNTIMES:
+            raise OodmlError(f"--runtime {self.runtime!r} is not one of {', '.join(RUNTIMES)}")
         if self.shifts is not None and any(s < 1 for s in self.shifts):
             raise OodmlError("--shifts values are split levels, numbered from 1")
         if not _DEVICE.fullmatch(self.device):

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from oodml.config import RUNTIMES  # auto, onnx, torch (stated once, in the config: `run --runtime`)
 from oodml.errors import OodmlError
 from oodml.features.backbones import Backbone
 from oodml.io import atomic_write, cache_dir
 from oodml.progress import log
 
-RUNTIMES = ("auto", "onnx", "torch")
 ONNX_OPSET = 17
 _INSTALL = "pip install onnxruntime onnx"
 

@@ -88,7 +88,8 @@ def _load_features(cfg: RunCfg, spec: SplitSpec, splits_path: Path) -> tuple[Fea
     from oodml.data.files import cache_dir
 
     check_writable(cache_dir(), "the oodml cache ($OODML_CACHE), where the features will be computed,")
-    fs = load_or_compute_features(spec.dataset, backbone, cfg.data_root, options=cfg.dataset_options)
+    fs = load_or_compute_features(spec.dataset, backbone, cfg.data_root, options=cfg.dataset_options,
+                                  runtime=cfg.runtime)
     path = find_cached_features(fs.hash)
     if path is None:
         raise OodmlError(f"features for split file {str(splits_path)!r} could not be cached; "
