@@ -4,9 +4,13 @@ runtime."""
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import itertools
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -64,29 +68,92 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
+def default_decode_threads() -> int:
+    """Decoding threads beside an ONNX Runtime forward: one per 4 cores, at least 1, at most 4 (a thread decodes and
+    resizes a CUB image in ~3 ms, about 1/10 of Lite0's forward per image on one core)."""
+    return max(1, min(4, (os.cpu_count() or 1) // 4))
+
+
+_Batch = tuple[np.ndarray, torch.Tensor | None, str | None]
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to `n` for a block (the transforms' small tensor ops: with 2 threads on a loaded
+    2-core machine each op waits for a second core, ~10x slower per image)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _decoded_in_threads(ds: ImageDataset, transform: Any, batch_size: int, threads: int,
+                        ) -> Generator[_Batch, None, None]:
+    """The batches of `ds` in order, decoded by `threads` threads that work ahead of the consumer (at most
+    `threads + 1` batches in flight): Pillow's decode and resize and torch's ops release the GIL, so decoding runs
+    while the caller's forward pass (which releases it too) computes. `threads=0`: decoded in the calling thread."""
+    images = _Images(ds, transform)
+    starts = range(0, len(ds), batch_size)
+
+    def load(s: int) -> _Batch:
+        return _collate([images[i] for i in range(s, min(len(ds), s + batch_size))])
+
+    if threads == 0:
+        yield from (load(s) for s in starts)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="oodml-decode") as pool:
+        pending: collections.deque[Future[_Batch]] = collections.deque()
+        todo = iter(starts)
+        try:
+            for s in itertools.islice(todo, threads + 1):
+                pending.append(pool.submit(load, s))
+            while pending:
+                batch = pending.popleft().result()
+                for s in itertools.islice(todo, 1):
+                    pending.append(pool.submit(load, s))
+                yield batch
+        finally:
+            for f in pending:
+                f.cancel()
+
+
 def compute_features(ds: ImageDataset, backbone: Backbone, *, batch_size: int = 64, workers: int | None = None,
                      forward: TorchForward | OnnxForward | None = None) -> np.ndarray:
     """(N, D) float32 features of every image of `ds`, in `ds.paths` order; OodmlError naming an unreadable image.
 
-    `forward`: the backbone's forward pass (`make_forward`); default: torch."""
+    `forward`: the backbone's forward pass (`make_forward`); default: torch. With ONNX Runtime, images are decoded by
+    `workers` threads (default `default_decode_threads()`) overlapping the forward pass, and torch (which only runs
+    the transforms then) computes on one thread; with torch, by `workers` processes (default `default_workers`)."""
     if batch_size < 1:
         raise OodmlError(f"--batch-size must be >= 1, got {batch_size}")
-    n_workers = default_workers(len(ds)) if workers is None else workers
-    loader = torch.utils.data.DataLoader(
-        _Images(ds, backbone.eval_transform), batch_size=batch_size, shuffle=False, num_workers=n_workers,
-        collate_fn=_collate, worker_init_fn=_worker_init if n_workers else None,
-        prefetch_factor=4 if n_workers else None,
-    )
     out = np.empty((len(ds), backbone.feature_dim), dtype=np.float32)
     run = forward or TorchForward(backbone, batch_size)
-    desc = f"embed {ds.name} with {backbone.name} on {run.runtime} ({n_workers} decoding workers)"
-    with progress(desc, len(ds), unit="img") as bar:
-        for idx, x, error in loader:
-            if error is not None:
-                raise OodmlError(error)
-            assert x is not None
-            out[idx] = run(x)
-            bar.update(len(idx))
+    batches: Iterable[_Batch]
+    with contextlib.ExitStack() as stack:
+        if run.runtime == "onnx":
+            n_workers = default_decode_threads() if workers is None else workers
+            kind = "threads"
+            stack.enter_context(_torch_threads(1))
+            batches = stack.enter_context(contextlib.closing(
+                _decoded_in_threads(ds, backbone.eval_transform, batch_size, n_workers)))
+        else:
+            n_workers = default_workers(len(ds)) if workers is None else workers
+            kind = "workers"
+            batches = torch.utils.data.DataLoader(
+                _Images(ds, backbone.eval_transform), batch_size=batch_size, shuffle=False, num_workers=n_workers,
+                collate_fn=_collate, worker_init_fn=_worker_init if n_workers else None,
+                prefetch_factor=4 if n_workers else None,
+            )
+        desc = f"embed {ds.name} with {backbone.name} on {run.runtime} ({n_workers} decoding {kind})"
+        with progress(desc, len(ds), unit="img") as bar:
+            for idx, x, error in batches:
+                if error is not None:
+                    raise OodmlError(error)
+                assert x is not None
+                out[idx] = run(x)
+                bar.update(len(idx))
     if not np.isfinite(out).all():
         raise OodmlError(f"backbone {backbone.name} produced non-finite features on {ds.name}; check the images")
     return out

@@ -155,3 +155,37 @@ def test_forward_chunks_keep_activations_small_but_never_exceed_the_batch() -> N
 
     assert forward_chunk(224, 64) == 5 and forward_chunk(224, 2) == 2 and forward_chunk(28, 64) == 64
     assert forward_chunk(2048, 64) == 1
+
+
+class _Pixels:
+    """A forward pass returning 64 of each image's pixels (so rows compare decoding exactly) on a stated runtime
+    (`onnx`: decoded in threads; `torch`: in processes), recording torch's thread count while it runs."""
+
+    def __init__(self, runtime: str) -> None:
+        self.runtime, self.threads_seen = runtime, set()
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        self.threads_seen.add(torch.get_num_threads())
+        flat = x.reshape(len(x), -1)
+        return flat[:, :: flat.shape[1] // 64][:, :64].numpy().copy()
+
+
+@pytest.mark.parametrize("threads", [0, 1, 3])
+def test_decoding_threads_give_the_rows_of_decoding_processes(tree: Path, threads: int) -> None:
+    from oodml.data import load_dataset
+    from oodml.features.backbones import create_backbone
+    from oodml.features.extract import compute_features
+
+    ds = load_dataset("folder", tree)
+    bb = create_backbone("conv4")
+    assert bb.feature_dim == 64
+    before = torch.get_num_threads()
+    onnx = _Pixels("onnx")
+    got = compute_features(ds, bb, batch_size=5, workers=threads, forward=onnx)  # type: ignore[arg-type]
+    assert onnx.threads_seen == {1} and torch.get_num_threads() == before  # transforms on one thread, restored
+    ref = compute_features(ds, bb, batch_size=5, workers=1, forward=_Pixels("torch"))  # type: ignore[arg-type]
+    assert np.array_equal(got, ref) and len(np.unique(got, axis=0)) == len(ds)
+    (tree / "dog" / "img01.png").write_bytes(b"garbage")
+    with pytest.raises(OodmlError, match="dog/img01.png"):
+        compute_features(ds, bb, batch_size=2, workers=threads, forward=onnx)  # type: ignore[arg-type]
+    assert torch.get_num_threads() == before
