@@ -44,6 +44,28 @@ weight_transfer 15.9 s -> 9.1 s (0.57); adapted embeddings identical (max |diff|
 cells of 8 levels x 3 seeds: the ~10 adapting methods of the default grid add ~6.4 h of CPU, ~3.2 h with 2 workers
 (one at a time: ~5.6 h) -- the one-hour goal is not met on this machine; the cost is the (B x 1,280) x (1,280 x 128)
 products of every step, which batching does not reduce.
+
+Profiled 2026-11-29 (torch.profiler, one thread, 30 tasks at 2:30,5:45, before): the two batched products 29% of
+the adaptation, torch's single-tensor Adam 24% (7 passes over 30 x 128 x 1,280 weights, two of them allocating),
+per-task gathers of the inputs and the `w[sel]` copy with its index_put backward 27%, the margin loss, miner and the
+rest of autograd ~20%. Now (`oodml.methods.batched`): tasks stacked longest first so the active ones are a prefix
+(views, no copies), autograd only from the layer's outputs, the layer gradient as one product into a reused buffer,
+`StackedAdam` (torch Adam's arithmetic with a preallocated buffer: 13.8 -> 6.2 ms per step at 20 x 128 x 1,280),
+one batch draw per stream of equal labels and rng state: adapted embeddings bit-identical to before (max |diff| 0;
+the real cell `oodml run --config baselines/oodml_cub200_lite0.yaml --method adapted_margin --shifts 8 --seeds 0`:
+3,612 / 3,612 stored values identical, cell CPU 93.4 -> 62.9 s under load ~10), batched adaptation 0.66 of the
+previous batched code (interleaved in one process, 3 repeats, load ~12). What is left per task-iteration is mostly
+arithmetic torch must do in float32: the forward and gradient products (~0.3 ms each, ~65 GFLOP/s on one core)
+and Adam's passes (~0.3 ms); fused Adam (~0.12 ms) rounds differently from torch's default Adam and so would change
+finished cells. `--design WORKERS` adds the extrapolation of the whole design, measured in the same run.
+Measured 2026-11-29 04:15-04:35 UTC under load 11-13 (`OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/grid.py
+--oodml-adaptation --design 2 --schedule 2:50,5:75 --sample 1`): batched / one at a time 0.41-0.52 for the 10 adapting
+methods (weight_transfer 0.52, adapted_margin 0.44), embeddings identical; 57-65 s of adaptation CPU per cell at
+1,000 / 1,500 (before: ~98 s at load ~19, see above), 240 min CPU for the 10 methods' 240 cells; the sample grid of
+all 21 methods (level 1, seed 0, k = 0,2,5,10) with 2 workers 162 s cell CPU (721 s wall), so the full design of
+504 cells extrapolates to 293 min CPU = ~146 min on 2 idle cores (402 min at the loaded sample's wall pace): the
+one-hour goal is not met; the products and Adam's passes of 40,000 task-iterations per adapting cell (~0.9 ms each
+at best here) alone are ~36 s per cell, ~72 min over 240 cells with 2 workers.
 """
 
 from __future__ import annotations
@@ -225,6 +247,7 @@ def compare_adaptation(feats: Path, splits: Path, methods: str, ks: tuple[int, .
                  / max(1, sum(schedule_for(schedule, k) for k, _, _ in supports)))
         design_min = batched * scale * cells / 60
         out[spec] = {"episodes": len(supports), "per_episode_cpu_s": per_episode, "batched_cpu_s": batched,
+                     "target_scale": scale,
                      "ratio": batched / per_episode, "max_abs_diff": diff, "design_cells": cells,
                      "design_adaptation_cpu_min": design_min, "design_per_episode_cpu_min": per_episode * scale * cells / 60}
         print(f"{spec}: {len(supports)} adaptations ({schedule}): one at a time {per_episode:.1f}s CPU "
@@ -236,6 +259,28 @@ def compare_adaptation(feats: Path, splits: Path, methods: str, ks: tuple[int, .
     print(f"adaptation of these {len(out)} method(s) in the full design ({cells} cells each) at {target}: "
           f"{total:.0f} min CPU, {total / 2:.0f} min with 2 workers (batched)", flush=True)
     return out
+
+
+def extrapolate_design(feats: Path, splits: Path, folder: Path, methods: str, k: str, schedule: str,
+                       adaptation: dict[str, dict[str, float]], levels: int, seeds: int, workers: int,
+                       target: str = "2:1000,5:1500") -> dict[str, float]:
+    """The full design (every method of `methods` x `levels` levels x `seeds` seeds x k) under ooDML's protocol at
+    `target`, extrapolated in this process: the sample (level 1, seed 0) runs with `workers` workers at the cheaper
+    `schedule`; each adapting cell then gets the rest of its adaptation (its batched time from `adaptation`, scaled
+    from `schedule` to `target`) added, and the sum is multiplied by levels x seeds."""
+    dt, n, per_method, cpu = time_grid(feats, splits, folder / "results_design", methods=methods, shifts="1", k=k,
+                                       seeds="0", workers=workers, method_params=oodml_params(methods, schedule))
+    extra = sum(r["batched_cpu_s"] * (r["target_scale"] - 1) for r in adaptation.values())
+    cells = levels * seeds
+    design_cpu_min = (cpu + extra) * cells / 60
+    wall_min = (dt + extra / workers) * cells / 60
+    print(f"design sample: {n} cells (level 1, seed 0, k={k}) at {schedule} with {workers} workers: {dt:.0f}s wall, "
+          f"{cpu:.0f}s cell CPU; + {extra:.0f}s CPU of adaptation to reach {target}; full design ({n * cells} cells): "
+          f"{design_cpu_min:.0f} min CPU = {design_cpu_min / workers:.0f} min on {workers} idle cores, "
+          f"{wall_min:.0f} min at this sample's wall-clock pace (goal <= 60 with 2 workers)", flush=True)
+    return {"sample_cells": n, "sample_wall_s": dt, "sample_cpu_s": cpu, "adaptation_extra_cpu_s": extra,
+            "design_cpu_min": design_cpu_min, "design_min_idle": design_cpu_min / workers,
+            "design_min_wall_pace": wall_min}
 
 
 def main() -> None:
@@ -258,6 +303,9 @@ def main() -> None:
     ap.add_argument("--schedule", default="2:1000,5:1500", help="adapt_iterations of --oodml-adaptation and "
                     "--protocol oodml")
     ap.add_argument("--sample", type=int, default=2, help="--oodml-adaptation: episodes per k timed one at a time")
+    ap.add_argument("--design", type=int, default=0, metavar="WORKERS",
+                    help="--oodml-adaptation: then also time the sample grid of --methods with the protocol at "
+                         "--schedule on WORKERS workers and extrapolate the full design at 1,000 / 1,500 iterations")
     ap.add_argument("--protocol", default="own_loss", choices=("own_loss", "oodml"),
                     help="adapt_protocol of the timed grid (oodml: with --schedule)")
     args = ap.parse_args()
@@ -268,8 +316,12 @@ def main() -> None:
         feats, splits, ladder_s = build_inputs(folder, levels, tuple(k for k in ks if k > 0), args.episodes)
         print(f"inputs: 11,700 x 1,280 features, {levels}-level ladder built in {ladder_s:.1f}s")
         if args.oodml_adaptation:
-            res = compare_adaptation(feats, splits, args.methods, tuple(k for k in ks if k > 0), args.schedule,
-                                     args.sample, args.levels * args.seeds)
+            res: dict[str, object] = dict(compare_adaptation(feats, splits, args.methods, tuple(k for k in ks if k > 0),
+                                                             args.schedule, args.sample, args.levels * args.seeds))
+            if args.design:
+                adaptation = {m: r for m, r in res.items() if isinstance(r, dict)}
+                res["design"] = extrapolate_design(feats, splits, folder, args.methods, args.k, args.schedule,
+                                                   adaptation, args.levels, args.seeds, args.design)
             if args.out:
                 args.out.write_text(json.dumps(res, indent=1) + "\n")
             return
