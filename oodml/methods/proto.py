@@ -6,9 +6,10 @@ import numpy as np
 from torch import nn
 
 from oodml.methods.base import METHODS, Method, MethodContext, MethodInfo
+from oodml.methods.batches import episode_batch
+from oodml.methods.embedding import EmbeddingMethod
 from oodml.methods.losses import ProtoObjective
 from oodml.methods.params import ProtoParams
-from oodml.methods.trainer import EmbeddingMethod, episode_batch
 
 
 class ProtoMethod(EmbeddingMethod):
