@@ -7,8 +7,9 @@ values) and the committed `all.csv` (the reporter's tidy table: aggregate rows, 
 table has them (without them, only aggregate rows are compared). Values must be identical (floats compared exactly,
 the CSV read back with round-trip precision).
 
-Prints `N of M identical`, the largest absolute difference, how many rerun values the committed table lacks, and the
-first mismatches. Exit status: 0 all identical, 1 any mismatch or missing value, 2 bad input (one `error:` line).
+Prints `N of M identical`, the largest absolute difference, how many rerun values the committed table lacks, how many
+of the rerun's cell ids (which hash the resolved configuration) the committed table has, and the first mismatches. Exit status: 0 all identical, 1 any mismatch, missing value or cell id, 2 bad input (one `error:`
+line).
 
 Usage:
     python baselines/verify_rerun.py /tmp/rerun results/oodml_cub200_subset/cub200/all.csv [--show 10]
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from oodml.errors import OodmlError
-from oodml.report.store import read_store
+from oodml.report.store import Store, read_store
 
 KEY: tuple[str, ...] = ("method", "split_level", "seed", "k_shot", "metric")
 UNIT_COLUMNS: tuple[str, ...] = ("episode", "class")
@@ -38,6 +39,7 @@ class Comparison:
 
     table: pd.DataFrame  # KEY (+ unit columns), rerun, committed, diff
     key: tuple[str, ...]
+    cells: tuple[int, int] = (0, 0)  # (rerun cell ids found in the committed table, rerun cell ids)
 
     @property
     def total(self) -> int:
@@ -77,9 +79,8 @@ def _normalise(frame: pd.DataFrame, key: Sequence[str]) -> pd.DataFrame:
     return out
 
 
-def rerun_values(rerun: Path, units: bool) -> pd.DataFrame:
+def rerun_values(store: Store, units: bool) -> pd.DataFrame:
     """The rerun's ok values (aggregate rows, and per-unit values when `units`) with KEY and unit columns."""
-    store = read_store(rerun)
     rows = store.rows[store.rows["status"] == "ok"]
     agg = rows[list(KEY)].astype(object).assign(episode=pd.NA, **{"class": None},
                                                 value=rows["value"].to_numpy(dtype=float))
@@ -90,24 +91,27 @@ def rerun_values(rerun: Path, units: bool) -> pd.DataFrame:
 
 
 def committed_values(csv: Path) -> tuple[pd.DataFrame, bool]:
-    """The committed ok values and whether the table has unit rows (`episode` / `class` columns)."""
+    """The committed ok values (with `cell_id`) and whether the table has unit rows (`episode` / `class`)."""
     if not csv.is_file():
         raise OodmlError(f"no committed table at {csv}; pass a study's <results>/<dataset>/all.csv")
     table = pd.read_csv(csv, dtype={"class": str}, low_memory=False)
-    missing = [c for c in (*KEY, "value", "status") if c not in table]
+    missing = [c for c in (*KEY, "value", "status", "cell_id") if c not in table]
     if missing:
         raise OodmlError(f"{csv} lacks the column(s) {', '.join(missing)}; is it an oodml all.csv?")
     units = all(c in table for c in UNIT_COLUMNS)
     table = table[table["status"] == "ok"]
     if not units:
         table = table.assign(episode=pd.NA, **{"class": None})
-    return table[[*KEY, *UNIT_COLUMNS, "value"]], units
+    return table[[*KEY, *UNIT_COLUMNS, "value", "cell_id"]], units
 
 
 def compare(rerun: Path, committed_csv: Path) -> Comparison:
     """Join every rerun value with the committed value of the same key (see the module docstring)."""
     committed, units = committed_values(committed_csv)
-    mine = rerun_values(rerun, units)
+    store = read_store(rerun)
+    mine = rerun_values(store, units)
+    ids = set(store.rows.loc[store.rows["status"] == "ok", "cell_id"].astype(str))
+    found = len(ids & set(committed["cell_id"].dropna().astype(str)))
     key = (*KEY, *UNIT_COLUMNS)
     left = _normalise(mine, key).assign(rerun=pd.to_numeric(mine["value"]).to_numpy(dtype=float))
     right = _normalise(committed, key).assign(committed=pd.to_numeric(committed["value"]).to_numpy(dtype=float))
@@ -119,13 +123,14 @@ def compare(rerun: Path, committed_csv: Path) -> Comparison:
     joined = left.merge(right, on=list(key), how="left", sort=False)
     joined["diff"] = joined["rerun"] - joined["committed"]
     joined = joined.sort_values(list(KEY), kind="stable", ignore_index=True)
-    return Comparison(joined, key)
+    return Comparison(joined, key, (found, len(ids)))
 
 
 def summary(c: Comparison, show: int = 10) -> str:
     """The printed report: `N of M identical`, max |difference|, missing count and the first mismatches."""
     lines = [f"{c.identical} of {c.total} identical", f"max abs difference: {c.max_abs_diff:.3g}",
-             f"missing from the committed table: {c.missing}"]
+             f"missing from the committed table: {c.missing}",
+             f"cell ids (same config hash) found in the committed table: {c.cells[0]} of {c.cells[1]}"]
     bad = c.mismatches()
     if len(bad):
         lines.append(f"first {min(show, len(bad))} of {len(bad)} mismatches:")
@@ -150,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: the rerun at {a.rerun} has no ok values to compare", file=sys.stderr)
         return 2
     print(summary(c, a.show))
-    return 0 if c.identical == c.total else 1
+    return 0 if c.identical == c.total and c.cells[0] == c.cells[1] else 1
 
 
 if __name__ == "__main__":

@@ -48,6 +48,17 @@ def test_identical_rerun_exits_0(study: tuple[Path, Path], capsys: pytest.Captur
     assert _load().main([str(rerun), str(csv)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"{len(table)} of {len(table)} identical" and out[1] == "max abs difference: 0"
+    assert out[3].endswith(": 2 of 2")  # both cells' ids (config hashes) are the committed ones
+
+
+def test_a_changed_cell_id_exits_1(study: tuple[Path, Path], tmp_path: Path) -> None:
+    rerun, csv = study
+    table = pd.read_csv(csv, low_memory=False)
+    table["cell_id"] = table["cell_id"].str.replace("fake_proj", "other", regex=False)
+    table.to_csv(tmp_path / "all.csv", index=False)
+    v = _load()
+    assert v.compare(rerun, tmp_path / "all.csv").cells == (0, 2)
+    assert v.main([str(rerun), str(tmp_path / "all.csv")]) == 1
 
 
 def test_a_changed_value_and_a_missing_row_exit_1(study: tuple[Path, Path], tmp_path: Path,

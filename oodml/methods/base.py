@@ -85,8 +85,14 @@ class Method(ABC):
     info: MethodInfo
 
     @abstractmethod
-    def fit(self, x: Inputs, y: np.ndarray) -> None:
-        """Train on the source (train) classes of a level."""
+    def fit(self, x: Inputs, y: np.ndarray, val: tuple[Inputs, np.ndarray] | None = None) -> None:
+        """Train on the source (train) classes of a level; `val` (inputs and labels of held-out validation classes)
+        is given when `selects_on_val`."""
+
+    @property
+    def selects_on_val(self) -> bool:
+        """True when `fit` wants validation classes to choose its checkpoint."""
+        return False
 
     def adapt(self, x: Inputs, y: np.ndarray) -> Method:
         """Adapt on a k-shot support set; returns a new Method and leaves `self` (the source state) untouched."""

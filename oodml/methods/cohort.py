@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from oodml.methods.base import Inputs, Method
+from oodml.methods.embedding import EmbeddingMethod
 from oodml.methods.hooks import Cohort, Outputs, Regularizer
 from oodml.methods.losses import relational_mutual_loss
 from oodml.methods.params import DmmlParams
@@ -79,9 +80,9 @@ class MutualTerm(Regularizer):
 class EnsembleMethod(Method):
     """`n` members built from one configured (unfitted) embedding method; see the module docstring."""
 
-    def __init__(self, method: Any, n: int) -> None:
+    def __init__(self, method: EmbeddingMethod, n: int) -> None:
         self.info = method.info
-        self.members = [method]
+        self.members: list[Method] = [method]
         for m in range(1, n):
             member = copy.deepcopy(method)
             member.seed_name = f"{method.seed_name}|ens{m}"
@@ -90,7 +91,7 @@ class EnsembleMethod(Method):
     @property
     def selects_on_val(self) -> bool:
         """Whether the members' source fits choose their checkpoint on validation classes."""
-        return bool(getattr(self.members[0], "selects_on_val", False))
+        return self.members[0].selects_on_val
 
     def fit(self, x: Inputs, y: np.ndarray, val: tuple[Inputs, np.ndarray] | None = None) -> None:
         """Fit every member on the source, each from its own seeds."""

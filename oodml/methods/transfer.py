@@ -25,7 +25,7 @@ class PretrainedMethod(Method):
         self.info, self.ctx = info, ctx
         self.trunk: nn.Module | None = None
 
-    def fit(self, x: Inputs, y: np.ndarray) -> None:
+    def fit(self, x: Inputs, y: np.ndarray, val: tuple[Inputs, np.ndarray] | None = None) -> None:
         """Nothing to train."""
 
     def adapt(self, x: Inputs, y: np.ndarray) -> Method:
