@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from oodml.features.backbones import DEFAULT_BACKBONE
 from oodml.registry import Registry
 from oodml.seeding import seed_everything
 
@@ -74,7 +75,7 @@ class MethodContext:
 
     regime: str = "head"          # "head" or "full"
     in_dim: int | None = None     # feature dimension in the head regime
-    backbone: str = "efficientnet_lite0"
+    backbone: str = DEFAULT_BACKBONE
     device: str = "cpu"
     seed: int = 0
 

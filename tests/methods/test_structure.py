@@ -7,9 +7,19 @@ import ast
 import importlib
 import inspect
 import pkgutil
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pytest
+import torch
+
 import oodml.methods
+from oodml.features.io import FeatureSet
+from oodml.methods import ADDONS, AddonInfo, EmbeddingMethod, Method, MethodContext, build_method, make_inputs
+from oodml.methods.hooks import Outputs, Regularizer
+from oodml.registry import Entry
 
 METHODS_DIR = Path(oodml.methods.__file__).parent
 
@@ -90,3 +100,42 @@ def test_the_training_loop_and_model_name_no_addon() -> None:
     for module in ("trainer", "embedding", "hooks"):
         words = {w for n in names_used(METHODS_DIR / f"{module}.py") for w in n.lower().split("_")}
         assert not words & addons, (module, words & addons)
+
+
+@dataclass(frozen=True)
+class PullParams:
+    """Hyperparameters of the test add-on."""
+
+    pull_weight: float = 5.0
+
+
+class Pull(Regularizer):
+    """Pulls raw embeddings to the origin; counts its calls."""
+
+    def __init__(self, weight: float) -> None:
+        self.weight, self.calls = weight, 0
+
+    def term(self, m: int, outs: Sequence[Outputs]) -> torch.Tensor | None:
+        self.calls += 1
+        return self.weight * outs[m][0].pow(2).mean()
+
+
+def test_a_registered_regularizer_addon_reaches_the_loop(monkeypatch: pytest.MonkeyPatch, blobs: FeatureSet) -> None:
+    """A new add-on is one registry entry: the loop calls its term for every model at every iteration."""
+    seen: list[Pull] = []
+
+    def factory(method: Method, params: PullParams) -> Method:
+        assert isinstance(method, EmbeddingMethod)
+        seen.append(Pull(params.pull_weight))
+        method.add_regularizer(seen[-1])
+        return method
+
+    monkeypatch.setitem(ADDONS._entries, "pull", Entry(AddonInfo("pull", "regularizer", PullParams, "test"), factory))
+    tiny = {"iterations": 5, "batch_size": 12, "embed_dim": 4}
+    x, y = make_inputs("head", features=blobs, rows=np.arange(len(blobs.labels))), blobs.labels
+    plain = build_method("margin+dmml", MethodContext(in_dim=blobs.features.shape[1]), tiny)
+    pulled = build_method("margin+pull+dmml", MethodContext(in_dim=blobs.features.shape[1]), {**tiny, "pull_weight": 50.0})
+    plain.fit(x, y)
+    pulled.fit(x, y)
+    assert seen and seen[0].weight == 50.0 and seen[0].calls == 5 * 3  # 5 iterations x 3 cohort models
+    assert not np.array_equal(plain.embed(x), pulled.embed(x))
