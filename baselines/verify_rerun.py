@@ -5,11 +5,11 @@ values) and the committed `all.csv` (the reporter's tidy table: aggregate rows, 
 `class` set). Every rerun value is looked up in the committed table by its key: method (with its variant, e.g.
 `margin+dmml[ensemble]`), split level, seed, k, metric, and the unit columns `episode` / `class` where the committed
 table has them (without them, only aggregate rows are compared). Values must be identical (floats compared exactly,
-the CSV read back with round-trip precision).
+pandas reads the CSV back with round-trip precision).
 
 Prints `N of M identical`, the largest absolute difference, how many rerun values the committed table lacks, how many
-of the rerun's cell ids (which hash the resolved configuration) the committed table has, and the first mismatches. Exit status: 0 all identical, 1 any mismatch, missing value or cell id, 2 bad input (one `error:`
-line).
+of the rerun's cell ids (which hash the resolved configuration) the committed table has, and the first mismatches.
+Exit status: 0 all identical, 1 any mismatch, missing value or cell id, 2 bad input (one `error:` line).
 
 Usage:
     python baselines/verify_rerun.py /tmp/rerun results/oodml_cub200_subset/cub200/all.csv [--show 10]

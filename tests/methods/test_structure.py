@@ -133,8 +133,9 @@ def test_a_registered_regularizer_addon_reaches_the_loop(monkeypatch: pytest.Mon
     monkeypatch.setitem(ADDONS._entries, "pull", Entry(AddonInfo("pull", "regularizer", PullParams, "test"), factory))
     tiny = {"iterations": 5, "batch_size": 12, "embed_dim": 4}
     x, y = make_inputs("head", features=blobs, rows=np.arange(len(blobs.labels))), blobs.labels
-    plain = build_method("margin+dmml", MethodContext(in_dim=blobs.features.shape[1]), tiny)
-    pulled = build_method("margin+pull+dmml", MethodContext(in_dim=blobs.features.shape[1]), {**tiny, "pull_weight": 50.0})
+    ctx = MethodContext(in_dim=blobs.features.shape[1])
+    plain = build_method("margin+dmml", ctx, tiny)
+    pulled = build_method("margin+pull+dmml", ctx, {**tiny, "pull_weight": 50.0})
     plain.fit(x, y)
     pulled.fit(x, y)
     assert seen and seen[0].weight == 50.0 and seen[0].calls == 5 * 3  # 5 iterations x 3 cohort models
