@@ -117,8 +117,9 @@ class Method(ABC):
         """How the source fit went, recorded in the cell (e.g. the kept checkpoint); empty: nothing to record."""
         return {}
 
-    def adaptation_record(self, k: int) -> dict[str, Any]:
-        """The adaptation settings in force at k shots, recorded in the cell (empty: nothing to record)."""
+    def adaptation_record(self, shots: int) -> dict[str, Any]:
+        """The adaptation settings in force for supports of `shots` images per class, recorded in the cell (empty:
+        nothing to record)."""
         return {}
 
     @abstractmethod

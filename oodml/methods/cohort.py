@@ -130,9 +130,9 @@ class EnsembleMethod(Method):
         """Model 1's fit record."""
         return self.members[0].fit_record()
 
-    def adaptation_record(self, k: int) -> dict[str, Any]:
+    def adaptation_record(self, shots: int) -> dict[str, Any]:
         """Model 1's adaptation settings (all members share them)."""
-        return self.members[0].adaptation_record(k)
+        return self.members[0].adaptation_record(shots)
 
     def state_dict(self) -> dict[str, Any]:
         """Every member's fitted state."""

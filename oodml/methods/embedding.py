@@ -83,8 +83,8 @@ class EmbeddingMethod(Method):
         self.objectives: list[nn.Module] = []
         self.in_dim: int | None = ctx.in_dim
         self.n_classes = 0
-        self.adapt_shots = 1
-        self.adapt_k = 1  # shots of the support being adapted on (picks the `adapt_iterations` entry)
+        self.adapt_episode_shots = 1  # support images per class in an adaptation episode (the rest are its queries)
+        self.support_shots = 1  # images per class of the support being adapted on (picks the `adapt_iterations` entry)
         self.selection: dict[str, Any] = {}  # how the source model was chosen (`select=val`, `epochs`)
 
     # ----------------------------------------------------------------------------------------------- hooks
@@ -154,7 +154,7 @@ class EmbeddingMethod(Method):
 
     def _train(self, x: Inputs, y: np.ndarray, stage: str, val: tuple[Inputs, np.ndarray] | None = None) -> None:
         p = self.params
-        iterations = p.fit_iterations(len(y)) if stage == "fit" else p.adapt_iterations_for(self.adapt_k)
+        iterations = p.fit_iterations(len(y)) if stage == "fit" else p.adapt_iterations_for(self.support_shots)
         groups = self._groups(stage)
         if iterations == 0 or not any(groups):
             return
@@ -206,7 +206,7 @@ class EmbeddingMethod(Method):
     def prepare_adapt(self, x: Inputs, y: np.ndarray, n_classes: int) -> None:
         """Replace the objectives by ones for the target classes (proxies at the support means if configured)."""
         counts = np.bincount(y, minlength=n_classes)
-        self.adapt_shots = max(1, int(counts.min()) // 2)
+        self.adapt_episode_shots = max(1, int(counts.min()) // 2)
         self.objectives = []
         for m in range(self.n_models):
             obj = self.make_objective(n_classes, "adapt").to(self.ctx.device)
@@ -227,7 +227,7 @@ class EmbeddingMethod(Method):
             raise OodmlError(f"{self.spec}: call fit before adapt")
         classes, yi = np.unique(np.asarray(y), return_inverse=True)
         yi = yi.astype(np.int64)
-        new.adapt_k = int(np.bincount(yi).min())
+        new.support_shots = int(np.bincount(yi).min())
         with seeded_torch(self._seed("adapt")):
             new.prepare_adapt(x, yi, len(classes))
             if new.params.adapt_stop == "plateau" and new.support_score(x, yi) is None:
@@ -310,12 +310,12 @@ class EmbeddingMethod(Method):
 
         return fetch
 
-    def adaptation_record(self, k: int) -> dict[str, Any]:
-        """Protocol, objective, iterations (this k's entry of the schedule), learning rate and scope."""
+    def adaptation_record(self, shots: int) -> dict[str, Any]:
+        """Protocol, objective, iterations (the schedule's entry for `shots`), learning rate and scope."""
         if not self.info.uses_support:
             return {}
         p = self.params
-        rec: dict[str, Any] = {"protocol": p.adapt_protocol, "iterations": p.adapt_iterations_for(k),
+        rec: dict[str, Any] = {"protocol": p.adapt_protocol, "iterations": p.adapt_iterations_for(shots),
                                "lr": p.adapt_lr, "scope": p.adapt_scope}
         if p.adapt_protocol == "oodml":
             rec["objective"] = "margin 0.2, beta 1.2 fixed, distance-weighted miner cutoffs 0.5/1.4"
