@@ -132,7 +132,7 @@ def summary(c: Comparison, show: int = 10) -> str:
              f"missing from the committed table: {c.missing}",
              f"cell ids (same config hash) found in the committed table: {c.cells[0]} of {c.cells[1]}"]
     bad = c.mismatches()
-    if len(bad):
+    if len(bad) and show > 0:
         lines.append(f"first {min(show, len(bad))} of {len(bad)} mismatches:")
         cols = [k for k in c.key if bad[k].notna().any()] + ["rerun", "committed", "diff"]
         lines.append(bad[cols].head(show).to_string(index=False))
