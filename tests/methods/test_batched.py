@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from oodml.methods.batched import (AdaptTask, StackedAdam, adapt_last_layers, distance_weighted_triplets,
                                    margin_loss)
-from oodml.methods.trainer import balanced_batch
+from oodml.methods.batches import balanced_batch
 
 IN, OUT = 16, 32  # parameters per task a multiple of 32: see `StackedAdam`
 
