@@ -32,6 +32,8 @@ ALL_COLUMNS: tuple[str, ...] = (*ROW_COLUMNS, "episode", "class")
 UNIT_ROW_COLUMNS: tuple[str, ...] = ("cell_id", "dataset", "method", "method_family", "split_level", "split_fid",
                                      "split_hash", "k_shot", "seed", "metric", "value", "n_queries", "status",
                                      "episode", "class")
+#: Unit rows of `all.csv` written per block (bounds the memory of a 100,000-cell store's millions of unit rows).
+_CSV_BLOCK = 250_000
 
 
 @dataclass(frozen=True)
@@ -137,9 +139,10 @@ def write_all_csv(t: DatasetTables, path: Path) -> Path:
     (`UNIT_ROW_COLUMNS` filled, the other columns empty)."""
     rows = t.rows[list(ROW_COLUMNS)].assign(episode=pd.NA, **{"class": None})
     rows.to_csv(path, index=False, lineterminator="\n")
-    if len(t.units):
-        fids = dict(zip(t.levels["level"], t.levels["fid"]))
-        u = t.units.assign(split_fid=t.units["split_level"].map(fids), status="ok")
+    fids = dict(zip(t.levels["level"], t.levels["fid"]))
+    for start in range(0, len(t.units), _CSV_BLOCK):  # in blocks: the empty columns of every unit row are wide
+        u = t.units.iloc[start:start + _CSV_BLOCK]
+        u = u.assign(split_fid=u["split_level"].map(fids), status="ok")
         u["n_queries"] = u["n_queries"].astype("Int64")
         u["split_level"] = u["split_level"].astype(np.int64)
         u["seed"] = u["seed"].astype(np.int64)
