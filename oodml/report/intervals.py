@@ -21,6 +21,9 @@ FRAME_COLUMNS = ("method", "split_level", "seed", "unit", "value", "weight", "ps
 #: Columns of `paired_differences`.
 DIFF_COLUMNS = ("pair", "method_a", "method_b", "split_level", "fid", "n_seeds", "n_units", "mean_a", "mean_b",
                 "diff", "ci_low", "ci_high", "p", "p_holm")
+#: Unit codes of episodes start here (class codes below it, -1 for a pseudo-unit): the codes sort as the labels
+#: `c:<class>` < `e:<episode>` do.
+EPISODE_CODES = 1 << 32
 NO_UNITS = ("cell files without per-unit values (written before oodml stored per-episode and per-class values; "
             "rerun those cells with `oodml run --force`)")
 
@@ -66,17 +69,29 @@ def unit_labels(units: pd.DataFrame, *, k: int, metric: str) -> dict[int, str]:
     """The label of each unit code of `unit_frame(units, ..., k=k, metric=metric)`: `c:<class>`, `e:<episode>`,
     and `aggregate` for -1."""
     _, labels = _unit_codes(_select(units, k, metric))
-    return {-1: "aggregate", **dict(enumerate(labels))}
+    return {-1: "aggregate", **labels}
+
+
+def unit_kind(codes: object) -> str:
+    """`episodes`, `classes` or `units` (a mix, or only pseudo-units): what the unit codes of a frame count."""
+    arr = np.asarray(codes, dtype=np.int64)
+    real = arr[arr >= 0]
+    if real.size and (real >= EPISODE_CODES).all():
+        return "episodes"
+    if real.size and (real < EPISODE_CODES).all():
+        return "classes"
+    return "units"
 
 
 def _select(units: pd.DataFrame, k: int, metric: str) -> pd.DataFrame:
     return units[(units["k_shot"] == k) & (units["metric"] == metric)]
 
 
-def _unit_codes(sub: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+def _unit_codes(sub: pd.DataFrame) -> tuple[np.ndarray, dict[int, str]]:
     """Integer codes of the units of `sub`, ordered as their labels `c:<class>` and `e:<episode>` sort as strings
     (so that the grid lays units out, and the bootstrap draws them, exactly as it would from the labels), and the
-    labels by code. No string per unit is made: classes are ranked by name, episodes by their decimal text."""
+    labels by code. No string per unit is made: classes are ranked by name (codes 0, 1, ...), episodes by their
+    decimal text (codes from `EPISODE_CODES` on)."""
     is_class = sub["class"].notna().to_numpy()
     cls_codes, cls_names = pd.factorize(sub["class"].array[is_class], sort=True)
     ep_codes, ep_values = pd.factorize(sub["episode"].array[~is_class], use_na_sentinel=False)
@@ -86,8 +101,9 @@ def _unit_codes(sub: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
     rank[order] = np.arange(len(ep_text))
     codes = np.empty(len(sub), np.int64)
     codes[is_class] = cls_codes
-    codes[~is_class] = len(cls_names) + rank[ep_codes]
-    labels = [f"c:{c}" for c in cls_names] + [f"e:{ep_text[i]}" for i in order]
+    codes[~is_class] = EPISODE_CODES + rank[ep_codes]
+    labels = {**{i: f"c:{c}" for i, c in enumerate(cls_names)},
+              **{EPISODE_CODES + j: f"e:{ep_text[i]}" for j, i in enumerate(order)}}
     return codes, labels
 
 
