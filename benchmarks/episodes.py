@@ -12,9 +12,12 @@ From the second fit it reads off the N at which the interval half-width falls to
 width to 0.04 (`inf`: the seed part alone is wider).
 
     PYTHONPATH=. .venv/bin/python benchmarks/episodes.py A B N=DIR [N=DIR ...] [--bootstrap 2000]
+    PYTHONPATH=. .venv/bin/python benchmarks/episodes.py A B --nested DIR --sizes 10,25,50,100
 
-e.g. `benchmarks/episodes.py adapted_margin margin 10=/tmp/eps/res_N10 25=/tmp/eps/res_N25 ...` (the commands
-that made the folders are in results/README.md, "Episodes: how many are enough").
+The first form compares folders run on separate split files; the second takes the first N episodes of one folder
+run with the largest N (the first N episodes of a split file with more episodes are the N-episode file's episodes;
+only the adaptation seeds, which derive from the cell id, differ from a run on the N-episode file). The commands
+that made the folders are in results/README.md, "Episodes: how many are enough".
 """
 
 from __future__ import annotations
@@ -25,8 +28,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from oodml.report import intervals as iv
 from oodml.report.compare import compare_command
+from oodml.report.leaderboard import ok_rows, seed_values
 from oodml.report.stats import DEFAULT_BOOTSTRAP
+from oodml.report.store import read_store
 
 #: The gain to resolve: the interval's half-width must fall below it.
 TARGET_GAIN = 0.02
@@ -41,6 +47,31 @@ def widths(a: str, b: str, folders: dict[int, Path], bootstrap: int) -> pd.DataF
             parts.append(pd.DataFrame({"N": n, "k_shot": t["k_shot"], "level": t["level"], "diff": t["diff"],
                                        "ci_low": t["ci_low"], "ci_high": t["ci_high"],
                                        "width": t["ci_high"] - t["ci_low"]}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def nested_widths(a: str, b: str, folder: Path, sizes: list[int], bootstrap: int,
+                  metric: str = "recall@1") -> pd.DataFrame:
+    """As `widths`, from the first N episodes (N in `sizes`) of every k-shot cell of one folder."""
+    store = read_store(folder)
+    ok = ok_rows(store.rows)
+    ok = ok[ok["method"].isin([a, b])].astype({"method": str, "metric": str})
+    seeds = seed_values(ok)
+    fids = {int(lv): float(f) for lv, f in ok.groupby("split_level")["split_fid"].first().items()}
+    units = store.units[store.units["method"].isin([a, b])]
+    parts = []
+    for n in sizes:
+        sub = units[units["episode"].notna() & (units["episode"].fillna(-1) < n)]
+        have = sub.groupby(["method", "split_level", "k_shot", "seed"], observed=True)["episode"].nunique()
+        if (have < n).any():
+            raise SystemExit(f"{folder}: some cells have fewer than {n} episodes")
+        for k in sorted(int(v) for v in sub["k_shot"].unique()):
+            frame = iv.unit_frame(sub, seeds, k=k, metric=metric)
+            d = iv.paired_differences(frame, {f"{a} - {b}": (a, b)}, fids, bootstrap)
+            parts.append(pd.DataFrame({
+                "N": n, "k_shot": k, "level": [str(int(v)) if pd.notna(v) else "all" for v in d["split_level"]],
+                "diff": d["diff"], "ci_low": d["ci_low"], "ci_high": d["ci_high"],
+                "width": d["ci_high"] - d["ci_low"]}))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -64,12 +95,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("a")
     ap.add_argument("b")
-    ap.add_argument("folders", nargs="+", help="N=DIR: the results folder run on the split file with N episodes")
+    ap.add_argument("folders", nargs="*", help="N=DIR: the results folder run on the split file with N episodes")
+    ap.add_argument("--nested", type=Path, default=None, help="one folder: take its first N episodes instead")
+    ap.add_argument("--sizes", default="10,25,50,100", help="the N of --nested")
     ap.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP)
     args = ap.parse_args()
-    folders = {int(s.split("=", 1)[0]): Path(s.split("=", 1)[1]) for s in args.folders}
-    table = widths(args.a, args.b, folders, args.bootstrap)
-    ns = sorted(folders)
+    if args.nested is not None:
+        ns = [int(v) for v in args.sizes.split(",")]
+        table = nested_widths(args.a, args.b, args.nested, ns, args.bootstrap)
+    else:
+        folders = {int(s.split("=", 1)[0]): Path(s.split("=", 1)[1]) for s in args.folders}
+        table = widths(args.a, args.b, folders, args.bootstrap)
+        ns = sorted(folders)
     print(f"95% interval width of {args.a} - {args.b} (recall@1) against the episode count N\n")
     print("| k | level | " + " | ".join(f"N = {n}" for n in ns) + " | c (c/sqrt N) | a (floor) | b | N for 0.02 |")
     print("|---|---|" + "---|" * len(ns) + "---|---|---|---|")
