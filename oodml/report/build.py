@@ -161,27 +161,38 @@ def write_dataset(t: DatasetTables, out: Path) -> list[Path]:
     for m in sorted(set(t.metric_by_k.values())):
         panels = {_panel_title(k): curves.metric_series(t.stats, t.levels, k=k, metric=m)
                   for k in sorted(t.metric_by_k) if ((t.stats["k_shot"] == k) & (t.stats["metric"] == m)).any()}
-        fig = curves.build_figure(panels, t.levels, ylabel=m,
-                                  title=f"{t.dataset}: {m} vs. shift (95% bootstrap band over seeds and units)")
+        band = _band_note(panels, "95% bootstrap band over seeds and units")
+        fig = curves.build_figure(panels, t.levels, ylabel=m, title=f"{t.dataset}: {m} vs. shift ({band})")
         paths = curves.save_figure(fig, out / f"curves_{m}")
         written += paths
-        figures.append((paths[1], f"{m} vs. FID of the split level, one panel per k, 95% hierarchical bootstrap "
-                                  "band (seeds, then episodes or test classes)"))
+        figures.append((paths[1], f"{m} vs. FID of the split level, one panel per k, "
+                                  + _band_note(panels, "95% hierarchical bootstrap band (seeds, then episodes or test "
+                                                       "classes)")))
     if t.gain_metric:
         panels = {_panel_title(int(k)): curves.gain_series(t.gain, k=int(k)) for k in sorted(t.gain["k_shot"].unique())}
         fig = curves.build_figure(panels, t.levels, ylabel=f"{t.gain_metric}: adapted minus unadapted",
-                                  title=f"{t.dataset}: few-shot gain vs. shift (95% bootstrap band)", unit_range=False,
-                                  zero_line=True)
+                                  title=f"{t.dataset}: few-shot gain vs. shift ({_band_note(panels, '95% bootstrap band')})",
+                                  unit_range=False, zero_line=True)
         paths = curves.save_figure(fig, out / f"gain_{t.gain_metric}")
         written += [*paths, _csv(t.gain, out / f"gain_{t.gain_metric}.csv")]
         figures.append((paths[1], f"few-shot gain: {t.gain_metric} of each adapted method minus its unadapted "
-                                  "source model on the same k-shot queries, vs. FID, 95% bootstrap band"))
+                                  "source model on the same k-shot queries, vs. FID, "
+                                  + _band_note(panels, "95% bootstrap band")))
     blocks = report_blocks(t, figures)
     title = f"oodml report: {t.dataset}"
     for name, render in (("report.md", doc.render_markdown), ("report.html", doc.render_html)):
         (out / name).write_text(render(title, blocks), encoding="utf-8")
         written.append(out / name)
     return written
+
+
+def _band_note(panels: dict[str, list[curves.Series]], band: str) -> str:
+    """`band` when every line has its interval band; otherwise says where there is none and why."""
+    have = [bool(np.isfinite(s.lo).any()) for lines in panels.values() for s in lines]
+    if all(have):
+        return band
+    why = "no per-unit values in the cell files"
+    return f"no band: {why}" if not any(have) else f"{band}; none on the lines without intervals: {why}"
 
 
 def _csv(frame: pd.DataFrame, path: Path) -> Path:
@@ -267,9 +278,9 @@ def report_blocks(t: DatasetTables, figures: list[tuple[Path, str]]) -> list[doc
                            "the methods; `≈` marks a method not distinguishable from rank 1 at 0.05. Error cells "
                            "are counted in `errors`, never averaged; `(n=..)` marks a level with fewer seeds; "
                            "`(i/n levels)` marks a mean (and auc) over only the levels that have values."))
-    if t.coverage.notes:
+    if t.coverage.lines():
         blocks.append(doc.text("Values without an interval (the mean is still exact):"))
-        blocks.append(doc.bullet_list(t.coverage.notes))
+        blocks.append(doc.bullet_list(t.coverage.lines()))
     if not t.leaderboards:
         blocks.append(doc.text("Nothing to rank: no cell of this dataset finished with `ok` or `error`."))
     for k, board in t.leaderboards.items():

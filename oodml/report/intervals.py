@@ -30,9 +30,24 @@ NO_UNITS = ("cell files without per-unit values (written before oodml stored per
 
 @dataclass
 class Coverage:
-    """Which (k, method, level) have no interval, and why (one line per k and method)."""
+    """Which (k, method, level) have no interval, and why.
+
+    Attributes:
+        notes: one line per k and method whose levels (some or all) have no interval.
+        uncovered_ks: the ks where no method has an interval at any level (named once in `lines`, not per method).
+    """
 
     notes: list[str] = field(default_factory=list)
+    uncovered_ks: list[int] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """The report's lines: one for all wholly uncovered ks, then the per-method notes."""
+        head = []
+        if self.uncovered_ks:
+            ks = ", ".join(map(str, self.uncovered_ks))
+            head.append(f"k = {ks}: no value has an interval (no method at any level; means only, and the curves "
+                        f"draw no band), {NO_UNITS}")
+        return head + self.notes
 
 
 def unit_frame(units: pd.DataFrame, seeds: pd.DataFrame, *, k: int, metric: str) -> pd.DataFrame:
@@ -115,10 +130,16 @@ def pseudo_levels(frame: pd.DataFrame) -> pd.Series:
 
 
 def coverage_notes(frame: pd.DataFrame, k: int, coverage: Coverage) -> None:
-    """Add one line per method of this k whose levels have no interval."""
+    """Record this k's levels without an interval: the whole k at once when no method has one anywhere, else one
+    line per method (`all levels` when it has none)."""
     pseudo = pseudo_levels(frame)
+    if len(pseudo) and bool(pseudo.all()):
+        coverage.uncovered_ks.append(k)
+        return
+    n_levels = frame["split_level"].nunique()
     for method, g in pseudo[pseudo].groupby(level=0):
-        levels = ", ".join(f"L{int(lv)}" for lv in g.index.get_level_values(1))
+        levels = ("all levels" if len(g) == n_levels and n_levels > 1
+                  else ", ".join(f"L{int(lv)}" for lv in g.index.get_level_values(1)))
         coverage.notes.append(f"k={k} `{method}` {levels}: no interval, {NO_UNITS}")
 
 

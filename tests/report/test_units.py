@@ -170,3 +170,20 @@ def test_integer_unit_codes_draw_as_their_labels(tmp_path: Path) -> None:
     np.testing.assert_array_equal(by_code, by_label)
     shuffled = frame.assign(unit=frame["unit"].map(lambda c: (c * 7) % 12))  # another order: other draws
     assert not np.array_equal(st.bootstrap_levels(st.unit_grid(shuffled), 200), by_code)
+
+
+def test_a_store_without_any_unit_values_says_so_once_per_report(tmp_path: Path) -> None:
+    """Only aggregates (as the committed Omniglot study's cells): one line names every k without an interval, the
+    per-method notes stay out, and the curves' caption and title say that they draw no band and why."""
+    for method in ("a", "b"):
+        for lv in (1, 2):
+            for s in (0, 1):
+                for k in (0, 5):
+                    write_cell(tmp_path, [make_row(dataset="o", method=method, family="dml", level=lv, k=k, seed=s,
+                                                   metric="recall@1", value=0.5 + 0.1 * s)])
+    t = aggregate(read_store(tmp_path), "o", None)
+    assert t.coverage.uncovered_ks == [0, 5] and t.coverage.notes == []
+    build_report(results=tmp_path, metric=None)
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "k = 0, 5: no value has an interval" in md and "`a` L1" not in md
+    assert "no band: no per-unit values in the cell files" in md
