@@ -329,12 +329,15 @@ class _Accumulator:
         if not parts:
             return empty_units()
 
-        def cat(name: str) -> np.ndarray:
-            return np.concatenate([a for c in parts for a in getattr(c, name)])
+        def cat(name: str) -> np.ndarray:  # the chunk parts are dropped as soon as they are joined
+            joined = np.concatenate([a for c in parts for a in getattr(c, name)])
+            for c in parts:
+                getattr(c, name).clear()
+            return joined
 
-        idx = cat("cell")
         is_class = np.concatenate([np.full(sum(map(len, c.cell)), c.unit == "class") for c in parts])
-        label = np.concatenate([np.concatenate(c.label).astype(float) for c in parts])
+        label = cat("label").astype(float)
+        idx = cat("cell")
         hashes = rows.drop_duplicates("cell_id").set_index("cell_id")["split_hash"] if len(rows) else pd.Series()
         per_cell_hash = table["cell_id"].map(hashes) if len(hashes) else pd.Series(np.nan, index=table.index)
         episode = pd.array(np.where(is_class, 0, np.nan_to_num(label, nan=0)).astype(np.int64), dtype="Int64")
@@ -354,7 +357,7 @@ class _Accumulator:
             "class": self.classes.categorical(class_codes),
             "value": cat("value"),
             "n_queries": cat("n_queries"),
-        })
+        }, copy=False)
         return out
 
 
