@@ -38,11 +38,12 @@ from oodml.report.store import read_store
 TARGET_GAIN = 0.02
 
 
-def widths(a: str, b: str, folders: dict[int, Path], bootstrap: int) -> pd.DataFrame:
+def widths(a: str, b: str, folders: dict[int, Path], bootstrap: int,
+           levels: tuple[int, ...] | None = None) -> pd.DataFrame:
     """`N, k_shot, level, diff, ci_low, ci_high, width` of A - B for every folder (one compare each)."""
     parts = []
     for n, folder in sorted(folders.items()):
-        for c in compare_command(results=folder, a=a, b=b, bootstrap=bootstrap):
+        for c in compare_command(results=folder, a=a, b=b, bootstrap=bootstrap, levels=levels):
             t = c.table[c.table["k_shot"] > 0]
             parts.append(pd.DataFrame({"N": n, "k_shot": t["k_shot"], "level": t["level"], "diff": t["diff"],
                                        "ci_low": t["ci_low"], "ci_high": t["ci_high"],
@@ -51,7 +52,7 @@ def widths(a: str, b: str, folders: dict[int, Path], bootstrap: int) -> pd.DataF
 
 
 def nested_widths(a: str, b: str, folder: Path, sizes: list[int], bootstrap: int,
-                  metric: str = "recall@1") -> pd.DataFrame:
+                  levels: tuple[int, ...] | None = None, metric: str = "recall@1") -> pd.DataFrame:
     """As `widths`, from the first N episodes (N in `sizes`) of every k-shot cell of one folder."""
     store = read_store(folder)
     ok = ok_rows(store.rows)
@@ -59,6 +60,9 @@ def nested_widths(a: str, b: str, folder: Path, sizes: list[int], bootstrap: int
     seeds = seed_values(ok)
     fids = {int(lv): float(f) for lv, f in ok.groupby("split_level")["split_fid"].first().items()}
     units = store.units[store.units["method"].isin([a, b])]
+    if levels is not None:
+        units = units[units["split_level"].isin(levels)]
+        seeds = seeds[seeds["split_level"].isin(levels)]
     parts = []
     for n in sizes:
         sub = units[units["episode"].notna() & (units["episode"].fillna(-1) < n)]
@@ -98,14 +102,16 @@ def main() -> None:
     ap.add_argument("folders", nargs="*", help="N=DIR: the results folder run on the split file with N episodes")
     ap.add_argument("--nested", type=Path, default=None, help="one folder: take its first N episodes instead")
     ap.add_argument("--sizes", default="10,25,50,100", help="the N of --nested")
+    ap.add_argument("--levels", default=None, help="only these levels, e.g. 1 or 1,8")
     ap.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP)
     args = ap.parse_args()
+    levels = tuple(int(v) for v in args.levels.split(",")) if args.levels else None
     if args.nested is not None:
         ns = [int(v) for v in args.sizes.split(",")]
-        table = nested_widths(args.a, args.b, args.nested, ns, args.bootstrap)
+        table = nested_widths(args.a, args.b, args.nested, ns, args.bootstrap, levels)
     else:
         folders = {int(s.split("=", 1)[0]): Path(s.split("=", 1)[1]) for s in args.folders}
-        table = widths(args.a, args.b, folders, args.bootstrap)
+        table = widths(args.a, args.b, folders, args.bootstrap, levels)
         ns = sorted(folders)
     print(f"95% interval width of {args.a} - {args.b} (recall@1) against the episode count N\n")
     print("| k | level | " + " | ".join(f"N = {n}" for n in ns) + " | c (c/sqrt N) | a (floor) | b | N for 0.02 |")
