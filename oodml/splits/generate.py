@@ -46,8 +46,8 @@ class LadderCfg:
         levels: number of levels to pick from the trajectory.
         ks: shots for the episodes.
         episodes: episodes per k and level. 25 (the ooDML code used 10): on the CUB subset the within-seed spread
-            of a paired gain over episodes is up to 2.6x its seed-to-seed spread, so 10 episodes widen a 3-seed
-            interval by up to 30% and 25 by up to 13%; past that only more seeds narrow it (results/README.md,
+            of a paired gain over episodes is up to 2.4x its seed-to-seed spread, so 10 episodes widen a 3-seed
+            interval by up to 25% and 25 by about 10%; past that only more seeds narrow it (results/README.md,
             "Episodes: how many are enough"). Split files record their count; committed ones keep theirs.
         seed: seed for the fallback conventional split, validation classes and episodes.
         ways: classes per episode (None: every test class).
