@@ -75,7 +75,7 @@ def basis(frame: pd.DataFrame) -> str:
     if frame["pseudo"].all():
         return f"{n_seeds} seeds (no unit values)"
     per = frame.groupby(["method", "split_level", "seed"])["unit"].nunique().median()
-    kind = "episodes" if str(frame["unit"].iloc[0]).startswith("e:") else "classes"
+    kind = iv.unit_kind(frame["unit"])
     return f"{n_seeds} seeds x {int(per)} {kind}"
 
 

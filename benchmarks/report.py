@@ -4,7 +4,7 @@
 Writes the cell files (Runner contract: `<results>/cells/<cell_id>.json`, with per-unit values: 10 episodes per
 k-shot cell, `--classes` test classes per zero-shot cell) into a temporary folder, then times
 (a) the reference reader, written the obvious way (`json.load` per file, a DataFrame from a list of row dicts),
-(b) `oodml.report.read_store` (one `json.loads` over all files, C-level row gathering, vectorised checks),
+(b) `oodml.report.read_store` (chunked orjson parsing into columnar arrays, C-level row gathering, vectorised checks),
 (c) the aggregation of every table, (d) the whole `build_report` without intervals (`--bootstrap 0`: CSVs with
 every row and unit row, plots, report.md/html) and (e) with intervals (`--bootstrap 2000`: hierarchical bootstrap
 of every leaderboard value, paired tests against rank 1, gains with intervals).
@@ -16,9 +16,13 @@ Prints the figures, the ratio of (b) to (a) and the ratio of (e) to (d), all mea
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/report.py --results DIR   # an existing results folder
 
 Wall times on a shared machine swing with its load; the cpu seconds (process time) and the ratios are steadier.
-Memory: with per-unit values (7.6M unit entries at 100,000 cells) the readers hold every parsed cell file at once;
-the reference reader reached 9.8 GB resident before it was stopped on a shared 23 GB machine, so use `--cells 10000`
-there (0.76M unit values, about 1 GB).
+Peak RSS (`resource.getrusage`) is printed after each step; the reference reader runs last because it holds every
+row dict of the store at once. `read_store` parses the files in chunks into columnar arrays, so its memory grows
+with the store's values (about 60 bytes per unit value), not with its parsed JSON. Measured 2026-11-29 on the shared
+2-core machine under load (cpu s; wall s swung 3-8x with the load): 100,000 cells (7.6M unit values) read_store 32 s,
+build_report 143 s without intervals and 150 s with (ratio 1.05), peak RSS 2.7 GB after read_store and 4.1 GB over
+the whole run (before: the reader passed 9.8 GB and was stopped); 10,000 cells: ratio 1.43, peak 0.8 GB; the
+336-cell CUB-subset study: ratio 1.17, peak 0.34 GB.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import resource
 import shutil
 import tempfile
 import time
@@ -114,6 +119,11 @@ def reference_read(results: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def peak_rss_mb() -> float:
+    """The process's peak resident set size so far, in MB (`ru_maxrss` is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def timed(fn: Callable[..., T], *args: Any) -> tuple[T, tuple[float, float]]:
     """`fn(*args)` and its (wall, cpu) seconds."""
     w, c = time.perf_counter(), time.process_time()
@@ -131,6 +141,7 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=2000)
     ap.add_argument("--classes", type=int, default=25, help="test classes per zero-shot cell")
     ap.add_argument("--keep", type=Path, default=None, help="write the store here and keep it (reused when complete)")
+    ap.add_argument("--no-reference", action="store_true", help="skip the reference reader (it holds every row dict)")
     args = ap.parse_args()
     tmp = args.keep or Path(tempfile.mkdtemp(prefix="oodml-bench-report-"))
     results = args.results or tmp / "results"
@@ -142,28 +153,40 @@ def main() -> None:
             t = time.perf_counter()
             write_store(results, n_cells, n_methods=14 if args.study else 20, n_classes=args.classes, all_k=args.study)
             log(f"wrote {n_cells} cell files in {time.perf_counter() - t:.1f}s")
-        ref, t_ref = timed(reference_read, results)
         store, t_read = timed(read_store, results)
-        assert len(store.rows) == len(ref)
-        del ref
+        rss = {"read_store": peak_rss_mb()}
         dataset = store.datasets[0]
         _, t_agg = timed(aggregate, store, dataset, None, 0)
         _, t_agg_ci = timed(aggregate, store, dataset, None, args.bootstrap)
+        rss["aggregate"] = peak_rss_mb()
+        n_cells, n_rows, n_units = len(store.cells), len(store.rows), len(store.units)
+        del store
         paths, t_all = timed(lambda: build_report(results=results, metric=None, bootstrap=0))
+        rss["build_report, no intervals"] = peak_rss_mb()
         _, t_ci = timed(lambda: build_report(results=results, metric=None, bootstrap=args.bootstrap))
-        print(f"cells                          {len(store.cells)}")
-        print(f"rows                           {len(store.rows)}")
-        print(f"unit values                    {len(store.units)}")
+        rss[f"build_report, bootstrap {args.bootstrap}"] = peak_rss_mb()
+        t_ref: tuple[float, float] | None = None
+        if not args.no_reference:  # last: it holds every row dict at once, which would mask the peaks above
+            ref, t_ref = timed(reference_read, results)
+            assert len(ref) == n_rows
+            del ref
+            rss["reference reader"] = peak_rss_mb()
+        print(f"cells                          {n_cells}")
+        print(f"rows                           {n_rows}")
+        print(f"unit values                    {n_units}")
         print("                               wall s   cpu s")
-        print(f"reference reader (json.load)   {t_ref[0]:7.2f} {t_ref[1]:7.2f}")
-        print(f"read_store (validated)         {t_read[0]:7.2f} {t_read[1]:7.2f}   cpu ratio to reference "
-              f"{t_read[1] / t_ref[1]:.2f}")
+        if t_ref is not None:
+            print(f"reference reader (json.load)   {t_ref[0]:7.2f} {t_ref[1]:7.2f}")
+        print(f"read_store (validated)         {t_read[0]:7.2f} {t_read[1]:7.2f}"
+              + (f"   cpu ratio to reference {t_read[1] / t_ref[1]:.2f}" if t_ref is not None else ""))
         print(f"aggregate, no intervals        {t_agg[0]:7.2f} {t_agg[1]:7.2f}")
         print(f"aggregate, bootstrap {args.bootstrap:<6d}    {t_agg_ci[0]:7.2f} {t_agg_ci[1]:7.2f}")
         print(f"build_report, no intervals     {t_all[0]:7.2f} {t_all[1]:7.2f}   ({len(paths)} files)")
         print(f"build_report, bootstrap {args.bootstrap:<6d} {t_ci[0]:7.2f} {t_ci[1]:7.2f}   ratio to no intervals: "
               f"wall {t_ci[0] / t_all[0]:.2f}, cpu {t_ci[1] / t_all[1]:.2f} (goal <= 2)")
         print(f"all.csv size                   {(results / dataset / 'all.csv').stat().st_size / 1e6:.0f} MB")
+        print("peak RSS of the process after each step (resource.getrusage, MB): "
+              + "; ".join(f"{k} {v:.0f}" for k, v in rss.items()))
     finally:
         if args.keep is None:
             shutil.rmtree(tmp, ignore_errors=True)

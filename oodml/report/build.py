@@ -32,6 +32,8 @@ ALL_COLUMNS: tuple[str, ...] = (*ROW_COLUMNS, "episode", "class")
 UNIT_ROW_COLUMNS: tuple[str, ...] = ("cell_id", "dataset", "method", "method_family", "split_level", "split_fid",
                                      "split_hash", "k_shot", "seed", "metric", "value", "n_queries", "status",
                                      "episode", "class")
+#: Unit rows of `all.csv` written per block (bounds the memory of a 100,000-cell store's millions of unit rows).
+_CSV_BLOCK = 250_000
 
 
 @dataclass(frozen=True)
@@ -137,9 +139,10 @@ def write_all_csv(t: DatasetTables, path: Path) -> Path:
     (`UNIT_ROW_COLUMNS` filled, the other columns empty)."""
     rows = t.rows[list(ROW_COLUMNS)].assign(episode=pd.NA, **{"class": None})
     rows.to_csv(path, index=False, lineterminator="\n")
-    if len(t.units):
-        fids = dict(zip(t.levels["level"], t.levels["fid"]))
-        u = t.units.assign(split_fid=t.units["split_level"].map(fids), status="ok")
+    fids = dict(zip(t.levels["level"], t.levels["fid"]))
+    for start in range(0, len(t.units), _CSV_BLOCK):  # in blocks: the empty columns of every unit row are wide
+        u = t.units.iloc[start:start + _CSV_BLOCK]
+        u = u.assign(split_fid=u["split_level"].map(fids), status="ok")
         u["n_queries"] = u["n_queries"].astype("Int64")
         u["split_level"] = u["split_level"].astype(np.int64)
         u["seed"] = u["seed"].astype(np.int64)
@@ -158,27 +161,38 @@ def write_dataset(t: DatasetTables, out: Path) -> list[Path]:
     for m in sorted(set(t.metric_by_k.values())):
         panels = {_panel_title(k): curves.metric_series(t.stats, t.levels, k=k, metric=m)
                   for k in sorted(t.metric_by_k) if ((t.stats["k_shot"] == k) & (t.stats["metric"] == m)).any()}
-        fig = curves.build_figure(panels, t.levels, ylabel=m,
-                                  title=f"{t.dataset}: {m} vs. shift (95% bootstrap band over seeds and units)")
+        band = _band_note(panels, "95% bootstrap band over seeds and units")
+        fig = curves.build_figure(panels, t.levels, ylabel=m, title=f"{t.dataset}: {m} vs. shift ({band})")
         paths = curves.save_figure(fig, out / f"curves_{m}")
         written += paths
-        figures.append((paths[1], f"{m} vs. FID of the split level, one panel per k, 95% hierarchical bootstrap "
-                                  "band (seeds, then episodes or test classes)"))
+        figures.append((paths[1], f"{m} vs. FID of the split level, one panel per k, "
+                                  + _band_note(panels, "95% hierarchical bootstrap band (seeds, then episodes or test "
+                                                       "classes)")))
     if t.gain_metric:
         panels = {_panel_title(int(k)): curves.gain_series(t.gain, k=int(k)) for k in sorted(t.gain["k_shot"].unique())}
         fig = curves.build_figure(panels, t.levels, ylabel=f"{t.gain_metric}: adapted minus unadapted",
-                                  title=f"{t.dataset}: few-shot gain vs. shift (95% bootstrap band)", unit_range=False,
-                                  zero_line=True)
+                                  title=f"{t.dataset}: few-shot gain vs. shift ({_band_note(panels, '95% bootstrap band')})",
+                                  unit_range=False, zero_line=True)
         paths = curves.save_figure(fig, out / f"gain_{t.gain_metric}")
         written += [*paths, _csv(t.gain, out / f"gain_{t.gain_metric}.csv")]
         figures.append((paths[1], f"few-shot gain: {t.gain_metric} of each adapted method minus its unadapted "
-                                  "source model on the same k-shot queries, vs. FID, 95% bootstrap band"))
+                                  "source model on the same k-shot queries, vs. FID, "
+                                  + _band_note(panels, "95% bootstrap band")))
     blocks = report_blocks(t, figures)
     title = f"oodml report: {t.dataset}"
     for name, render in (("report.md", doc.render_markdown), ("report.html", doc.render_html)):
         (out / name).write_text(render(title, blocks), encoding="utf-8")
         written.append(out / name)
     return written
+
+
+def _band_note(panels: dict[str, list[curves.Series]], band: str) -> str:
+    """`band` when every line has its interval band; otherwise says where there is none and why."""
+    have = [bool(np.isfinite(s.lo).any()) for lines in panels.values() for s in lines]
+    if all(have):
+        return band
+    why = "no per-unit values in the cell files"
+    return f"no band: {why}" if not any(have) else f"{band}; none on the lines without intervals: {why}"
 
 
 def _csv(frame: pd.DataFrame, path: Path) -> Path:
@@ -264,9 +278,9 @@ def report_blocks(t: DatasetTables, figures: list[tuple[Path, str]]) -> list[doc
                            "the methods; `≈` marks a method not distinguishable from rank 1 at 0.05. Error cells "
                            "are counted in `errors`, never averaged; `(n=..)` marks a level with fewer seeds; "
                            "`(i/n levels)` marks a mean (and auc) over only the levels that have values."))
-    if t.coverage.notes:
+    if t.coverage.lines():
         blocks.append(doc.text("Values without an interval (the mean is still exact):"))
-        blocks.append(doc.bullet_list(t.coverage.notes))
+        blocks.append(doc.bullet_list(t.coverage.lines()))
     if not t.leaderboards:
         blocks.append(doc.text("Nothing to rank: no cell of this dataset finished with `ok` or `error`."))
     for k, board in t.leaderboards.items():

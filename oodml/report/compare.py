@@ -102,7 +102,8 @@ def _compare_dataset(store: Store, dataset: str, a: str, b: str, ks: tuple[int, 
         m = _metric(rows, k, metric, a, b, dataset)
         frame = iv.unit_frame(units, seeds, k=k, metric=m)
         frame = frame[frame["method"].isin([a, b])]
-        frame = _paired_levels(frame, rows[(rows["k_shot"] == k) & (rows["metric"] == m)], a, b, k, levels, dataset)
+        frame = _paired_levels(frame, rows[(rows["k_shot"] == k) & (rows["metric"] == m)], a, b, k, levels, dataset,
+                               iv.unit_labels(units, k=k, metric=m))
         if frame["pseudo"].any():
             log(f"compare: {dataset} k={k}: some cells hold no per-unit values; those levels get no interval "
                 f"({iv.NO_UNITS})")
@@ -137,9 +138,13 @@ def _metric(rows: pd.DataFrame, k: int, metric: str | None, a: str, b: str, data
 
 
 def _paired_levels(frame: pd.DataFrame, rows: pd.DataFrame, a: str, b: str, k: int, levels: tuple[int, ...] | None,
-                   dataset: str) -> pd.DataFrame:
+                   dataset: str, labels: dict[int, str]) -> pd.DataFrame:
     """The frame restricted to `levels`, after checking that a and b are paired there; OodmlError naming the first
-    difference otherwise."""
+    difference otherwise (`labels`: unit code -> label, for the message)."""
+
+    def _units(codes: object) -> str:
+        return _describe([labels.get(int(c), str(c)) for c in codes])  # type: ignore[attr-defined]
+
     where = f"{dataset} k={k}"
     lv_a = set(rows[rows["method"] == a]["split_level"].astype(int))
     lv_b = set(rows[rows["method"] == b]["split_level"].astype(int))
@@ -179,9 +184,9 @@ def _paired_levels(frame: pd.DataFrame, rows: pd.DataFrame, a: str, b: str, k: i
     return frame[frame["split_level"].isin(chosen)]
 
 
-def _units(labels: object) -> str:
-    names = [str(u).split(":", 1)[-1] for u in labels]  # type: ignore[attr-defined]
-    kinds = {str(u).split(":", 1)[0] for u in labels}  # type: ignore[attr-defined]
+def _describe(labels: list[str]) -> str:
+    names = [u.split(":", 1)[-1] for u in labels]
+    kinds = {u.split(":", 1)[0] for u in labels}
     what = "episodes" if kinds == {"e"} else "classes" if kinds == {"c"} else "units"
     shown = ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
     return f"{what} {shown}" if names else "no per-unit values"

@@ -21,15 +21,33 @@ FRAME_COLUMNS = ("method", "split_level", "seed", "unit", "value", "weight", "ps
 #: Columns of `paired_differences`.
 DIFF_COLUMNS = ("pair", "method_a", "method_b", "split_level", "fid", "n_seeds", "n_units", "mean_a", "mean_b",
                 "diff", "ci_low", "ci_high", "p", "p_holm")
+#: Unit codes of episodes start here (class codes below it, -1 for a pseudo-unit): the codes sort as the labels
+#: `c:<class>` < `e:<episode>` do.
+EPISODE_CODES = 1 << 32
 NO_UNITS = ("cell files without per-unit values (written before oodml stored per-episode and per-class values; "
             "rerun those cells with `oodml run --force`)")
 
 
 @dataclass
 class Coverage:
-    """Which (k, method, level) have no interval, and why (one line per k and method)."""
+    """Which (k, method, level) have no interval, and why.
+
+    Attributes:
+        notes: one line per k and method whose levels (some or all) have no interval.
+        uncovered_ks: the ks where no method has an interval at any level (named once in `lines`, not per method).
+    """
 
     notes: list[str] = field(default_factory=list)
+    uncovered_ks: list[int] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """The report's lines: one for all wholly uncovered ks, then the per-method notes."""
+        head = []
+        if self.uncovered_ks:
+            ks = ", ".join(map(str, self.uncovered_ks))
+            head.append(f"k = {ks}: no value has an interval (no method at any level; means only, and the curves "
+                        f"draw no band), {NO_UNITS}")
+        return head + self.notes
 
 
 def unit_frame(units: pd.DataFrame, seeds: pd.DataFrame, *, k: int, metric: str) -> pd.DataFrame:
@@ -42,25 +60,66 @@ def unit_frame(units: pd.DataFrame, seeds: pd.DataFrame, *, k: int, metric: str)
         metric: the metric.
 
     Returns:
-        One row per unit (`unit`: the episode index or the class name; `weight`: the class's query count, 1 for
-        an episode); aggregates without units add one `pseudo` row.
+        One row per unit (`unit`: an integer code, see `unit_labels`; `weight`: the class's query count, 1 for an
+        episode); aggregates without units add one `pseudo` row (unit code -1).
     """
-    sub = units[(units["k_shot"] == k) & (units["metric"] == metric)]
+    sub = _select(units, k, metric)
     is_class = sub["class"].notna().to_numpy()
+    codes, _ = _unit_codes(sub)
     real = pd.DataFrame({
         "method": sub["method"].astype(str).to_numpy(), "split_level": sub["split_level"].to_numpy(np.int64),
-        "seed": sub["seed"].to_numpy(np.int64),
-        "unit": np.where(is_class, "c:" + sub["class"].astype(str), "e:" + sub["episode"].astype(str)),
-        "value": sub["value"].to_numpy(float),
+        "seed": sub["seed"].to_numpy(np.int64), "unit": codes, "value": sub["value"].to_numpy(float),
         "weight": np.where(is_class, sub["n_queries"].to_numpy(float), 1.0), "pseudo": False,
     })
     agg = seeds[(seeds["k_shot"] == k) & (seeds["metric"] == metric)]
     agg = pd.DataFrame({"method": agg["method"].astype(str).to_numpy(),
                         "split_level": agg["split_level"].to_numpy(np.int64), "seed": agg["seed"].to_numpy(np.int64),
-                        "unit": "aggregate", "value": agg["value"].to_numpy(float), "weight": 1.0, "pseudo": True})
+                        "unit": np.int64(-1), "value": agg["value"].to_numpy(float), "weight": 1.0, "pseudo": True})
     have = pd.MultiIndex.from_frame(real[["method", "split_level", "seed"]].drop_duplicates())
     lacking = ~pd.MultiIndex.from_frame(agg[["method", "split_level", "seed"]]).isin(have)
     return pd.concat([real, agg[lacking]], ignore_index=True)[list(FRAME_COLUMNS)]
+
+
+def unit_labels(units: pd.DataFrame, *, k: int, metric: str) -> dict[int, str]:
+    """The label of each unit code of `unit_frame(units, ..., k=k, metric=metric)`: `c:<class>`, `e:<episode>`,
+    and `aggregate` for -1."""
+    _, labels = _unit_codes(_select(units, k, metric))
+    return {-1: "aggregate", **labels}
+
+
+def unit_kind(codes: object) -> str:
+    """`episodes`, `classes` or `units` (a mix, or only pseudo-units): what the unit codes of a frame count."""
+    arr = np.asarray(codes, dtype=np.int64)
+    real = arr[arr >= 0]
+    if real.size and (real >= EPISODE_CODES).all():
+        return "episodes"
+    if real.size and (real < EPISODE_CODES).all():
+        return "classes"
+    return "units"
+
+
+def _select(units: pd.DataFrame, k: int, metric: str) -> pd.DataFrame:
+    return units[(units["k_shot"] == k) & (units["metric"] == metric)]
+
+
+def _unit_codes(sub: pd.DataFrame) -> tuple[np.ndarray, dict[int, str]]:
+    """Integer codes of the units of `sub`, ordered as their labels `c:<class>` and `e:<episode>` sort as strings
+    (so that the grid lays units out, and the bootstrap draws them, exactly as it would from the labels), and the
+    labels by code. No string per unit is made: classes are ranked by name (codes 0, 1, ...), episodes by their
+    decimal text (codes from `EPISODE_CODES` on)."""
+    is_class = sub["class"].notna().to_numpy()
+    cls_codes, cls_names = pd.factorize(sub["class"].array[is_class], sort=True)
+    ep_codes, ep_values = pd.factorize(sub["episode"].array[~is_class], use_na_sentinel=False)
+    ep_text = ["<NA>" if pd.isna(e) else str(e) for e in ep_values]
+    order = sorted(range(len(ep_text)), key=ep_text.__getitem__)
+    rank = np.empty(len(ep_text), np.int64)
+    rank[order] = np.arange(len(ep_text))
+    codes = np.empty(len(sub), np.int64)
+    codes[is_class] = cls_codes
+    codes[~is_class] = EPISODE_CODES + rank[ep_codes]
+    labels = {**{i: f"c:{c}" for i, c in enumerate(cls_names)},
+              **{EPISODE_CODES + j: f"e:{ep_text[i]}" for j, i in enumerate(order)}}
+    return codes, labels
 
 
 def pseudo_levels(frame: pd.DataFrame) -> pd.Series:
@@ -71,10 +130,16 @@ def pseudo_levels(frame: pd.DataFrame) -> pd.Series:
 
 
 def coverage_notes(frame: pd.DataFrame, k: int, coverage: Coverage) -> None:
-    """Add one line per method of this k whose levels have no interval."""
+    """Record this k's levels without an interval: the whole k at once when no method has one anywhere, else one
+    line per method (`all levels` when it has none)."""
     pseudo = pseudo_levels(frame)
+    if len(pseudo) and bool(pseudo.all()):
+        coverage.uncovered_ks.append(k)
+        return
+    n_levels = frame["split_level"].nunique()
     for method, g in pseudo[pseudo].groupby(level=0):
-        levels = ", ".join(f"L{int(lv)}" for lv in g.index.get_level_values(1))
+        levels = ("all levels" if len(g) == n_levels and n_levels > 1
+                  else ", ".join(f"L{int(lv)}" for lv in g.index.get_level_values(1)))
         coverage.notes.append(f"k={k} `{method}` {levels}: no interval, {NO_UNITS}")
 
 
@@ -122,9 +187,12 @@ def paired_frame(frame: pd.DataFrame, pairs: Mapping[str, tuple[str, str]]) -> p
     `value_a`, `value_b`, `value` = a - b, `weight` (a's) and `pseudo` (either side a pseudo-unit)."""
     key = ["split_level", "seed", "unit"]
     parts = []
+    rows_of = frame.groupby("method", sort=False, observed=True).indices  # one pass, not two scans per pair
     for label, (a, b) in pairs.items():
-        fa = frame[frame["method"] == a]
-        fb = frame[frame["method"] == b]
+        if a not in rows_of or b not in rows_of:
+            continue
+        fa = frame.iloc[rows_of[a]]
+        fb = frame.iloc[rows_of[b]]
         both = fa.merge(fb, on=key, suffixes=("_a", "_b"))
         if both.empty:
             continue

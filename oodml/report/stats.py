@@ -59,7 +59,7 @@ def unit_grid(units: pd.DataFrame, *, series: str = "method", unit: str = "unit"
     """Lay out a long unit table on a `UnitGrid`.
 
     Args:
-        units: columns `series`, `split_level`, `seed`, `unit` (any label: an episode index or a class name),
+        units: columns `series`, `split_level`, `seed`, `unit` (an integer code, or any label: sorted as text),
             `value`, `weight` (> 0). Units are matched across series by (level, seed-independent label): the same
             label at the same level is the same unit for every series and seed.
         series: the column naming the series.
@@ -74,7 +74,9 @@ def unit_grid(units: pd.DataFrame, *, series: str = "method", unit: str = "unit"
     s_idx = pd.Categorical(units[series].astype(str), categories=names).codes
     l_idx = np.searchsorted(levels, units["split_level"].to_numpy(np.int64))
     d_idx = np.searchsorted(seeds, units["seed"].to_numpy(np.int64))
-    code, uniques = pd.factorize(units[unit].astype(str), sort=True)
+    labels = units[unit]  # integer codes (`intervals.unit_frame`) keep their order; other labels sort as text
+    code, uniques = pd.factorize(labels.to_numpy() if pd.api.types.is_integer_dtype(labels) else labels.astype(str),
+                                 sort=True)
     keys, inverse = np.unique(l_idx * max(len(uniques), 1) + code, return_inverse=True)
     key_level = keys // max(len(uniques), 1)
     position = np.arange(len(keys)) - np.searchsorted(key_level, key_level, side="left")  # rank within its level

@@ -1,10 +1,11 @@
 """Read the result store: every `<results>/cells/*.json` into one validated tidy DataFrame (GUIDE §5, SPEC §4).
 
 Rows keep the order of the (sorted) file names, then their order within each file. Reading is built for large
-stores (100,000 cell files in seconds): the files are read as raw bytes and parsed by orjson (the stdlib parser
-only for a file orjson rejects, e.g. one with NaN literals) with the cyclic garbage collector paused; the rows are
-gathered with C-level iterators into one DataFrame; validation is vectorised; the key columns become categoricals.
-Only when a check fails does a slower path look for the file to blame.
+stores (100,000 cell files, 7.6 million per-unit values): the files are parsed in chunks (orjson; the stdlib parser
+only for a file orjson rejects, e.g. one with NaN literals) with the cyclic garbage collector paused; each chunk
+becomes row tuples and columnar numpy arrays (integer codes for methods, metrics and classes; float values) before
+the next is parsed, so no dict per unit outlives its chunk; validation is vectorised; the key columns become
+categoricals. Only when a check fails does a slower path look for the file to blame.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import itertools
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
@@ -116,22 +117,32 @@ def cell_files(results: Path) -> list[str]:
 def read_store(results: Path) -> Store:
     """Read and validate every cell file under `results/cells/`.
 
+    The files are parsed in chunks of `_CHUNK`: each chunk's parsed objects are turned into columns (row tuples,
+    and numpy arrays of codes and values for the per-unit entries) and dropped before the next chunk is parsed, so
+    memory holds the columnar store plus one chunk of parsed JSON, never a dict per unit of the whole store.
+
     Args:
         results: the folder `oodml run --results` wrote.
 
     Returns:
-        The rows (exactly `ROW_COLUMNS`, sorted by grid key) and one summary row per cell.
+        The rows (exactly `ROW_COLUMNS`, in file order), one summary row per cell, and the per-unit values.
 
     Raises:
         OodmlError: no cell files, or a corrupt cell file / invalid row (naming the file to delete and rerun).
     """
     files = cell_files(results)
-    with _gc_paused():  # millions of small dicts: the cyclic GC would rescan them again and again
-        cells = _parse_files(files)
-        rows, row_cell = _gather_rows(cells, files)
-        table = _cell_table(cells, files, rows, row_cell)
-        units = _gather_units(cells, files, table, rows, row_cell)
-        del cells
+    acc = _Accumulator(files)
+    with _gc_paused():  # many small dicts per chunk: the cyclic GC would rescan them again and again
+        # a bar on a terminal; off it, silent, so that an error stays the only stderr line
+        with progress("report: reading cell files", len(files), unit="files") if is_terminal() else nullcontext() as bar:
+            for start in range(0, len(files), _CHUNK):
+                chunk = files[start:start + _CHUNK]
+                acc.add(start, _parse_files(chunk))
+                if bar is not None:
+                    bar.update(len(chunk))
+        rows, row_cell = acc.rows()
+        table = _cell_table(acc, files, rows, row_cell)
+        units = acc.units(table, rows)
     _validate(rows, row_cell, table)
     for col in _CATEGORY_COLUMNS:  # factorised once here, not in every group-by and comparison downstream
         rows[col] = rows[col].astype("category")
@@ -155,82 +166,216 @@ def _cell_spec(cell: Mapping[str, Any], first_method: Any) -> str:
     return str(first_method).split("[", 1)[0] if isinstance(first_method, str) else ""
 
 
-def _unit_entries(cells: list[dict[str, Any]], files: list[str], key: str, unit: str,
-                  specs: list[str]) -> pd.DataFrame | None:
-    """The entries of one per-unit list (`episodes` or `classes`) of every ok cell, as (cell, method, k, unit,
-    metric, value, n_queries) columns. Entries name their method (`method`, as the runner writes episodes) or
-    their embedding variant (`variant`, appended to the cell's spec as `spec[variant]`), and `k_shot` or `k`."""
-    per_cell = [c.get(key) or [] if c.get("status") == "ok" else [] for c in cells]
-    if not any(per_cell):
-        return None
-    bad = [i for i, lst in enumerate(per_cell) if not isinstance(lst, list)]
-    if bad:
-        raise OodmlError(f"cell file {files[bad[0]]!r} has a `{key}` that is not a list; delete it and rerun "
-                         "`oodml run`")
-    counts = np.fromiter(map(len, per_cell), dtype=np.int64, count=len(per_cell))
-    cell_idx = np.repeat(np.arange(len(cells)), counts)
-    flat = list(itertools.chain.from_iterable(per_cell))
-    first = flat[0] if isinstance(flat[0], Mapping) else {}
-    names = ("method" if "method" in first else "variant", "k_shot" if "k_shot" in first else "k", unit, "metric",
-             "value")
-    try:
-        tuples = list(map(itemgetter(*names), flat))
-        n_q = (np.fromiter(map(itemgetter("n_queries"), flat), dtype=float, count=len(flat)) if unit == "class"
-               else np.full(len(flat), np.nan))
-    except (KeyError, TypeError, ValueError):
-        for i, e in enumerate(flat):
-            if not isinstance(e, Mapping) or not set(names) <= set(e) or (unit == "class" and "n_queries" not in e):
-                want = ", ".join(names + (("n_queries",) if unit == "class" else ()))
-                raise OodmlError(f"cell file {files[cell_idx[i]]!r} has a `{key}` entry without {want}; delete it "
-                                 "and rerun `oodml run`") from None
-        raise OodmlError(f"cell file {files[cell_idx[0]]!r} has malformed `{key}` entries; rerun `oodml run`") from None
-    out = pd.DataFrame.from_records(tuples, columns=["method", "k_shot", unit, "metric", "value"])
-    out["n_queries"] = n_q
-    if names[0] == "variant":
-        spec = np.asarray(specs, dtype=object)[cell_idx]
-        variant = out["method"].fillna("").astype(str).to_numpy(dtype=object)
-        out["method"] = [s if not v else f"{s}[{v}]" for s, v in zip(spec, variant)]
-    out.insert(0, "_cell", cell_idx)
-    return out
+class _Codes:
+    """Integer codes for the strings of one column, shared by every chunk (first-seen order)."""
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}
+
+    def encode(self, values: Any) -> np.ndarray:
+        """The codes of `values` (any sequence; each value is taken as `str(value)`)."""
+        codes, uniques = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=False)
+        table = np.fromiter((self.index.setdefault(str(u), len(self.index)) for u in uniques), dtype=np.int32,
+                            count=len(uniques))
+        return table[codes] if len(codes) else np.zeros(0, np.int32)
+
+    def categorical(self, codes: np.ndarray) -> pd.Categorical:
+        """A categorical with sorted categories (as `astype("category")` gives) from codes of `encode` (-1: NaN)."""
+        names = list(self.index)
+        order = np.argsort(np.asarray(names, dtype=object), kind="stable") if names else np.zeros(0, np.int64)
+        rank = np.empty(len(names), np.int32)
+        rank[order] = np.arange(len(names), dtype=np.int32)
+        sorted_names = pd.Index([names[i] for i in order])
+        mapped = np.where(codes >= 0, rank[np.maximum(codes, 0)], -1) if len(names) else np.full(len(codes), -1)
+        return pd.Categorical.from_codes(mapped, categories=sorted_names)
 
 
-def _gather_units(cells: list[dict[str, Any]], files: list[str], table: pd.DataFrame, rows: pd.DataFrame,
-                  row_cell: np.ndarray) -> pd.DataFrame:
-    """Every per-unit value of the store (`UNIT_COLUMNS`); old cell files without unit lists add none."""
-    first_method = table.get("method", pd.Series([None] * len(cells))).tolist()
-    specs = [_cell_spec(c, m) for c, m in zip(cells, first_method)]
-    parts = [p for key, unit in UNIT_LISTS.items() if (p := _unit_entries(cells, files, key, unit, specs)) is not None]
-    if not parts:
-        return empty_units()
-    units = pd.concat(parts, ignore_index=True, sort=False)
-    idx = units.pop("_cell").to_numpy()
-    units["k_shot"] = pd.to_numeric(units["k_shot"], errors="coerce")
-    units["value"] = pd.to_numeric(units["value"], errors="coerce").astype(float)
-    value, n_q = units["value"].to_numpy(), units["n_queries"].to_numpy()
-    is_class = units["class"].notna().to_numpy() if "class" in units else np.zeros(len(units), bool)
-    bad = (np.isnan(value) | (value < 0) | (value > 1) | units["k_shot"].isna().to_numpy()
-           | (is_class & ~(n_q > 0)))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise OodmlError(f"cell file {files[idx[i]]!r} has a per-unit value that is missing, outside [0, 1] or "
-                         "without a positive n_queries; delete it and rerun `oodml run`")
-    hashes = rows.drop_duplicates("cell_id").set_index("cell_id")["split_hash"] if len(rows) else pd.Series()
-    cell_ids = table["cell_id"].to_numpy(dtype=object)[idx]
-    out = pd.DataFrame({"cell_id": cell_ids, "dataset": table["dataset"].to_numpy(dtype=object)[idx],
-                        "method": units["method"].astype(str).to_numpy(),
-                        "method_family": table["method_family"].to_numpy(dtype=object)[idx],
-                        "split_level": pd.to_numeric(table["split_level"], errors="coerce").to_numpy()[idx],
-                        "split_hash": pd.Series(cell_ids).map(hashes).to_numpy(dtype=object),
-                        "k_shot": units["k_shot"].astype(np.int64).to_numpy(),
-                        "seed": pd.to_numeric(table["seed"], errors="coerce").to_numpy()[idx],
-                        "metric": units["metric"].astype(str).to_numpy(),
-                        "episode": units["episode"].to_numpy() if "episode" in units else np.nan,
-                        "class": units["class"].to_numpy(dtype=object) if "class" in units else None,
-                        "value": value, "n_queries": n_q})
-    out["episode"] = pd.to_numeric(out["episode"], errors="coerce").astype("Int64")
-    for col in ("dataset", "method", "method_family", "metric"):
-        out[col] = out[col].astype("category")
-    return out
+@dataclass
+class _UnitColumns:
+    """The per-unit entries of one unit list (`episodes` or `classes`) of every chunk, as column parts."""
+
+    unit: str
+    cell: list[np.ndarray] = field(default_factory=list)
+    method: list[np.ndarray] = field(default_factory=list)
+    k: list[np.ndarray] = field(default_factory=list)
+    label: list[np.ndarray] = field(default_factory=list)
+    metric: list[np.ndarray] = field(default_factory=list)
+    value: list[np.ndarray] = field(default_factory=list)
+    n_queries: list[np.ndarray] = field(default_factory=list)
+
+
+class _Accumulator:
+    """Columns gathered chunk by chunk: row tuples, per-cell summaries, per-unit arrays."""
+
+    def __init__(self, files: list[str]) -> None:
+        self.files = files
+        self.row_parts: list[pd.DataFrame] = []
+        self.row_cells: list[np.ndarray] = []
+        self.cell_ids: list[str] = []
+        self.statuses: list[Any] = []
+        self.errors: list[Any] = []
+        self.specs: list[str] = []
+        self.rowless_configs: dict[int, Any] = {}
+        self.methods, self.metrics, self.classes = _Codes(), _Codes(), _Codes()
+        self.unit_lists = {key: _UnitColumns(unit) for key, unit in UNIT_LISTS.items()}
+
+    def add(self, offset: int, cells: list[dict[str, Any]]) -> None:
+        """Take one chunk of parsed cell files (`files[offset:offset + len(cells)]`)."""
+        files = self.files
+        per_cell = [c.get("rows") or [] for c in cells]
+        counts = np.fromiter(map(len, per_cell), dtype=np.int64, count=len(per_cell))
+        row_cell = np.repeat(np.arange(offset, offset + len(cells)), counts)
+        self.row_cells.append(row_cell)
+        flat = list(itertools.chain.from_iterable(per_cell))
+        first_method: list[Any] = [rows[0].get("method") if rows and isinstance(rows[0], Mapping) else None
+                                   for rows in per_cell]
+        if flat:
+            sizes = np.fromiter(map(len, flat), dtype=np.int64, count=len(flat))
+            try:
+                if not (sizes == len(ROW_COLUMNS)).all():
+                    raise KeyError
+                tuples = list(map(itemgetter(*ROW_COLUMNS), flat))
+            except (KeyError, TypeError):
+                raise OodmlError(_bad_columns(flat, row_cell, files)) from None
+            self.row_parts.append(_dedup_strings(pd.DataFrame.from_records(tuples, columns=list(ROW_COLUMNS))))
+        for i, (c, f) in enumerate(zip(cells, files[offset:offset + len(cells)])):
+            self.cell_ids.append(str(c.get("cell_id") or Path(f).stem))
+            self.statuses.append(c.get("status"))
+            self.errors.append(c.get("error") or "")
+            if not counts[i]:
+                self.rowless_configs[offset + i] = c.get("config") or {}
+        specs = [_cell_spec(c, m) for c, m in zip(cells, first_method)]
+        self.specs += specs
+        for key, cols in self.unit_lists.items():
+            self._add_units(cells, offset, key, cols, specs)
+
+    def _add_units(self, cells: list[dict[str, Any]], offset: int, key: str, cols: _UnitColumns,
+                   specs: list[str]) -> None:
+        """The entries of one per-unit list of every ok cell of a chunk, as arrays. Entries name their method
+        (`method`, as the runner writes episodes) or their embedding variant (`variant`, appended to the cell's
+        spec as `spec[variant]`), and `k_shot` or `k`."""
+        files, unit = self.files, cols.unit
+        per_cell = [c.get(key) or [] if c.get("status") == "ok" else [] for c in cells]
+        if not any(per_cell):
+            return
+        bad = [i for i, lst in enumerate(per_cell) if not isinstance(lst, list)]
+        if bad:
+            raise OodmlError(f"cell file {files[offset + bad[0]]!r} has a `{key}` that is not a list; delete it and "
+                             "rerun `oodml run`")
+        counts = np.fromiter(map(len, per_cell), dtype=np.int64, count=len(per_cell))
+        local = np.repeat(np.arange(len(cells)), counts)
+        flat = list(itertools.chain.from_iterable(per_cell))
+        first = flat[0] if isinstance(flat[0], Mapping) else {}
+        names = ("method" if "method" in first else "variant", "k_shot" if "k_shot" in first else "k", unit,
+                 "metric", "value")
+        try:
+            method, k, label, metric, value = zip(*map(itemgetter(*names), flat))
+            n_q = (np.fromiter(map(itemgetter("n_queries"), flat), dtype=float, count=len(flat)) if unit == "class"
+                   else np.full(len(flat), np.nan))
+        except (KeyError, TypeError, ValueError):
+            for i, e in enumerate(flat):
+                if not isinstance(e, Mapping) or not set(names) <= set(e) or (unit == "class" and "n_queries" not in e):
+                    want = ", ".join(names + (("n_queries",) if unit == "class" else ()))
+                    raise OodmlError(f"cell file {files[offset + local[i]]!r} has a `{key}` entry without {want}; "
+                                     "delete it and rerun `oodml run`") from None
+            raise OodmlError(f"cell file {files[offset + local[0]]!r} has malformed `{key}` entries; rerun "
+                             "`oodml run`") from None
+        if names[0] == "variant":
+            spec = np.asarray(specs, dtype=object)[local]
+            method = tuple(s if v is None or v == "" or v != v else f"{s}[{v}]" for s, v in zip(spec, method))
+        k_num = pd.to_numeric(pd.Series(k, dtype=object), errors="coerce").to_numpy(float)
+        values = pd.to_numeric(pd.Series(value, dtype=object), errors="coerce").to_numpy(float)
+        is_class = np.array([v is not None for v in label]) if unit == "class" else np.zeros(len(flat), bool)
+        bad_unit = (np.isnan(values) | (values < 0) | (values > 1) | np.isnan(k_num) | (is_class & ~(n_q > 0)))
+        if bad_unit.any():
+            i = int(np.flatnonzero(bad_unit)[0])
+            raise OodmlError(f"cell file {files[offset + local[i]]!r} has a per-unit value that is missing, outside "
+                             "[0, 1] or without a positive n_queries; delete it and rerun `oodml run`")
+        cols.cell.append((local + offset).astype(np.int64))
+        cols.method.append(self.methods.encode(method))
+        cols.k.append(k_num.astype(np.int64))
+        if unit == "class":
+            codes = self.classes.encode(label)
+            cols.label.append(np.where(is_class, codes, -1).astype(np.int32))
+        else:
+            cols.label.append(pd.to_numeric(pd.Series(label, dtype=object), errors="coerce").to_numpy(float))
+        cols.metric.append(self.metrics.encode(metric))
+        cols.value.append(values)
+        cols.n_queries.append(n_q)
+
+    def rows(self) -> tuple[pd.DataFrame, np.ndarray]:
+        """All rows as one DataFrame (numeric columns converted), plus the index of the cell each came from."""
+        row_cell = np.concatenate(self.row_cells) if self.row_cells else np.zeros(0, np.int64)
+        if not self.row_parts:
+            return pd.DataFrame({c: pd.Series(dtype=object) for c in ROW_COLUMNS}), row_cell
+        rows = (pd.concat(self.row_parts, ignore_index=True) if len(self.row_parts) > 1
+                else self.row_parts[0].reset_index(drop=True))
+        self.row_parts = []
+        for col in _FLOAT_COLUMNS:
+            rows[col] = pd.to_numeric(rows[col], errors="coerce").astype(float)
+        for col in _INT_COLUMNS:
+            num = pd.to_numeric(rows[col], errors="coerce")
+            if num.isna().any():
+                i = int(np.flatnonzero(num.isna().to_numpy())[0])
+                raise OodmlError(f"cell file {self.files[row_cell[i]]!r} has a row without an integer {col}; "
+                                 "delete it and rerun `oodml run`")
+            rows[col] = num.astype(np.int64)
+        return rows, row_cell
+
+    def units(self, table: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+        """Every per-unit value of the store (`UNIT_COLUMNS`), episodes first, then classes; old cell files
+        without unit lists add none. Per-cell columns are categoricals over the cell's codes."""
+        parts = [cols for cols in self.unit_lists.values() if cols.cell]
+        if not parts:
+            return empty_units()
+
+        def cat(name: str) -> np.ndarray:  # the chunk parts are dropped as soon as they are joined
+            joined = np.concatenate([a for c in parts for a in getattr(c, name)])
+            for c in parts:
+                getattr(c, name).clear()
+            return joined
+
+        is_class = np.concatenate([np.full(sum(map(len, c.cell)), c.unit == "class") for c in parts])
+        label = cat("label").astype(float)
+        idx = cat("cell")
+        hashes = rows.drop_duplicates("cell_id").set_index("cell_id")["split_hash"] if len(rows) else pd.Series()
+        per_cell_hash = table["cell_id"].map(hashes) if len(hashes) else pd.Series(np.nan, index=table.index)
+        episode = pd.array(np.where(is_class, 0, np.nan_to_num(label, nan=0)).astype(np.int64), dtype="Int64")
+        episode[is_class | np.isnan(label)] = pd.NA
+        class_codes = np.where(is_class & (label >= 0), np.nan_to_num(label, nan=-1), -1).astype(np.int32)
+        out = pd.DataFrame({
+            "cell_id": _per_cell(table["cell_id"], idx),
+            "dataset": _per_cell(table["dataset"], idx),
+            "method": self.methods.categorical(cat("method")),
+            "method_family": _per_cell(table["method_family"], idx),
+            "split_level": pd.to_numeric(table["split_level"], errors="coerce").to_numpy()[idx],
+            "split_hash": _per_cell(per_cell_hash, idx),
+            "k_shot": cat("k"),
+            "seed": pd.to_numeric(table["seed"], errors="coerce").to_numpy()[idx],
+            "metric": self.metrics.categorical(cat("metric")),
+            "episode": episode,
+            "class": self.classes.categorical(class_codes),
+            "value": cat("value"),
+            "n_queries": cat("n_queries"),
+        }, copy=False)
+        return out
+
+
+def _per_cell(values: pd.Series, idx: np.ndarray) -> pd.Categorical:
+    """A per-cell column repeated for each unit of the cell, as a categorical (sorted categories; None -> NaN)."""
+    codes, uniques = pd.factorize(values.astype(object).to_numpy(), sort=True)
+    return pd.Categorical.from_codes(codes[idx], categories=pd.Index([str(u) for u in uniques]))
+
+
+def _dedup_strings(frame: pd.DataFrame) -> pd.DataFrame:
+    """Equal strings of one chunk's object columns share one object (a cell's rows repeat their provenance)."""
+    for col in frame.columns:
+        if frame[col].dtype == object:
+            codes, uniques = pd.factorize(frame[col].to_numpy(), use_na_sentinel=True)
+            if len(uniques) < len(frame) // 2:
+                frame[col] = pd.Series(np.where(codes >= 0, np.asarray(uniques, dtype=object)[codes], None)
+                                       if len(uniques) else frame[col].to_numpy(), dtype=object)
+    return frame
 
 
 @contextmanager
@@ -256,16 +401,8 @@ def _read_bytes(path: str) -> bytes:
 
 
 def _parse_files(files: list[str]) -> list[dict[str, Any]]:
-    """Read and parse every file (orjson when installed; the stdlib parser for files with NaN literals)."""
-    if is_terminal():  # a bar on a terminal; off it, silent, so that an error stays the only stderr line
-        blobs: list[bytes] = []
-        with progress("report: reading cell files", len(files), unit="files") as bar:
-            for i in range(0, len(files), _CHUNK):
-                blobs.extend(map(_read_bytes, files[i:i + _CHUNK]))
-                bar.update(len(files[i:i + _CHUNK]))
-    else:
-        blobs = list(map(_read_bytes, files))
-    cells = list(map(_parse_one, files, blobs))
+    """Read and parse files (orjson when installed; the stdlib parser for files with NaN literals)."""
+    cells = [_parse_one(f, _read_bytes(f)) for f in files]
     bad = [i for i, c in enumerate(cells) if not isinstance(c, dict) or not isinstance(c.get("rows", []), list)]
     if bad:
         raise OodmlError(f"cell file {files[bad[0]]!r} is not a cell object with a `rows` list; "
@@ -284,34 +421,6 @@ def _parse_one(path: str, blob: bytes) -> Any:
         raise OodmlError(f"cell file {path!r} is not valid JSON ({e}); delete it and rerun `oodml run`") from None
 
 
-def _gather_rows(cells: list[dict[str, Any]], files: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
-    """All rows as one DataFrame, plus the index of the cell each row came from."""
-    per_cell = [c.get("rows") or [] for c in cells]
-    counts = np.fromiter(map(len, per_cell), dtype=np.int64, count=len(per_cell))
-    row_cell = np.repeat(np.arange(len(cells)), counts)
-    flat = list(itertools.chain.from_iterable(per_cell))
-    if not flat:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in ROW_COLUMNS}), row_cell
-    sizes = np.fromiter(map(len, flat), dtype=np.int64, count=len(flat))
-    try:
-        if not (sizes == len(ROW_COLUMNS)).all():
-            raise KeyError
-        tuples = list(map(itemgetter(*ROW_COLUMNS), flat))
-    except (KeyError, TypeError):
-        raise OodmlError(_bad_columns(flat, row_cell, files)) from None
-    rows = pd.DataFrame.from_records(tuples, columns=list(ROW_COLUMNS))
-    for col in _FLOAT_COLUMNS:
-        rows[col] = pd.to_numeric(rows[col], errors="coerce").astype(float)
-    for col in _INT_COLUMNS:
-        num = pd.to_numeric(rows[col], errors="coerce")
-        if num.isna().any():
-            i = int(np.flatnonzero(num.isna().to_numpy())[0])
-            raise OodmlError(f"cell file {files[row_cell[i]]!r} has a row without an integer {col}; "
-                             "delete it and rerun `oodml run`")
-        rows[col] = num.astype(np.int64)
-    return rows, row_cell
-
-
 def _bad_columns(flat: list[Any], row_cell: np.ndarray, files: list[str]) -> str:
     want = set(ROW_COLUMNS)
     for i, row in enumerate(flat):
@@ -323,22 +432,21 @@ def _bad_columns(flat: list[Any], row_cell: np.ndarray, files: list[str]) -> str
     return "cell rows do not match oodml.schema.ROW_COLUMNS; rerun `oodml run`"  # pragma: no cover
 
 
-def _cell_table(cells: list[dict[str, Any]], files: list[str], rows: pd.DataFrame,
-                row_cell: np.ndarray) -> pd.DataFrame:
+def _cell_table(acc: _Accumulator, files: list[str], rows: pd.DataFrame, row_cell: np.ndarray) -> pd.DataFrame:
     """One row per cell file; the grid key comes from its first row, else from its config."""
+    n = len(files)
     table = pd.DataFrame({
-        "cell_id": [str(c.get("cell_id") or Path(f).stem) for c, f in zip(cells, files)],
-        "status": [c.get("status") for c in cells],
-        "error": [c.get("error") or "" for c in cells],
+        "cell_id": acc.cell_ids,
+        "status": acc.statuses,
+        "error": acc.errors,
         "file": files,
-        "n_rows": np.bincount(row_cell, minlength=len(cells)),
+        "n_rows": np.bincount(row_cell, minlength=n),
     })
     first = pd.DataFrame({"_cell": row_cell}).drop_duplicates("_cell")
     keyed = rows.loc[first.index, list(KEY_COLUMNS)].set_axis(first["_cell"].to_numpy())
     for col in KEY_COLUMNS:
         table[col] = keyed[col].reindex(table.index).astype(object)
-    for i in np.flatnonzero(table["n_rows"].to_numpy() == 0):  # row-less cells only (errors); few
-        config = cells[i].get("config") or {}
+    for i, config in acc.rowless_configs.items():  # row-less cells only (errors); few
         for col in KEY_COLUMNS:
             table.at[i, col] = _from_config(config, col)
     known = table["dataset"].dropna().unique()

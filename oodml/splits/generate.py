@@ -45,7 +45,10 @@ class LadderCfg:
     Attributes:
         levels: number of levels to pick from the trajectory.
         ks: shots for the episodes.
-        episodes: episodes per k and level.
+        episodes: episodes per k and level. 10, as in SPEC.md and the ooDML code: on the CUB subset it resolves a
+            2-point paired gain at level 1 (half-width <= 0.009 with 3 seeds), and where it does not (level 8) no
+            episode count does: there the seeds set the width. 25 narrows a 3-seed interval by about 10% more
+            (results/README.md, "Episodes: how many are enough"); pass `--episodes 25` for that.
         seed: seed for the fallback conventional split, validation classes and episodes.
         ways: classes per episode (None: every test class).
         val_fraction: share of each level's train classes put in `val_classes`.

@@ -128,3 +128,62 @@ def test_same_store_same_intervals(tmp_path: Path) -> None:
         build_report(results=tmp_path / name, metric=None)
     for f in ("leaderboard_k0.csv", "all.csv"):
         assert (tmp_path / "a" / "u" / f).read_bytes() == (tmp_path / "b" / "u" / f).read_bytes()
+
+
+def test_chunked_reading_gives_the_same_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading 2 files at a time (chunks end inside the episode and class lists' cells) gives the same rows and
+    units as reading all at once; the units keep their order: every cell's episodes, then every cell's classes."""
+    from oodml.report import store as store_mod
+
+    for s in (0, 1, 2):
+        write_unit_cell(tmp_path, method="m", variant="ens" if s == 1 else "", level=1, seed=s, k=0,
+                        values=[0.1 * s, 0.5], n_queries=[2, 3], classes=["b", "a"])
+        write_unit_cell(tmp_path, method="m", level=1 + s, seed=s, k=2, values=[0.3, 0.6, 0.2 * s])
+    whole = read_store(tmp_path)
+    monkeypatch.setattr(store_mod, "_CHUNK", 2)
+    chunked = read_store(tmp_path)
+    pd.testing.assert_frame_equal(whole.rows, chunked.rows)
+    pd.testing.assert_frame_equal(whole.units, chunked.units)
+    u = chunked.units
+    assert list(u["episode"].isna()) == [False] * 9 + [True] * 6  # episodes first, then classes
+    assert list(u["class"].dropna()) == ["b", "a"] * 3
+    assert set(u["method"].astype(str)) == {"m", "m[ens]"}
+    assert sorted(u.loc[u["k_shot"] == 2, "split_level"]) == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+
+
+def test_integer_unit_codes_draw_as_their_labels(tmp_path: Path) -> None:
+    """With 12 episodes, the labels `e:10`, `e:11` sort before `e:2` as text; the integer unit codes of
+    `unit_frame` keep that order, so the bootstrap replicates equal those of a grid built from the labels."""
+    from oodml.report import intervals as iv
+    from oodml.report import stats as st
+    from oodml.report.leaderboard import ok_rows, seed_values
+
+    rng = np.random.default_rng(3)
+    for s in (0, 1):
+        write_unit_cell(tmp_path, method="m", level=1, seed=s, k=5, values=list(rng.uniform(0, 1, 12)))
+    store = read_store(tmp_path)
+    frame = iv.unit_frame(store.units, seed_values(ok_rows(store.rows)), k=5, metric="recall@1")
+    labels = iv.unit_labels(store.units, k=5, metric="recall@1")
+    assert [labels[c] for c in sorted(set(frame["unit"]))] == sorted(f"e:{i}" for i in range(12))
+    by_code = st.bootstrap_levels(st.unit_grid(frame), 200)
+    by_label = st.bootstrap_levels(st.unit_grid(frame.assign(unit=frame["unit"].map(labels))), 200)
+    np.testing.assert_array_equal(by_code, by_label)
+    shuffled = frame.assign(unit=frame["unit"].map(lambda c: (c * 7) % 12))  # another order: other draws
+    assert not np.array_equal(st.bootstrap_levels(st.unit_grid(shuffled), 200), by_code)
+
+
+def test_a_store_without_any_unit_values_says_so_once_per_report(tmp_path: Path) -> None:
+    """Only aggregates (as the committed Omniglot study's cells): one line names every k without an interval, the
+    per-method notes stay out, and the curves' caption and title say that they draw no band and why."""
+    for method in ("a", "b"):
+        for lv in (1, 2):
+            for s in (0, 1):
+                for k in (0, 5):
+                    write_cell(tmp_path, [make_row(dataset="o", method=method, family="dml", level=lv, k=k, seed=s,
+                                                   metric="recall@1", value=0.5 + 0.1 * s)])
+    t = aggregate(read_store(tmp_path), "o", None)
+    assert t.coverage.uncovered_ks == [0, 5] and t.coverage.notes == []
+    build_report(results=tmp_path, metric=None)
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "k = 0, 5: no value has an interval" in md and "`a` L1" not in md
+    assert "no band: no per-unit values in the cell files" in md
