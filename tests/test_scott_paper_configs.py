@@ -31,3 +31,13 @@ def test_paper_configs_carry_their_per_method_settings(path: str, expected: dict
     for m, p in resolved.items():  # every method selects on the source validation images and adapts on a plateau
         assert p.select == "val" and p.adapt_stop == "plateau" and p.adapt_scope == "all", m
         assert p.embed_dim == 128 and p.head == "linear", m
+
+
+@pytest.mark.parametrize("n", [5, 10, 100, 1000])
+def test_omniglot_paper_configs_per_n(n: int) -> None:
+    cfg = build_run_cfg({}, f"baselines/scott2018_omniglot_paper_{n}way.yaml")
+    assert cfg.splits == f"splits/scott2018_omniglot_paper_{n}way.json"
+    proto = resolve_params("protonet", cfg.method_params)[0]
+    assert proto.ways == n and proto.lr == 0.0001 and proto.queries == 5  # classes_per_episode = n
+    hist = resolve_params("histogram", cfg.method_params)[0]
+    assert hist.batch_size == (2048 if n == 1000 else 1024)  # their -bs per n
