@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -79,3 +81,27 @@ def test_val_images_round_trip_resolve_and_old_files_unchanged() -> None:
     assert data.val_rows.tolist() == [1, 2] and data.train_rows.tolist() == [0, 1, 2, 3]
     with pytest.raises(OodmlError, match="val_images must name train classes"):
         Level(level=1, fid=1.0, train_classes=["a"], test_classes=["c"], val_images={"c": ["c/1.png"]}).check()
+
+
+def test_cell_holds_val_images_out_and_keeps_every_train_class(tmp_path: Path) -> None:
+    from oodml.config import build_run_cfg
+    from oodml.runner import Store, run_grid
+    from oodml.splits.spec import SplitSpec
+    from tests.runner.fakes import write_inputs
+
+    feats, splits = write_inputs(tmp_path, ks=(2,))
+    spec = SplitSpec.load(splits)
+    fs = FeatureSet.load(feats)
+    lv = spec.levels[0]
+    ids = {c: sorted(str(p) for p, lab in zip(fs.paths, fs.labels) if fs.class_names[lab] == c)
+           for c in lv.train_classes}
+    lv.val_images = {c: v[:2] for c, v in ids.items()}  # two validation images of every train class
+    spec.save(splits)
+    c = build_run_cfg(dict(method="margin", features=str(feats), splits=str(splits), shifts="1", k="0", seeds="0",
+                           results=str(tmp_path / "r"), workers=1,
+                           method_params={"iterations": 4, "select": "val", "select_every": 2, "batch_size": 8}))
+    assert run_grid(c) == 0
+    (cell,) = Store(tmp_path / "r").cells()
+    fit = cell["training"]["fit"]
+    assert [i for i, _ in fit["val_curve"]] == [2, 4] and fit["kept_iteration"] in (2, 4)
+    assert cell["rows"][0]["n_train_classes"] == len(lv.train_classes)
