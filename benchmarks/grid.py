@@ -59,7 +59,7 @@ import numpy as np
 
 from oodml.config import build_run_cfg
 from oodml.features.io import FeatureSet
-from oodml.runner import Store, run_grid
+from oodml.runner import CellStore, run_grid
 
 
 def cub_sized_features(seed: int = 0, n_classes: int = 200, per_class: tuple[int, int] = (59, 58),
@@ -105,7 +105,7 @@ def time_grid(feats: Path, splits: Path, results: Path, *, methods: str, shifts:
     t0 = time.perf_counter()
     rc = run_grid(cfg)
     dt = time.perf_counter() - t0
-    cells = Store(results).cells()
+    cells = CellStore(results).cells()
     if rc != 0:
         bad = [c for c in cells if c["status"] == "error"]
         print(f"warning: {len(bad)} cell(s) failed, e.g. {bad[0]['cell_id']}: {bad[0]['error']}", file=sys.stderr)

@@ -22,7 +22,4 @@ EPISODE_COLUMNS: tuple[str, ...] = (
     "cell_id", "method", "split_level", "k_shot", "seed", "episode", "metric", "value",
 )
 
-#: Metric names (SPEC §4).
-METRICS: tuple[str, ...] = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi", "accuracy")
-
 STATUSES: tuple[str, ...] = ("ok", "error", "skipped")

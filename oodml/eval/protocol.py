@@ -74,11 +74,6 @@ def zero_shot_metrics() -> list[str]:
     return [m.info.name for m in protocol_metrics(ZERO_SHOT)]
 
 
-def few_shot_metrics() -> list[str]:
-    """Names of the k-shot metrics (the `METRICS` registry's, in its order)."""
-    return [m.info.name for m in protocol_metrics(FEW_SHOT)]
-
-
 @dataclass(frozen=True)
 class EvalData:
     """What the protocol evaluates on: every row's label, the test rows, the support rows of each episode, and the

@@ -18,7 +18,7 @@ from oodml.methods.base import (METHODS, FeatureInputs, Inputs, Method, MethodCo
 from oodml.methods.dml import register_dml_loss
 from oodml.methods.nets import ImageInputs, make_inputs
 from oodml.methods.params import build_params, field_names, to_jsonable
-from oodml.methods.trainer import EmbeddingMethod
+from oodml.methods.embedding import EmbeddingMethod
 
 __all__ = [
     "ADDONS", "AddonInfo", "EmbeddingMethod", "FeatureInputs", "ImageInputs", "Inputs", "METHODS", "Method",

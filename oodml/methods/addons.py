@@ -16,10 +16,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from oodml.errors import OodmlError, suggest
+from collections.abc import Sequence
+
+import torch
+
 from oodml.methods.base import METHODS, Method
-from oodml.methods.cohort import EnsembleMethod
+from oodml.methods.cohort import EnsembleMethod, MutualCohort, MutualTerm
+from oodml.methods.embedding import EmbeddingMethod
+from oodml.methods.hooks import Outputs, Regularizer
+from oodml.methods.losses import sec_loss
 from oodml.methods.params import DmmlParams, EnsParams, SecParams
-from oodml.methods.trainer import EmbeddingMethod
 from oodml.registry import Registry
 
 ADDON_KINDS = ("regularizer", "cohort")  # in the order they apply
@@ -46,11 +52,22 @@ def _embedding(method: Method, addon: str) -> EmbeddingMethod:
     return method
 
 
+class SecTerm(Regularizer):
+    """`+sec`: eta x the spherical embedding constraint of the model's raw (unnormalised) embeddings."""
+
+    def __init__(self, eta: float) -> None:
+        self.eta = eta
+
+    def term(self, m: int, outs: Sequence[Outputs]) -> torch.Tensor | None:
+        """eta x sec_loss(z_m); None at eta 0."""
+        return self.eta * sec_loss(outs[m][0]) if self.eta > 0 else None
+
+
 @ADDONS.register(AddonInfo("sec", "regularizer", SecParams,
                            "spherical embedding constraint: eta * mean_i (||f_i|| - mu)^2 (Zhang 2020)"))
 def _sec(method: Method, params: SecParams) -> Method:
     m = _embedding(method, "sec")
-    m.sec = params
+    m.add_regularizer(SecTerm(params.sec_eta))
     return m
 
 
@@ -59,7 +76,8 @@ def _sec(method: Method, params: SecParams) -> Method:
                            "evaluates model 1 and the ensemble (Park 2020)"))
 def _dmml(method: Method, params: DmmlParams) -> Method:
     m = _embedding(method, "dmml")
-    m.dmml = params
+    m.set_cohort(MutualCohort(params))
+    m.add_regularizer(MutualTerm(params.dmml_weight))
     return m
 
 

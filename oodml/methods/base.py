@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from oodml.features.backbones import DEFAULT_BACKBONE
 from oodml.registry import Registry
 from oodml.seeding import seed_everything
 
@@ -74,7 +75,7 @@ class MethodContext:
 
     regime: str = "head"          # "head" or "full"
     in_dim: int | None = None     # feature dimension in the head regime
-    backbone: str = "efficientnet_lite0"
+    backbone: str = DEFAULT_BACKBONE
     device: str = "cpu"
     seed: int = 0
 
@@ -85,8 +86,14 @@ class Method(ABC):
     info: MethodInfo
 
     @abstractmethod
-    def fit(self, x: Inputs, y: np.ndarray) -> None:
-        """Train on the source (train) classes of a level."""
+    def fit(self, x: Inputs, y: np.ndarray, val: tuple[Inputs, np.ndarray] | None = None) -> None:
+        """Train on the source (train) classes of a level; `val` (inputs and labels of held-out validation classes)
+        is given when `selects_on_val`."""
+
+    @property
+    def selects_on_val(self) -> bool:
+        """True when `fit` wants validation classes to choose its checkpoint."""
+        return False
 
     def adapt(self, x: Inputs, y: np.ndarray) -> Method:
         """Adapt on a k-shot support set; returns a new Method and leaves `self` (the source state) untouched."""
@@ -110,8 +117,9 @@ class Method(ABC):
         """How the source fit went, recorded in the cell (e.g. the kept checkpoint); empty: nothing to record."""
         return {}
 
-    def adaptation_record(self, k: int) -> dict[str, Any]:
-        """The adaptation settings in force at k shots, recorded in the cell (empty: nothing to record)."""
+    def adaptation_record(self, shots: int) -> dict[str, Any]:
+        """The adaptation settings in force for supports of `shots` images per class, recorded in the cell (empty:
+        nothing to record)."""
         return {}
 
     @abstractmethod

@@ -1,6 +1,11 @@
-"""`+ens`: a cohort of independently initialised and independently trained copies of one embedding method.
+"""The cohort add-ons: `+dmml`'s rule for models trained together (`MutualCohort`, `MutualTerm`) and `+ens`, a
+cohort of independently initialised and independently trained copies of one embedding method (`EnsembleMethod`).
 
-Model 1 is the plain method itself (same seeds, so `X+ens` evaluates exactly `X` as its '' variant); model m > 1
+`+dmml` (Park et al. 2020): every model's loss gets a relational mutual term towards the others; models m > 1 see
+their own input views (features with dropout and noise in the head regime, their own augmentation stream in the full
+regime) and may step less often (`dmml_update_every`).
+
+`+ens`: model 1 is the plain method itself (same seeds, so `X+ens` evaluates exactly `X` as its '' variant); model m > 1
 draws its initialisation, batches and miner samples from seeds derived from its own name (`<seed name>|ens<m>`).
 The 'ensemble' variant concatenates the members' L2-normalised embeddings and normalises the result, as `+dmml`'s
 does, so that `X+dmml[ensemble]` - `X+ens[ensemble]` isolates mutual learning from plain ensembling.
@@ -13,8 +18,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from oodml.methods.base import Inputs, Method
+from oodml.methods.embedding import EmbeddingMethod
+from oodml.methods.hooks import Cohort, Outputs, Regularizer
+from oodml.methods.losses import relational_mutual_loss
+from oodml.methods.params import DmmlParams
 
 
 def concat_normalized(parts: Sequence[np.ndarray]) -> np.ndarray:
@@ -24,12 +34,55 @@ def concat_normalized(parts: Sequence[np.ndarray]) -> np.ndarray:
     return cat.astype(np.float32)
 
 
+class MutualCohort(Cohort):
+    """`+dmml`'s cohort: `dmml_models` models, per-model update frequency and head-regime input views."""
+
+    def __init__(self, params: DmmlParams) -> None:
+        self.params = params
+        self.size = params.dmml_models
+
+    def update_every(self, m: int) -> int:
+        """`dmml_update_every`, cycled over the models."""
+        every = self.params.dmml_update_every
+        return int(every[m % len(every)])
+
+    def perturb(self, xb: torch.Tensor, m: int, seed: int) -> torch.Tensor:
+        """Model 1 sees the features; model m > 1 a dropout mask and Gaussian noise (scaled by the batch's
+        per-feature std) drawn from `seed`."""
+        if m == 0:
+            return xb
+        g = torch.Generator().manual_seed(seed)
+        keep = 1.0 - self.params.dmml_dropout
+        mask = (torch.rand(xb.shape, generator=g) < keep).to(xb) / keep
+        std = xb.std(dim=0, keepdim=True) if len(xb) > 1 else torch.ones_like(xb[:1])
+        noise = torch.randn(xb.shape, generator=g).to(xb) * std * self.params.dmml_noise
+        return xb * mask + noise
+
+    def variants(self, parts: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """'' = model 1; 'ensemble' = the normalised concatenation of the normalised cohort."""
+        return {"": parts[0], "ensemble": concat_normalized(parts)}
+
+
+class MutualTerm(Regularizer):
+    """`+dmml`'s relational mutual loss towards the other models (detached), weighted by `dmml_weight`."""
+
+    def __init__(self, weight: float) -> None:
+        self.weight = weight
+
+    def term(self, m: int, outs: Sequence[Outputs]) -> torch.Tensor | None:
+        """weight x relational_mutual_loss(e_m, the others' e); None at weight 0."""
+        if self.weight <= 0:
+            return None
+        others = [o[1].detach() for n, o in enumerate(outs) if n != m]
+        return self.weight * relational_mutual_loss(outs[m][1], others)
+
+
 class EnsembleMethod(Method):
     """`n` members built from one configured (unfitted) embedding method; see the module docstring."""
 
-    def __init__(self, method: Any, n: int) -> None:
+    def __init__(self, method: EmbeddingMethod, n: int) -> None:
         self.info = method.info
-        self.members = [method]
+        self.members: list[Method] = [method]
         for m in range(1, n):
             member = copy.deepcopy(method)
             member.seed_name = f"{method.seed_name}|ens{m}"
@@ -38,7 +91,7 @@ class EnsembleMethod(Method):
     @property
     def selects_on_val(self) -> bool:
         """Whether the members' source fits choose their checkpoint on validation classes."""
-        return bool(getattr(self.members[0], "selects_on_val", False))
+        return self.members[0].selects_on_val
 
     def fit(self, x: Inputs, y: np.ndarray, val: tuple[Inputs, np.ndarray] | None = None) -> None:
         """Fit every member on the source, each from its own seeds."""
@@ -77,9 +130,9 @@ class EnsembleMethod(Method):
         """Model 1's fit record."""
         return self.members[0].fit_record()
 
-    def adaptation_record(self, k: int) -> dict[str, Any]:
+    def adaptation_record(self, shots: int) -> dict[str, Any]:
         """Model 1's adaptation settings (all members share them)."""
-        return self.members[0].adaptation_record(k)
+        return self.members[0].adaptation_record(shots)
 
     def state_dict(self) -> dict[str, Any]:
         """Every member's fitted state."""

@@ -17,7 +17,7 @@ from oodml.methods.losses import PmlObjective
 from oodml.methods.params import (ArcFaceParams, ContrastiveParams, HistogramParams, MarginParams,
                                   MultiSimilarityParams, NormSoftmaxParams, ProxyAnchorParams, TrainParams,
                                   TripletParams)
-from oodml.methods.trainer import EmbeddingMethod
+from oodml.methods.embedding import EmbeddingMethod
 
 ObjectiveFn = Callable[[Any, int], nn.Module]
 

@@ -109,9 +109,9 @@ class TrainParams:
         """Field values implied by the given ones (`adapt_protocol: oodml` -> ooDML's lr, schedule and scope)."""
         return dict(OODML_ADAPTATION) if values.get("adapt_protocol") == "oodml" else {}
 
-    def adapt_iterations_for(self, k: int) -> int:
-        """The adaptation iterations at k shots (see `adapt_iterations`)."""
-        return schedule_for(self.adapt_iterations, k)
+    def adapt_iterations_for(self, shots: int) -> int:
+        """The adaptation iterations for supports of `shots` images per class (see `adapt_iterations`)."""
+        return schedule_for(self.adapt_iterations, shots)
 
     def fit_iterations(self, n_train: int) -> int:
         """Source training iterations for `n_train` training images (`epochs` converted, else `iterations`)."""
@@ -329,10 +329,10 @@ def parse_schedule(value: int | str, what: str = "adapt_iterations") -> dict[int
     return out
 
 
-def schedule_for(value: int | str, k: int) -> int:
-    """The schedule's entry for k shots: the largest named k <= `k`, else the smallest named k's."""
+def schedule_for(value: int | str, shots: int) -> int:
+    """The schedule's entry for `shots`: the entry of the largest named shots <= `shots`, else of the smallest."""
     table = parse_schedule(value)
-    below = [kk for kk in table if kk <= k]
+    below = [kk for kk in table if kk <= shots]
     return table[max(below) if below else min(table)]
 
 

@@ -6,9 +6,10 @@ import numpy as np
 from torch import nn
 
 from oodml.methods.base import METHODS, Method, MethodContext, MethodInfo
+from oodml.methods.batches import episode_batch
+from oodml.methods.embedding import EmbeddingMethod
 from oodml.methods.losses import ProtoObjective
 from oodml.methods.params import ProtoParams
-from oodml.methods.trainer import EmbeddingMethod, episode_batch
 
 
 class ProtoMethod(EmbeddingMethod):
@@ -26,7 +27,7 @@ class ProtoMethod(EmbeddingMethod):
 
     def make_objective(self, n_classes: int, stage: str) -> nn.Module:
         """Prototypical loss with the stage's number of shots."""
-        return ProtoObjective(self.params.shots if stage == "fit" else self.adapt_shots)
+        return ProtoObjective(self.params.shots if stage == "fit" else self.adapt_episode_shots)
 
     def batch_indices(self, y: np.ndarray, rng: np.random.Generator, stage: str) -> np.ndarray:
         """A source episode (fit) or the whole support, shuffled within classes (adapt)."""

@@ -1,16 +1,19 @@
-"""The shared trainable method: an embedding net (or a cohort of them, `+dmml`) trained with an objective.
+"""The training loop, separate from the model (in the spirit of pytorch-metric-learning's trainers).
 
-Subclasses choose the objective (`make_objective`) and, if needed, the batch layout (`batch_indices`). Everything
-random is seeded from `MethodContext.seed`: batches from numpy Generators, weight init, PML miners and views from a
-forked torch RNG, so the global RNG state is neither used nor changed.
+A `Trainer` runs one training stage (`fit` on the source, `adapt` on a support) of a cohort of embedding nets: it
+draws batches with the method's sampler, computes each model's objective plus the regularizer terms that add-ons
+contribute (`oodml.methods.hooks`), steps one Adam per model (as often as the cohort rule says), and calls its
+watchers after every iteration: `PlateauStop` (Scott et al.'s adaptation stop) and `ValSelect` (checkpoint chosen on
+validation classes). Everything random comes from the Generator it is given and the torch RNG the caller seeded.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,76 +21,86 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oodml.errors import OodmlError
-from oodml.methods.base import Inputs, Method, MethodContext, MethodInfo
-from oodml.methods.cohort import concat_normalized
-from oodml.methods.losses import init_proxies, relational_mutual_loss, sec_loss
-from oodml.methods.nets import EmbeddingNet, batched_forward, build_trunk, make_head
-from oodml.methods.params import DmmlParams, SecParams, TrainParams
+from oodml.methods.base import Inputs
+from oodml.methods.hooks import SINGLE, Cohort, Outputs, Regularizer
+from oodml.methods.nets import EmbeddingNet
+from oodml.methods.params import TrainParams
 from oodml.progress import progress
-from oodml.seeding import derive_seed
+
+#: an optimizer parameter group: {"params": [...], "lr": ...}
+Group = dict[str, Any]
+#: the modules' state dicts, in order (a checkpoint kept in memory)
+Snapshot = list[dict[str, Any]]
+
+
+def net_groups(net: EmbeddingNet, params: TrainParams, stage: str) -> tuple[list[Group], float]:
+    """The net's optimizer groups at `stage` and the learning rate the objective's own parameters start from.
+
+    fit: head at `lr`, trunk at `backbone_lr`; adapt: the last layer (`adapt_scope=last`) or everything
+    (`all`: the head at `adapt_lr`, the trunk scaled by backbone_lr / lr).
+    """
+    p = params
+    if stage == "fit":
+        return ([{"params": list(net.head.parameters()), "lr": p.lr},
+                 {"params": list(net.trunk.parameters()), "lr": p.backbone_lr}], p.lr)
+    if p.adapt_scope == "last":
+        return [{"params": list(net.last_layer().parameters()), "lr": p.adapt_lr}], p.adapt_lr
+    return ([{"params": list(net.head.parameters()), "lr": p.adapt_lr},
+             {"params": list(net.trunk.parameters()), "lr": p.adapt_lr * p.backbone_lr / p.lr}], p.adapt_lr)
+
+
+def trainable(groups: Sequence[Group]) -> list[Group]:
+    """The groups restricted to parameters that require a gradient; empty groups dropped."""
+    out = []
+    for g in groups:
+        params = [q for q in g["params"] if q.requires_grad]
+        if params:
+            out.append({**g, "params": params})
+    return out
+
+
+def train_mode(nets: Sequence[EmbeddingNet], stage: str, params: TrainParams) -> None:
+    """Train mode for what `stage` trains; the frozen part stays in eval mode (no BatchNorm statistics change),
+    and so does every BatchNorm layer when adapting with `adapt_bn=frozen`."""
+    for net in nets:
+        net.train()
+        if stage == "adapt" and params.adapt_scope == "last":
+            for mod in [net.trunk, *list(net.head)[:-1]]:
+                mod.eval()
+        if stage == "adapt" and params.adapt_bn == "frozen":
+            for mod in net.modules():
+                if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                    mod.eval()
+
 
 @contextlib.contextmanager
-def seeded_torch(seed: int) -> Iterator[None]:
-    """Run a block with the torch CPU RNG seeded to `seed`, restoring the previous state afterwards."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+def only_training(modules: Sequence[nn.Module], groups: Sequence[Sequence[Group]]) -> Iterator[None]:
+    """Switch off gradients of the modules' parameters outside `groups` (so frozen parts cost no backward pass)."""
+    keep = {id(q) for gs in groups for g in gs for q in g["params"]}
+    frozen = [q for mod in modules for q in mod.parameters() if q.requires_grad and id(q) not in keep]
+    for q in frozen:
+        q.requires_grad_(False)
+    try:
         yield
+    finally:
+        for q in frozen:
+            q.requires_grad_(True)
 
 
-def classes_batch(y: np.ndarray, chosen: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of up to `per_class` distinct random images of each class in `chosen`, laid out class by class in
-    the order of `chosen`, shuffled within a class.
-
-    One random key per row and one sort instead of a loop of per-class draws (~10x faster at 100 classes).
-    """
-    order = np.lexsort((rng.random(len(y)), y))  # grouped by class, random within a class
-    classes, starts, counts = np.unique(y[order], return_index=True, return_counts=True)
-    pos = np.searchsorted(classes, chosen)
-    take = np.minimum(counts[pos], per_class)
-    first = np.repeat(starts[pos], take)
-    within = np.arange(int(take.sum())) - np.repeat(np.cumsum(take) - take, take)
-    return order[first + within]
+def snapshot(modules: Sequence[nn.Module]) -> Snapshot:
+    """Copies of the modules' state dicts."""
+    return [copy.deepcopy(m.state_dict()) for m in modules]
 
 
-def balanced_batch(y: np.ndarray, batch_size: int, per_class: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of a class-balanced batch: `batch_size // per_class` classes, up to `per_class` images of each."""
-    classes = np.unique(y)
-    n_cls = min(len(classes), max(1, batch_size // per_class))
-    return classes_batch(y, rng.choice(classes, size=n_cls, replace=False), per_class, rng)
+def restore(modules: Sequence[nn.Module], state: Snapshot) -> None:
+    """Load a `snapshot` back."""
+    for module, sd in zip(modules, state, strict=True):
+        module.load_state_dict(sd)
 
 
-def episode_batch(y: np.ndarray, ways: int, per_class: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of an episode laid out class by class: `ways` classes, up to `per_class` shuffled images each."""
-    classes = np.unique(y)
-    return classes_batch(y, rng.choice(classes, size=min(ways, len(classes)), replace=False), per_class, rng)
-
-
-def class_means(e: torch.Tensor, y: np.ndarray, n_classes: int) -> torch.Tensor:
-    """(C, d) mean embedding per class label 0..C-1."""
-    yt = torch.as_tensor(y, dtype=torch.long, device=e.device)
-    sums = torch.zeros(n_classes, e.shape[1], dtype=e.dtype, device=e.device).index_add_(0, yt, e)
-    counts = torch.bincount(yt, minlength=n_classes).clamp_min(1).to(e.dtype)
-    return sums / counts[:, None]
-
-
-def loo_nn_accuracy(e: torch.Tensor, y: np.ndarray) -> float | None:
-    """Leave-one-out 1-nearest-neighbour accuracy (Euclidean) among the rows of `e` whose class has >= 2 rows;
-    None when no class has 2 (nothing to score)."""
-    labels = torch.as_tensor(np.asarray(y), dtype=torch.long)
-    counts = torch.bincount(labels)
-    scored = counts[labels] >= 2
-    if not bool(scored.any()):
-        return None
-    d = torch.cdist(e.double(), e.double())
-    d.fill_diagonal_(float("inf"))
-    hit = labels[d.argmin(dim=1)] == labels
-    return float(hit[scored].double().mean())
-
-
-class _Plateau:
-    """Scott et al.'s stopping rule for the adaptation: keep the weights with the best support score; stop once the
-    best score gained less than `min_gain` (relative) since the previous window."""
+class Plateau:
+    """Keep the state with the best score; `plateaued` says whether the best gained less than `min_gain`
+    (relative) since the previous window."""
 
     def __init__(self, min_gain: float) -> None:
         self.min_gain = min_gain
@@ -95,10 +108,10 @@ class _Plateau:
         self.best_state: Any = None
         self.reference = 0.0
 
-    def update(self, score: float | None, snapshot: Callable[[], Any]) -> None:
-        """Record a scoring; snapshot the weights when the score is a new best (ties keep the earlier weights)."""
+    def update(self, score: float | None, take: Callable[[], Any]) -> None:
+        """Record a scoring; take the state when the score is a new best (ties keep the earlier state)."""
         if score is not None and score > self.best:
-            self.best, self.best_state = score, snapshot()
+            self.best, self.best_state = score, take()
 
     def plateaued(self) -> bool:
         """At the end of a window: True to stop."""
@@ -108,452 +121,193 @@ class _Plateau:
         return False
 
 
-class EmbeddingMethod(Method):
-    """A method that trains an embedding (head, or backbone + head) with an objective; supports `+sec`/`+dmml`.
+class Watcher(ABC):
+    """Called after every training iteration (PML's end-of-iteration hook) and once after the loop."""
 
-    Args:
-        info: the registry entry.
-        ctx: regime, feature dim, backbone, device, seed.
-        params: the method's hyperparameters (a `TrainParams` subclass).
+    @abstractmethod
+    def after(self, it: int, trainer: Trainer) -> bool:
+        """After iteration `it` (0-based): True stops the training."""
+
+    @abstractmethod
+    def finish(self, trainer: Trainer) -> None:
+        """After the last iteration (e.g. restore the chosen weights)."""
+
+
+@dataclass
+class PlateauStop(Watcher):
+    """Scott et al.'s adaptation stop: score the support every `check_every` iterations, keep the best-scoring
+    weights, stop when the best gained less than `min_gain` (relative) over `patience` iterations."""
+
+    score: Callable[[], float | None]
+    check_every: int
+    patience: int
+    min_gain: float
+    plateau: Plateau = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.plateau = Plateau(self.min_gain)
+
+    def after(self, it: int, trainer: Trainer) -> bool:
+        """Score at the check points; True at a patience boundary where the score plateaued."""
+        if (it + 1) % self.check_every == 0:
+            self.plateau.update(self.score(), trainer.snapshot)
+            trainer.train_mode()
+        return (it + 1) % self.patience == 0 and self.plateau.plateaued()
+
+    def finish(self, trainer: Trainer) -> None:
+        """Restore the best-scoring weights."""
+        if self.plateau.best_state is not None:
+            trainer.restore(self.plateau.best_state)
+
+
+@dataclass
+class ValSelect(Watcher):
+    """`select=val`: score the validation classes every `every` iterations and at the last one, keep the best
+    checkpoint, and write what was kept into `record` (kept iteration, the validation curve)."""
+
+    score: Callable[[], float]
+    every: int
+    iterations: int
+    record: dict[str, Any]
+    plateau: Plateau = field(init=False, default_factory=lambda: Plateau(0.0))
+    curve: list[list[float]] = field(init=False, default_factory=list)
+
+    def after(self, it: int, trainer: Trainer) -> bool:
+        """Score at the selection points; never stops the training."""
+        if (it + 1) % self.every == 0 or it + 1 == self.iterations:
+            score = self.score()
+            self.curve.append([it + 1, score])
+            self.plateau.update(score, lambda: (it + 1, trainer.snapshot()))
+            trainer.train_mode()
+        return False
+
+    def finish(self, trainer: Trainer) -> None:
+        """Restore the kept checkpoint and record it."""
+        if self.plateau.best_state is not None:
+            kept, state = self.plateau.best_state
+            trainer.restore(state)
+            self.record.update(select="val", every=self.every, kept_iteration=kept, val_curve=self.curve)
+
+
+@dataclass
+class Trainer:
+    """One training stage of a cohort of nets, each with its objective (see the module docstring).
+
+    Attributes:
+        nets, objectives: model m is `nets[m]` trained with `objectives[m]`.
+        params: the method's hyperparameters (normalisation, weight decay, adaptation scope and BatchNorm rule).
+        stage: 'fit' or 'adapt'.
+        regime: 'head' (features) or 'full' (images).
+        device: where the nets are.
+        batches: (labels, rng) -> row indices of the next batch.
+        seed: (*key) -> a seed of this method (for the cohort's per-model views).
+        regularizers: terms added to each model's loss, in order.
+        cohort: cohort rule (model count, update frequency, views).
+        label: progress-bar label; None shows no progress.
     """
 
-    #: initialise the adaptation objective's class proxies at the support class means
-    init_proxies_on_adapt: bool = False
-    #: False for methods whose adaptation starts from scratch instead of the source model (`baseline`)
-    adapts_source_model: bool = True
-    #: False for methods that train nothing on the source (`baseline`): the fit stage has no parameter groups
-    fit_trains: bool = True
+    nets: Sequence[EmbeddingNet]
+    objectives: Sequence[nn.Module]
+    params: TrainParams
+    stage: str
+    regime: str
+    device: str
+    batches: Callable[[np.ndarray, np.random.Generator], np.ndarray]
+    seed: Callable[..., int]
+    regularizers: Sequence[Regularizer] = ()
+    cohort: Cohort = SINGLE
+    label: str | None = None
 
-    def __init__(self, info: MethodInfo, ctx: MethodContext, params: TrainParams) -> None:
-        self.info = info
-        self.ctx = ctx
-        self.params = params
-        self.sec: SecParams | None = None
-        self.dmml: DmmlParams | None = None
-        self.spec = info.name
-        #: seeds derive from this name: `adapted_X` fits the very same source model as `X` (same init and batches)
-        self.seed_name = info.name.removeprefix("adapted_")
-        self.nets: list[EmbeddingNet] = []
-        self.objectives: list[nn.Module] = []
-        self.in_dim: int | None = ctx.in_dim
-        self.n_classes = 0
-        self.adapt_shots = 1
-        self.adapt_k = 1  # shots of the support being adapted on (picks the `adapt_iterations` entry)
-        self.selection: dict[str, Any] = {}  # how the source model was chosen (`select=val`, `epochs`)
-
-    # ----------------------------------------------------------------------------------------------- hooks
-    @abstractmethod
-    def make_objective(self, n_classes: int, stage: str) -> nn.Module:
-        """The training objective for `n_classes` classes (labels 0..n-1) at `stage` ('fit' or 'adapt')."""
-
-    def batch_indices(self, y: np.ndarray, rng: np.random.Generator, stage: str) -> np.ndarray:
-        """Row indices of the next training batch (default: class-balanced)."""
-        return balanced_batch(y, self.params.batch_size, self.params.samples_per_class, rng)
-
-    def objective_groups(self, objective: nn.Module, lr: float) -> list[dict[str, Any]]:
-        """Optimizer parameter groups of the objective's own parameters."""
-        scale = float(getattr(self.params, "proxy_lr_scale", 1.0))
-        params = [p for p in objective.parameters() if p.requires_grad]
-        return [{"params": params, "lr": lr * scale}]
-
-    # ----------------------------------------------------------------------------------------------- add-ons
     @property
-    def n_models(self) -> int:
-        """Cohort size (1 without `+dmml`)."""
-        return self.dmml.dmml_models if self.dmml is not None else 1
+    def modules(self) -> list[nn.Module]:
+        """Every net, then every objective."""
+        return [*self.nets, *self.objectives]
 
-    def _update_every(self, m: int) -> int:
-        if self.dmml is None:
-            return 1
-        every = self.dmml.dmml_update_every
-        return int(every[m % len(every)])
+    def snapshot(self) -> Snapshot:
+        """The current weights of nets and objectives."""
+        return snapshot(self.modules)
 
-    # ----------------------------------------------------------------------------------------------- building
-    def _seed(self, *key: object) -> int:
-        return derive_seed(self.ctx.seed, self.seed_name, *key)
+    def restore(self, state: Snapshot) -> None:
+        """Load weights taken by `snapshot`."""
+        restore(self.modules, state)
 
-    def _build(self, n_classes: int) -> None:
-        """Fresh nets (each seeded by its cohort index) and fit objectives."""
-        self.n_classes = n_classes
-        p = self.params
-        self.nets, self.objectives = [], []
-        for m in range(self.n_models):
-            with seeded_torch(self._seed("init", m)):
-                trunk, trunk_dim, freeze = build_trunk(self.ctx.regime, self.ctx.backbone)
-                in_dim = trunk_dim if trunk_dim is not None else self.in_dim
-                if in_dim is None:
-                    raise OodmlError("the head regime needs the feature dimension; fit on features first")
-                net = EmbeddingNet(trunk, make_head(in_dim, p.embed_dim, p.head, p.hidden_dim), freeze)
-                self.nets.append(net.to(self.ctx.device))
-                self.objectives.append(self.make_objective(n_classes, "fit").to(self.ctx.device))
+    def train_mode(self) -> None:
+        """Train mode for what this stage trains (`train_mode`)."""
+        train_mode(self.nets, self.stage, self.params)
 
-    def _embed_train(self, net: EmbeddingNet, xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def inputs(self, x: Inputs, idx: np.ndarray, m: int, key: tuple[object, ...]) -> torch.Tensor:
+        """Model m's input batch: augmented images of view m (full), or features through the cohort's view (head)."""
+        if self.regime == "full":
+            return x.fetch(idx, train=True, view=m).to(self.device)
+        xb = x.fetch(idx, train=True, view=m).to(device=self.device, dtype=torch.float32)
+        return self.cohort.perturb(xb, m, self.seed("view", m, *key))
+
+    def outputs(self, net: EmbeddingNet, xb: torch.Tensor) -> Outputs:
+        """(z, e): the net's embeddings and, with `normalize`, their L2-normalised version for the objective."""
         z = net(xb)
         return z, (F.normalize(z, dim=1) if self.params.normalize else z)
 
-    def _view(self, x: Inputs, idx: np.ndarray, m: int, key: tuple[object, ...]) -> torch.Tensor:
-        """Model m's input batch: augmented images (full), or features with noise/dropout for views >= 1 (head)."""
-        dev = self.ctx.device
-        if self.ctx.regime == "full":
-            return x.fetch(idx, train=True, view=m).to(dev)
-        xb = x.fetch(idx, train=True, view=m).to(device=dev, dtype=torch.float32)
-        if m == 0 or self.dmml is None:
-            return xb
-        g = torch.Generator().manual_seed(self._seed("view", m, *key))
-        keep = 1.0 - self.dmml.dmml_dropout
-        mask = (torch.rand(xb.shape, generator=g) < keep).to(xb) / keep
-        std = xb.std(dim=0, keepdim=True) if len(xb) > 1 else torch.ones_like(xb[:1])
-        noise = torch.randn(xb.shape, generator=g).to(xb) * std * self.dmml.dmml_noise
-        return xb * mask + noise
-
-    # ----------------------------------------------------------------------------------------------- training
-    def _param_groups(self, m: int, stage: str) -> list[dict[str, Any]]:
-        p, net = self.params, self.nets[m]
-        if stage == "fit" and not self.fit_trains:
-            return []
-        groups: list[dict[str, Any]]
-        if stage == "fit":
-            groups = [{"params": list(net.head.parameters()), "lr": p.lr},
-                      {"params": list(net.trunk.parameters()), "lr": p.backbone_lr}]
-            lr = p.lr
-        elif p.adapt_scope == "last":
-            groups = [{"params": list(net.last_layer().parameters()), "lr": p.adapt_lr}]
-            lr = p.adapt_lr
-        else:
-            groups = [{"params": list(net.head.parameters()), "lr": p.adapt_lr},
-                      {"params": list(net.trunk.parameters()), "lr": p.adapt_lr * p.backbone_lr / p.lr}]
-            lr = p.adapt_lr
-        groups += self.objective_groups(self.objectives[m], lr)
-        out = []
-        for g in groups:
-            params = [q for q in g["params"] if q.requires_grad]
-            if params:
-                out.append({**g, "params": params})
-        return out
-
-    def _train_mode(self, stage: str) -> None:
-        """Train mode for what `stage` trains; the frozen part stays in eval mode (no BatchNorm statistics change),
-        and so does every BatchNorm layer when adapting with `adapt_bn=frozen`."""
-        for net in self.nets:
-            net.train()
-            if stage == "adapt" and self.params.adapt_scope == "last":
-                for mod in [net.trunk, *list(net.head)[:-1]]:
-                    mod.eval()
-            if stage == "adapt" and self.params.adapt_bn == "frozen":
-                for mod in net.modules():
-                    if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-                        mod.eval()
-
-    def _losses(self, x: Inputs, idx: np.ndarray, y: np.ndarray, key: tuple[object, ...]) -> list[torch.Tensor]:
-        """One loss per cohort model on the batch `idx` (labels `y` are 0..C-1)."""
-        yb = torch.as_tensor(y[idx], dtype=torch.long, device=self.ctx.device)
-        outs = [self._embed_train(net, self._view(x, idx, m, key)) for m, net in enumerate(self.nets)]
+    def losses(self, x: Inputs, idx: np.ndarray, y: np.ndarray, key: tuple[object, ...]) -> list[torch.Tensor]:
+        """One loss per model on the batch `idx` (labels `y` are 0..C-1): objective plus regularizer terms."""
+        yb = torch.as_tensor(y[idx], dtype=torch.long, device=self.device)
+        outs = [self.outputs(net, self.inputs(x, idx, m, key)) for m, net in enumerate(self.nets)]
         losses = []
-        for m, (z, e) in enumerate(outs):
+        for m, (_, e) in enumerate(outs):
             loss = self.objectives[m](e, yb)
-            if self.sec is not None and self.sec.sec_eta > 0:
-                loss = loss + self.sec.sec_eta * sec_loss(z)
-            if self.dmml is not None and self.dmml.dmml_weight > 0:
-                others = [o[1].detach() for n, o in enumerate(outs) if n != m]
-                loss = loss + self.dmml.dmml_weight * relational_mutual_loss(e, others)
+            for reg in self.regularizers:
+                term = reg.term(m, outs)
+                if term is not None:
+                    loss = loss + term
             losses.append(loss)
         return losses
 
-    @contextlib.contextmanager
-    def _only_training(self, groups: list[list[dict[str, Any]]]) -> Iterator[None]:
-        """Switch off gradients of parameters outside `groups` (so frozen parts cost no backward pass)."""
-        keep = {id(q) for gs in groups for g in gs for q in g["params"]}
-        frozen = [q for mod in [*self.nets, *self.objectives] for q in mod.parameters()
-                  if q.requires_grad and id(q) not in keep]
-        for q in frozen:
-            q.requires_grad_(False)
-        try:
-            yield
-        finally:
-            for q in frozen:
-                q.requires_grad_(True)
+    def step(self, x: Inputs, y: np.ndarray, idx: np.ndarray, opts: Sequence[torch.optim.Optimizer | None],
+             it: int) -> None:
+        """One iteration on the batch `idx`: every model's loss, one backward pass, the due optimizer steps."""
+        for opt in opts:
+            if opt is not None:
+                opt.zero_grad(set_to_none=True)
+        total = torch.stack(self.losses(x, idx, y, (self.stage, it))).sum()
+        if total.requires_grad:
+            total.backward()
+            for m, opt in enumerate(opts):
+                if opt is not None and it % self.cohort.update_every(m) == 0:
+                    opt.step()
 
-    def _train(self, x: Inputs, y: np.ndarray, stage: str, val: tuple[Inputs, np.ndarray] | None = None) -> None:
-        p = self.params
-        iterations = p.fit_iterations(len(y)) if stage == "fit" else p.adapt_iterations_for(self.adapt_k)
-        groups = [self._param_groups(m, stage) for m in range(self.n_models)]
-        if iterations == 0 or not any(groups):
-            return
-        rng = np.random.default_rng(self._seed(stage, "batches"))
+    def run(self, x: Inputs, y: np.ndarray, iterations: int, rng: np.random.Generator,
+            groups: Sequence[Sequence[Group]], watchers: Sequence[Watcher] = ()) -> None:
+        """Train for up to `iterations` steps, model m on its parameter groups `groups[m]`; nets end in eval mode."""
         prefetch = getattr(x, "prefetch", None)
         if prefetch is not None:  # full regime: workers decode/augment the same batches, drawn ahead from a copy
             ahead = copy.deepcopy(rng)
-            prefetch((b, True, m) for b in (self.batch_indices(y, ahead, stage) for _ in range(iterations))
-                     for m in range(self.n_models))
-        opts = [torch.optim.Adam(g, weight_decay=p.weight_decay) if g else None for g in groups]
-        self._train_mode(stage)
-        show = progress(f"{stage} {self.spec}", iterations) if stage == "fit" else contextlib.nullcontext()
-        stop = _Plateau(p.adapt_min_gain) if stage == "adapt" and p.adapt_stop == "plateau" else None
-        best = _Plateau(0.0) if val is not None else None
-        curve: list[list[float]] = []
-        with self._only_training(groups), show as bar:
+            prefetch((b, True, m) for b in (self.batches(y, ahead) for _ in range(iterations))
+                     for m in range(len(self.nets)))
+        opts = [torch.optim.Adam(g, weight_decay=self.params.weight_decay) if g else None for g in groups]
+        self.train_mode()
+        show = progress(self.label, iterations) if self.label else contextlib.nullcontext()
+        with only_training(self.modules, groups), show as bar:
             for it in range(iterations):
-                idx = self.batch_indices(y, rng, stage)
-                for opt in opts:
-                    if opt is not None:
-                        opt.zero_grad(set_to_none=True)
-                total = torch.stack(self._losses(x, idx, y, (stage, it))).sum()
-                if total.requires_grad:
-                    total.backward()
-                    for m, opt in enumerate(opts):
-                        if opt is not None and it % self._update_every(m) == 0:
-                            opt.step()
+                self.step(x, y, self.batches(y, rng), opts, it)
                 if bar is not None:
                     bar.update(1)
-                if stop is not None and (it + 1) % p.adapt_check_every == 0:
-                    stop.update(self.support_score(x, y), self._snapshot)
-                    self._train_mode(stage)
-                if stop is not None and (it + 1) % p.adapt_patience == 0 and stop.plateaued():
+                if any([w.after(it, self) for w in watchers]):
                     break
-                if best is not None and val is not None and ((it + 1) % p.select_every == 0 or it + 1 == iterations):
-                    score = self.val_score(*val)
-                    curve.append([it + 1, score])
-                    best.update(score, lambda: (it + 1, self._snapshot()))
-                    self._train_mode(stage)
-        if stop is not None and stop.best_state is not None:
-            self._restore(stop.best_state)
-        if best is not None and best.best_state is not None:
-            kept, state = best.best_state
-            self._restore(state)
-            self.selection.update(select="val", every=p.select_every, kept_iteration=kept, val_curve=curve)
+        for w in watchers:
+            w.finish(self)
         for net in self.nets:
             net.eval()
 
-    def _snapshot(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        return ([copy.deepcopy(n.state_dict()) for n in self.nets],
-                [copy.deepcopy(o.state_dict()) for o in self.objectives])
-
-    def _restore(self, state: tuple[list[dict[str, Any]], list[dict[str, Any]]]) -> None:
-        for module, sd in zip([*self.nets, *self.objectives], [*state[0], *state[1]]):
-            module.load_state_dict(sd)
-
-    def val_score(self, x: Inputs, y: np.ndarray) -> float:
-        """Recall@1 of model 1's embeddings of the validation classes (`select=val`), as the evaluation computes it."""
-        from oodml.eval import retrieval_metrics
-
-        return float(retrieval_metrics(self._embed_net(0, x), np.asarray(y), (1,))["recall@1"])
-
-    def support_score(self, x: Inputs, y: np.ndarray) -> float | None:
-        """How well model 1 fits the support `x` (labels 0..C-1), for the `plateau` adaptation stop: leave-one-out
-        1-NN accuracy of its embeddings; None when no class has two images."""
-        return loo_nn_accuracy(torch.from_numpy(self._embed_net(0, x)), y)
-
-    # ----------------------------------------------------------------------------------------------- protocol
-    @property
-    def selects_on_val(self) -> bool:
-        """True when the source fit wants validation classes (`select=val`)."""
-        return self.params.select == "val"
-
-    def fit(self, x: Inputs, y: np.ndarray, val: tuple[Inputs, np.ndarray] | None = None) -> None:
-        """Train on the source classes (labels are re-indexed to 0..C-1); with `select=val`, `val` (inputs and
-        labels of the held-out validation classes) chooses the checkpoint."""
-        classes, yi = np.unique(np.asarray(y), return_inverse=True)
-        if self.in_dim is None and hasattr(x, "dim"):
-            self.in_dim = int(x.dim)  # type: ignore[attr-defined]
-        if self.selects_on_val and val is None:
-            raise OodmlError(f"{self.spec}: select=val needs validation classes; the split level has none (rebuild "
-                             "the splits with val classes) or use select=last")
-        p = self.params
-        self.selection = {"iterations": p.fit_iterations(len(yi)), "epochs": p.epochs} if p.epochs > 0 else {}
-        with seeded_torch(self._seed("fit")):
-            self._build(len(classes))
-            self._train(x, yi.astype(np.int64), "fit", val if self.selects_on_val else None)
-
-    def fit_record(self) -> dict[str, Any]:
-        """How the source model was trained and chosen (epochs, `select=val`: kept iteration and val curve)."""
-        return dict(self.selection)
-
-    def prepare_adapt(self, x: Inputs, y: np.ndarray, n_classes: int) -> None:
-        """Replace the objectives by ones for the target classes (proxies at the support means if configured)."""
-        counts = np.bincount(y, minlength=n_classes)
-        self.adapt_shots = max(1, int(counts.min()) // 2)
-        self.objectives = []
-        for m in range(self.n_models):
-            obj = self.make_objective(n_classes, "adapt").to(self.ctx.device)
-            if self.init_proxies_on_adapt:
-                e = torch.from_numpy(self._embed_net(m, x))
-                init_proxies(obj, class_means(e, y, n_classes))
-            self.objectives.append(obj)
-        self.n_classes = n_classes
-
-    def adapt(self, x: Inputs, y: np.ndarray) -> Method:
-        """A fine-tuned copy (when the method uses the support; otherwise an untouched copy)."""
-        if self.info.uses_support and self.params.adapt_protocol == "oodml":
-            return next(self.adapt_episodes([(x, y)]))
-        new = copy.deepcopy(self)
-        if not self.info.uses_support:
-            return new
-        if not new.nets:
-            raise OodmlError(f"{self.spec}: call fit before adapt")
-        classes, yi = np.unique(np.asarray(y), return_inverse=True)
-        yi = yi.astype(np.int64)
-        new.adapt_k = int(np.bincount(yi).min())
-        with seeded_torch(self._seed("adapt")):
-            new.prepare_adapt(x, yi, len(classes))
-            if new.params.adapt_stop == "plateau" and new.support_score(x, yi) is None:
-                return new  # one image per class: nothing to score the adaptation on (Scott et al. don't adapt)
-            new._train(x, yi, "adapt")
-        return new
-
-    def adapt_episodes(self, supports: Sequence[tuple[Inputs, np.ndarray]],
-                       seeds: Sequence[int] | None = None) -> Iterator[Method]:
-        """Adapted copies for many supports. With `adapt_protocol=oodml`, every support's (and cohort model's) last
-        layer is fine-tuned in one batched computation (`oodml.methods.batched`); otherwise one support at a time.
-
-        The copies share the source model's frozen backbone (it is not trained by this protocol).
-        """
-        if not (self.info.uses_support and self.params.adapt_protocol == "oodml"):
-            return super().adapt_episodes(supports, seeds)
-        return iter(self._adapt_batched(supports))
-
-    def _adapt_batched(self, supports: Sequence[tuple[Inputs, np.ndarray]]) -> list[Method]:
-        from oodml.methods.batched import AdaptTask, adapt_last_layers
-
-        if not self.nets:
-            raise OodmlError(f"{self.spec}: call fit before adapt")
-        if not self.adapts_source_model:
-            raise OodmlError(f"{self.spec} trains from scratch on the support; adapt_protocol=oodml fine-tunes a "
-                             "source model's last layer, so use adapt_protocol=own_loss for it")
-        p = self.params
-        lasts: list[nn.Linear] = []
-        for net in self.nets:
-            layer = net.last_layer()
-            if not isinstance(layer, nn.Linear) or layer.bias is None:
-                raise OodmlError(f"{self.spec}: adapt_protocol=oodml needs a linear last layer with a bias")
-            lasts.append(layer)
-        tasks: list[AdaptTask] = []
-        for x, y in supports:
-            yi = np.unique(np.asarray(y), return_inverse=True)[1].astype(np.int64)
-            iterations = p.adapt_iterations_for(int(np.bincount(yi).min()))
-            for m in range(self.n_models):
-                g = torch.Generator().manual_seed(self._seed("adapt", "miner", m))
-                tasks.append(AdaptTask(self._frozen_part(m, x), yi, iterations,
-                                       np.random.default_rng(self._seed("adapt", "batches")), g))
-        weight = torch.stack([layer.weight.detach() for layer in lasts] * len(supports))
-        bias = torch.stack([layer.bias.detach() for layer in lasts] * len(supports))
-        adapt_last_layers(weight, bias, tasks, lr=p.adapt_lr, weight_decay=p.weight_decay,
-                          batch=lambda y, rng: balanced_batch(y, p.batch_size, p.samples_per_class, rng))
-        out: list[Method] = []
-        shared = {id(net.trunk): net.trunk for net in self.nets}
-        for i in range(len(supports)):
-            new = copy.deepcopy(self, dict(shared))
-            for m, net in enumerate(new.nets):
-                last = net.last_layer()
-                assert isinstance(last, nn.Linear)
-                with torch.no_grad():
-                    last.weight.copy_(weight[i * self.n_models + m])
-                    last.bias.copy_(bias[i * self.n_models + m])
-                net.eval()
-            out.append(new)
-        return out
-
-    def _frozen_part(self, m: int, x: Inputs) -> Callable[[np.ndarray], torch.Tensor]:
-        """rows -> inputs of model m's last layer (backbone and earlier head layers in eval mode, no gradients);
-        on cached features computed once for all of `x`."""
-        net = self.nets[m].eval()
-        dev = self.ctx.device
-
-        def below_last(xb: torch.Tensor) -> torch.Tensor:
-            h = net.trunk(xb)
-            for layer in list(net.head)[:-1]:
-                h = layer(h)
-            return h
-
-        if self.ctx.regime == "head":
-            bs = 4096
-            cached = torch.from_numpy(batched_forward(below_last, x, dev, bs)).to(dev)
-            return lambda rows: cached[torch.as_tensor(rows, dtype=torch.long)]
-
-        def fetch(rows: np.ndarray) -> torch.Tensor:
-            with torch.no_grad():
-                return below_last(x.fetch(rows, train=True).to(dev))
-
-        return fetch
-
-    def adaptation_record(self, k: int) -> dict[str, Any]:
-        """Protocol, objective, iterations (this k's entry of the schedule), learning rate and scope."""
-        if not self.info.uses_support:
-            return {}
-        p = self.params
-        rec: dict[str, Any] = {"protocol": p.adapt_protocol, "iterations": p.adapt_iterations_for(k),
-                               "lr": p.adapt_lr, "scope": p.adapt_scope}
-        if p.adapt_protocol == "oodml":
-            rec["objective"] = "margin 0.2, beta 1.2 fixed, distance-weighted miner cutoffs 0.5/1.4"
-            rec["batch"] = [p.batch_size, p.samples_per_class]
-        else:
-            rec["objective"] = "own"
-            rec["stop"] = p.adapt_stop
-        return rec
-
-    def _embed_net(self, m: int, x: Inputs) -> np.ndarray:
-        net = self.nets[m].eval()
-        bs = 4096 if self.ctx.regime == "head" else 64
-        fn = (lambda xb: F.normalize(net(xb), dim=1)) if self.params.normalize else net
-        return batched_forward(fn, x, self.ctx.device, bs)
-
-    def embed(self, x: Inputs) -> np.ndarray:
-        """(N, embed_dim) float32 embeddings of model 1 (L2-normalised when `normalize`)."""
-        if not self.nets:
-            raise OodmlError(f"{self.spec}: call fit before embed")
-        return self._embed_net(0, x)
-
-    def embed_variants(self, x: Inputs) -> dict[str, np.ndarray]:
-        """'' = model 1; with `+dmml` also 'ensemble' = normalised concatenation of the normalised cohort."""
-        first = self.embed(x)
-        if self.dmml is None:
-            return {"": first}
-        parts = [first] + [self._embed_net(m, x) for m in range(1, self.n_models)]
-        return {"": first, "ensemble": concat_normalized(parts)}
-
-    def state_dict(self) -> dict[str, Any]:
-        """The fitted source state: nets and objectives of every cohort model (CPU tensors)."""
-
-        def cpu(sd: dict[str, Any]) -> dict[str, Any]:
-            return {k: v.detach().cpu().clone() for k, v in sd.items()}
-
-        return {"in_dim": self.in_dim, "n_classes": self.n_classes, "selection": self.selection,
-                "nets": [cpu(n.state_dict()) for n in self.nets],
-                "objectives": [cpu(o.state_dict()) for o in self.objectives]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Rebuild the nets and objectives and load a `state_dict`."""
-        self.in_dim = state["in_dim"]
-        self.selection = dict(state.get("selection", {}))
-        self._build(int(state["n_classes"]))
-        for net, sd in zip(self.nets, state["nets"], strict=True):
-            net.load_state_dict(sd)
-            net.eval()
-        for obj, sd in zip(self.objectives, state["objectives"], strict=True):
-            obj.load_state_dict(sd)
-
-    def grad_probe(self, x: Inputs, y: np.ndarray, stage: str = "fit") -> list[str]:
-        """Names of the parameters `stage` would train that get no finite gradient on one batch (for tests).
-
-        Runs on a copy, so neither parameters nor BatchNorm statistics of `self` change.
-        """
-        return copy.deepcopy(self)._grad_probe(x, y, stage)
-
-    def _grad_probe(self, x: Inputs, y: np.ndarray, stage: str) -> list[str]:
-        _, yi = np.unique(np.asarray(y), return_inverse=True)
-        yi = yi.astype(np.int64)
-        groups = [self._param_groups(m, stage) for m in range(self.n_models)]
-        if not any(groups):
-            return []
+    def probe(self, x: Inputs, y: np.ndarray, rng: np.random.Generator,
+              groups: Sequence[Sequence[Group]]) -> list[str]:
+        """Names of the parameters in `groups` that get no finite gradient from one batch (for tests)."""
         names = {id(q): f"model{m}.{prefix}.{n}" for m, mods in enumerate(zip(self.nets, self.objectives))
                  for prefix, mod in zip(("net", "objective"), mods) for n, q in mod.named_parameters()}
-        for mod in [*self.nets, *self.objectives]:
+        for mod in self.modules:
             mod.zero_grad(set_to_none=True)
-        self._train_mode(stage)
-        with seeded_torch(self._seed("probe")), self._only_training(groups):
-            rng = np.random.default_rng(self._seed("probe"))
-            total = torch.stack(self._losses(x, self.batch_indices(yi, rng, stage), yi, ("probe",))).sum()
+        self.train_mode()
+        with only_training(self.modules, groups):
+            total = torch.stack(self.losses(x, self.batches(y, rng), y, ("probe",))).sum()
             if total.requires_grad:
                 total.backward()
-        missing = [names[id(q)] for gs in groups for g in gs for q in g["params"]
-                   if q.grad is None or not bool(torch.isfinite(q.grad).all())]
-        return missing
+        return [names[id(q)] for gs in groups for g in gs for q in g["params"]
+                if q.grad is None or not bool(torch.isfinite(q.grad).all())]

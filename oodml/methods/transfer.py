@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from oodml.methods.base import METHODS, Inputs, Method, MethodContext, MethodInfo
+from oodml.methods.embedding import EmbeddingMethod
 from oodml.methods.losses import ClassifierObjective
 from oodml.methods.nets import batched_forward, build_trunk
 from oodml.methods.params import ClassifierParams
-from oodml.methods.trainer import EmbeddingMethod, seeded_torch
-from oodml.seeding import derive_seed
+from oodml.seeding import derive_seed, seeded_torch
 
 
 class PretrainedMethod(Method):
@@ -25,7 +25,7 @@ class PretrainedMethod(Method):
         self.info, self.ctx = info, ctx
         self.trunk: nn.Module | None = None
 
-    def fit(self, x: Inputs, y: np.ndarray) -> None:
+    def fit(self, x: Inputs, y: np.ndarray, val: tuple[Inputs, np.ndarray] | None = None) -> None:
         """Nothing to train."""
 
     def adapt(self, x: Inputs, y: np.ndarray) -> Method:

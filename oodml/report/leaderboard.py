@@ -16,7 +16,6 @@ from oodml.errors import OodmlError, suggest
 from oodml.progress import log
 from oodml.report import intervals as iv
 from oodml.report.stats import ALPHA
-from oodml.schema import METRICS
 
 #: Default leaderboard metric per k: the first of these that the results hold at that k.
 DEFAULT_METRIC_ORDER: tuple[str, ...] = ("recall@1", "accuracy")
@@ -39,7 +38,7 @@ def choose_metrics(ok: pd.DataFrame, ks: list[int], metric: str | None) -> dict[
         ok: ok rows of one dataset.
         ks: every k the dataset's cells have.
         metric: the user's choice (`--metric`), or None for the default: recall@1 where present, else accuracy,
-            else the first stored metric in `oodml.schema.METRICS` order.
+            else the first metric stored at that k (the cells store them in `oodml.eval.metrics.METRICS` order).
 
     Returns:
         k -> metric; with an explicit metric, the ks that lack it are left out (and logged).
@@ -47,14 +46,12 @@ def choose_metrics(ok: pd.DataFrame, ks: list[int], metric: str | None) -> dict[
     Raises:
         OodmlError: the explicit metric is unknown, or stored at no k.
     """
+    stored = [str(m) for m in dict.fromkeys(ok["metric"])]  # the metrics stored, in the order the cells wrote them
     present = {int(k): set(g.unique()) for k, g in ok.groupby("k_shot")["metric"]}
     if metric is not None:
-        everywhere = set().union(*present.values()) if present else set()
-        if metric not in METRICS and metric not in everywhere:
-            raise OodmlError(f"unknown metric {metric!r}{suggest(metric, METRICS)}; choose one of {', '.join(METRICS)}")
-        if metric not in everywhere:
-            raise OodmlError(f"metric {metric!r} is not in the results (stored: {', '.join(sorted(everywhere))}); "
-                             "pass one of those to --metric")
+        if metric not in stored:
+            raise OodmlError(f"unknown metric {metric!r}{suggest(metric, stored)}: not in the results, which hold "
+                             f"{', '.join(stored)}; pass one of those to --metric")
         missing = [k for k in ks if metric not in present.get(k, set())]
         if missing:
             log(f"report: no {metric} values at k={','.join(map(str, missing))}; no leaderboard for those k")
@@ -62,7 +59,7 @@ def choose_metrics(ok: pd.DataFrame, ks: list[int], metric: str | None) -> dict[
     out: dict[int, str] = {}
     for k in ks:
         have = present.get(k, set())
-        order = [m for m in (*DEFAULT_METRIC_ORDER, *METRICS) if m in have] + sorted(have - set(METRICS))
+        order = [m for m in (*DEFAULT_METRIC_ORDER, *stored) if m in have]
         out[k] = order[0] if order else DEFAULT_METRIC_ORDER[0]
     return out
 

@@ -16,9 +16,9 @@ from oodml.runner.executors import EXECUTORS, ExecOptions, Sink
 from oodml.runner.grid import plan_grid
 from oodml.runner.plan import Cell, Plan, describe
 from oodml.runner.live import GridProgress
-from oodml.runner.store import Store, cell_payload
+from oodml.runner.store import CellStore, cell_payload
 
-__all__ = ["Cell", "CellResult", "CellTask", "EXECUTORS", "Plan", "Store", "execute", "plan_grid", "run_grid",
+__all__ = ["Cell", "CellResult", "CellTask", "EXECUTORS", "Plan", "CellStore", "execute", "plan_grid", "run_grid",
            "cpu_count", "make_tasks"]
 
 
@@ -34,7 +34,7 @@ def cpu_count() -> int:
 CELL_THREADS = 1
 
 
-def make_tasks(plan: Plan, store: Store) -> tuple[list[CellTask], int]:
+def make_tasks(plan: Plan, store: CellStore) -> tuple[list[CellTask], int]:
     """Tasks for the cells not yet finished (all of them with --force), and how many cells were skipped.
 
     A finished cell asked for more k than it holds is rerun for the union of both (its fit comes from the cache).
@@ -62,7 +62,7 @@ def make_tasks(plan: Plan, store: Store) -> tuple[list[CellTask], int]:
 class _StoreSink(Sink):
     """Writes each finished cell (the parent is the only writer) and drives the progress view."""
 
-    def __init__(self, plan: Plan, store: Store, view: GridProgress) -> None:
+    def __init__(self, plan: Plan, store: CellStore, view: GridProgress) -> None:
         self.plan, self.store, self.view = plan, store, view
         self.failed = 0
 
@@ -91,7 +91,7 @@ def run_grid(cfg: RunCfg) -> int:
     EXECUTORS.resolve(cfg.executor)  # an unknown executor: OodmlError with the closest names, before any work
     plan = plan_grid(cfg)
     check_grid_size(len(plan.cells), cfg)
-    store = Store(cfg.results)
+    store = CellStore(cfg.results)
     store.remove_stale_temps()
     tasks, skipped = make_tasks(plan, store)
     log(describe(plan, len(tasks), skipped))

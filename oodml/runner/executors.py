@@ -18,7 +18,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
-from oodml.compat import RAY_INSTALL, import_ray  # noqa: F401 -- import_ray: alias of its home
+from oodml.compat import RAY_INSTALL, import_ray
 from oodml.registry import Registry
 from oodml.runner.cell import CellResult, CellTask, execute, set_threads, warm_up
 from oodml.runner.procs import die_with_parent, mark_run

@@ -40,11 +40,6 @@ class Cell:
     seed: int
     shots: tuple[int, ...]
 
-    @property
-    def ks(self) -> tuple[int, ...]:
-        """Alias of `shots`."""
-        return self.shots
-
     def key(self) -> dict[str, Any]:
         """The identity of the cell (everything but `shots`): what its fit and its results depend on."""
         return {"dataset": self.dataset, "backbone": self.backbone, "feature_hash": self.feature_hash,

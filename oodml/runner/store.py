@@ -103,9 +103,6 @@ def finished_cell(data: dict[str, Any], cell_id: str) -> bool:
                for r in rows)
 
 
-Store = CellStore  # alias of the name before the writer and reader stores got distinct names
-
-
 @functools.lru_cache(maxsize=1)
 def provenance() -> dict[str, Any]:
     """oodml version, git sha of the source tree (when it is a git checkout) and library versions."""

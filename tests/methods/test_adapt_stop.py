@@ -12,7 +12,7 @@ import torch
 
 from oodml.errors import OodmlError
 from oodml.methods import EmbeddingMethod, MethodContext, build_method, make_inputs, method_params
-from oodml.methods.trainer import loo_nn_accuracy
+from oodml.methods.embedding import loo_nn_accuracy
 from tests.conftest import make_blobs
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using a non-tuple sequence:UserWarning")

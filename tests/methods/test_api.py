@@ -10,7 +10,9 @@ import pytest
 from oodml.errors import OodmlError
 from oodml.methods import (METHODS, EmbeddingMethod, MethodContext, build_method, load_plugins, method_family,
                            method_params, resolve_methods, validate_overrides)
+from oodml.methods.addons import SecTerm
 from oodml.methods.base import FAMILIES
+from oodml.methods.cohort import MutualCohort, MutualTerm
 
 DML = ["contrastive", "triplet", "margin", "multisimilarity", "proxy_anchor", "arcface", "normsoftmax", "histogram"]
 
@@ -124,8 +126,9 @@ def test_build_method_applies_params_and_addons() -> None:
     assert isinstance(m, EmbeddingMethod)
     assert m.info.name == "adapted_histogram" and m.spec == "adapted_histogram+sec+dmml"
     assert m.params.n_bins == 20  # type: ignore[attr-defined]
-    assert m.sec is not None and m.sec.sec_eta == 0.5
-    assert m.dmml is not None and m.n_models == 3
+    sec, mutual = m.regularizers  # regularizers apply before cohorts
+    assert isinstance(sec, SecTerm) and sec.eta == 0.5
+    assert isinstance(mutual, MutualTerm) and isinstance(m.cohort, MutualCohort) and m.n_models == 3
 
 
 def test_load_plugins_unknown_module() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from oodml.methods.trainer import balanced_batch, classes_batch, episode_batch
+from oodml.methods.batches import balanced_batch, classes_batch, episode_batch
 
 
 def test_classes_batch_lays_out_distinct_members_class_by_class() -> None:

@@ -15,7 +15,7 @@ from oodml.errors import OodmlError
 from oodml.methods import EmbeddingMethod, MethodContext, build_method, make_inputs, method_params
 from oodml.methods.batched import distance_weighted_triplets, margin_loss
 from oodml.methods.params import schedule_for
-from oodml.runner import Store, run_grid
+from oodml.runner import CellStore, run_grid
 from tests.conftest import make_blobs
 from tests.runner.fakes import write_inputs
 
@@ -165,7 +165,7 @@ def test_cell_records_the_resolved_schedule_per_k(tmp_path: Path) -> None:
                            method_params={"iterations": 4, "adapt_protocol": "oodml",
                                           "adapt_iterations": "2:3,3:5", "batch_size": 8}))
     assert run_grid(c) == 0
-    cells = {cell["config"]["methods"][0]: cell for cell in Store(tmp_path / "r").cells()}
+    cells = {cell["config"]["methods"][0]: cell for cell in CellStore(tmp_path / "r").cells()}
     adaptation = cells["adapted_margin"]["training"]["adaptation"]
     assert {k: v["iterations"] for k, v in adaptation.items()} == {"2": 3, "3": 5}
     assert adaptation["2"]["protocol"] == "oodml" and adaptation["2"]["lr"] == 1e-4
@@ -230,7 +230,7 @@ def test_cell_holds_val_classes_out_and_records_the_selection(tmp_path: Path) ->
                            results=str(tmp_path / "r"), workers=1,
                            method_params={"iterations": 6, "select": "val", "select_every": 2, "batch_size": 8}))
     assert run_grid(c) == 0
-    (cell,) = Store(tmp_path / "r").cells()
+    (cell,) = CellStore(tmp_path / "r").cells()
     fit = cell["training"]["fit"]
     assert [i for i, _ in fit["val_curve"]] == [2, 4, 6] and fit["kept_iteration"] in (2, 4, 6)
     assert cell["rows"][0]["n_train_classes"] == len(spec.levels[0].train_classes)

@@ -8,9 +8,9 @@ import sys
 import pytest
 from rich.console import Console
 
+from oodml.compat import import_ray
 from oodml.errors import OodmlError
 from oodml.runner import EXECUTORS
-from oodml.runner.executors import import_ray
 from oodml.runner.live import GridProgress, format_eta
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from oodml.config import build_run_cfg
+from oodml.errors import OodmlError
 from oodml.eval.metrics import FEW_SHOT, METRICS, ZERO_SHOT, MetricInfo, matches
 from oodml.registry import Entry
 from oodml.report import build_report
@@ -54,3 +55,6 @@ def test_a_registered_metric_reaches_cells_and_leaderboard(registered: None, tmp
               if r["metric"] == "precision@2" and r["k_shot"] == 0 and r["method"] == "fake_proj"]
     row = next(r for r in board if r["method"] == "fake_proj")
     assert float(row["mean"]) == pytest.approx(np.mean(stored), abs=1e-12)
+    # the report knows metric names only from the cells (the registry is their one source)
+    with pytest.raises(OodmlError, match="did you mean precision@2"):
+        build_report(results=tmp_path / "r", metric="precision@3")

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from oodml.cli import app
 from oodml.config import build_run_cfg
-from oodml.runner import Store, run_grid
+from oodml.runner import CellStore, run_grid
 from tests.conftest import REPO
 from tests.runner.fakes import fake_methods, write_inputs
 
@@ -36,7 +36,7 @@ def env(**kw: str) -> dict[str, str]:
 
 
 def rows(results: Path) -> list[dict[str, Any]]:
-    out = [{k: v for k, v in r.items() if k not in VOLATILE} for c in Store(results).cells() for r in c["rows"]]
+    out = [{k: v for k, v in r.items() if k not in VOLATILE} for c in CellStore(results).cells() for r in c["rows"]]
     return sorted(out, key=lambda r: (r["cell_id"], r["method"], r["k_shot"], str(r["metric"])))
 
 
@@ -108,7 +108,7 @@ def test_sigkill_mid_run_then_rerun_equals_clean_run(files: tuple[Path, Path], t
         assert run_here(*files, tmp_path / "clean", **grid) == 0
     finally:
         os.environ.pop("FAKE_SLOW_S") if old is None else os.environ.__setitem__("FAKE_SLOW_S", old)
-    assert len(Store(killed).cells()) == 8
+    assert len(CellStore(killed).cells()) == 8
     assert rows(killed) == rows(tmp_path / "clean")
 
 
@@ -117,7 +117,7 @@ def test_worker_pool_stores_every_cell_and_errors(files: tuple[Path, Path], tmp_
     grid = dict(method="fake_proj,fake_boom", shifts="1..2", k="0,2", seeds="0")
     assert run_here(*files, tmp_path / "pool", workers=2, **grid) == 1
     assert run_here(*files, tmp_path / "one", workers=1, **grid) == 1
-    cells = Store(tmp_path / "pool").cells()
+    cells = CellStore(tmp_path / "pool").cells()
     assert len(cells) == 4
     assert sorted(c["status"] for c in cells) == ["error", "error", "ok", "ok"]
     assert all("boom in fit" in c["error"] for c in cells if c["status"] == "error")
@@ -128,7 +128,7 @@ def test_worker_pool_stores_every_cell_and_errors(files: tuple[Path, Path], tmp_
 
 def test_a_dying_worker_becomes_an_error_cell(files: tuple[Path, Path], tmp_path: Path) -> None:
     assert run_here(*files, tmp_path / "r", workers=2, method="fake_die", shifts="1..2", k="0", seeds="0") == 1
-    cells = Store(tmp_path / "r").cells()
+    cells = CellStore(tmp_path / "r").cells()
     assert len(cells) == 2 and {c["status"] for c in cells} == {"error"}
     assert all("worker process died" in c["error"] for c in cells)
 
@@ -140,7 +140,7 @@ def test_ray_gives_the_same_values_as_local(files: tuple[Path, Path], tmp_path: 
     cfg = dict(features=str(files[0]), splits=str(files[1]), **grid)
     assert run_grid(build_run_cfg(dict(cfg, results=str(tmp_path / "local")))) == 0
     assert run_grid(build_run_cfg(dict(cfg, results=str(tmp_path / "ray"), executor="ray"))) == 0
-    assert len(Store(tmp_path / "ray").cells()) == 2
+    assert len(CellStore(tmp_path / "ray").cells()) == 2
     assert values(tmp_path / "ray") == values(tmp_path / "local")
 
 
@@ -158,7 +158,7 @@ def test_acceptance_grid_kill_resume_and_ray(tmp_path: Path) -> None:
     clean = subprocess.run(oodml_cmd(feats, splits, tmp_path / "clean", *grid), env=env(), cwd=REPO,
                            capture_output=True, text=True)
     assert clean.returncode == 0, clean.stderr
-    cells = Store(tmp_path / "clean").cells()
+    cells = CellStore(tmp_path / "clean").cells()
     assert len(cells) == 18 and {c["status"] for c in cells} == {"ok"}
     killed = tmp_path / "killed"
     proc = subprocess.Popen(oodml_cmd(feats, splits, killed, *grid), env=env(), cwd=REPO, start_new_session=True,

@@ -14,7 +14,7 @@ import pytest
 from oodml.config import RunCfg, build_run_cfg
 from oodml.errors import OodmlError
 from oodml.features.io import FeatureSet
-from oodml.runner import Store, plan_grid, run_grid
+from oodml.runner import CellStore, plan_grid, run_grid
 from oodml.runner.store import method_label
 from oodml.schema import EPISODE_COLUMNS, ROW_COLUMNS
 from oodml.splits.spec import SplitSpec
@@ -46,14 +46,14 @@ def stable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def all_rows(results: Path) -> list[dict[str, Any]]:
-    return sorted((r for c in Store(results).cells() for r in stable(c["rows"])),
+    return sorted((r for c in CellStore(results).cells() for r in stable(c["rows"])),
                   key=lambda r: (r["cell_id"], r["method"], r["k_shot"], str(r["metric"])))
 
 
 def test_grid_counts_one_cell_per_method_level_seed(fakes: None, files: tuple[Path, Path], tmp_path: Path) -> None:
     plan = plan_grid(cfg(files, tmp_path / "r", method="fake_proj,fake_few*", shifts="all", seeds="0..2"))
     assert len(plan.cells) == 2 * 3 * 3
-    assert {c.ks for c in plan.cells} == {(0, 2)}
+    assert {c.shots for c in plan.cells} == {(0, 2)}
     assert len({c.cell_id for c in plan.cells}) == 18
     assert not (tmp_path / "r").exists()
 
@@ -120,7 +120,7 @@ def test_backbone_option_is_for_the_full_regime(fakes: None, files: tuple[Path, 
 
 def test_run_writes_ok_cells_with_schema_rows(fakes: None, files: tuple[Path, Path], tmp_path: Path) -> None:
     assert run_grid(cfg(files, tmp_path / "r")) == 0
-    cells = Store(tmp_path / "r").cells()
+    cells = CellStore(tmp_path / "r").cells()
     assert len(cells) == 4 and {c["status"] for c in cells} == {"ok"}
     c = cells[0]
     assert set(c) >= {"cell_id", "status", "error", "config", "rows", "episodes", "provenance"}
@@ -172,7 +172,7 @@ def test_more_k_reuses_the_fit_cache_and_keeps_old_rows(fakes: None, files: tupl
     before = all_rows(tmp_path / "r")
     run_grid(cfg(files, tmp_path / "r", k="3", seeds="0", shifts="1"))
     assert FIT_CALLS["fake_proj"] == 1
-    (cell,) = Store(tmp_path / "r").cells()
+    (cell,) = CellStore(tmp_path / "r").cells()
     assert cell["fit_cached"] and cell["config"]["ks"] == [0, 3]
     after = all_rows(tmp_path / "r")
     assert [r for r in after if r["k_shot"] == 0] == [{**r, "config_hash": after[0]["config_hash"],
@@ -185,7 +185,7 @@ def test_more_k_reuses_the_fit_cache_and_keeps_old_rows(fakes: None, files: tupl
 def test_failing_cell_is_stored_as_error_and_grid_goes_on(fakes: None, files: tuple[Path, Path],
                                                           tmp_path: Path) -> None:
     assert run_grid(cfg(files, tmp_path / "r", method="fake_boom,fake_proj", seeds="0", shifts="1")) == 1
-    cells = {c["config"]["methods"][0]: c for c in Store(tmp_path / "r").cells()}
+    cells = {c["config"]["methods"][0]: c for c in CellStore(tmp_path / "r").cells()}
     assert cells["fake_proj"]["status"] == "ok"
     boom = cells["fake_boom"]
     assert boom["status"] == "error" and "boom in fit" in boom["error"] and "Traceback" in boom["traceback"]
@@ -198,18 +198,18 @@ def test_failing_cell_is_stored_as_error_and_grid_goes_on(fakes: None, files: tu
 
 def test_no_zero_shot_method_stores_k0_as_skipped(fakes: None, files: tuple[Path, Path], tmp_path: Path) -> None:
     assert run_grid(cfg(files, tmp_path / "r", method="fake_fewonly", seeds="0", shifts="1")) == 0
-    (c,) = Store(tmp_path / "r").cells()
+    (c,) = CellStore(tmp_path / "r").cells()
     assert c["status"] == "ok"
     assert {r["status"] for r in c["rows"] if r["k_shot"] == 0} == {"skipped"}
     assert {r["status"] for r in c["rows"] if r["k_shot"] == 2} == {"ok"}
     assert run_grid(cfg(files, tmp_path / "r2", method="fake_fewonly", seeds="0", shifts="1", k="0")) == 0
-    assert Store(tmp_path / "r2").cells()[0]["status"] == "skipped"
+    assert CellStore(tmp_path / "r2").cells()[0]["status"] == "skipped"
 
 
 def test_episode_ids_may_be_basenames(fakes: None, tmp_path: Path) -> None:
     f, s = write_inputs(tmp_path, basenames=True)
     assert run_grid(cfg((f, s), tmp_path / "r", seeds="0", shifts="1")) == 0
-    (c,) = Store(tmp_path / "r").cells()
+    (c,) = CellStore(tmp_path / "r").cells()
     assert c["status"] == "ok" and c["episodes"]
 
 
@@ -243,7 +243,7 @@ def test_defaults_split_file_from_dataset_and_cached_features(fakes: None, files
                            results="res"))
     plan = plan_grid(c)
     assert plan.features_path == cached and plan.splits_path == Path("splits/synthetic.json")
-    assert run_grid(c) == 0 and len(Store("res").cells()) == 1
+    assert run_grid(c) == 0 and len(CellStore("res").cells()) == 1
     with pytest.raises(OodmlError, match="oodml make-splits cars196"):
         plan_grid(build_run_cfg(dict(method="fake_proj", dataset="cars196", results="res2")))
 
@@ -279,7 +279,7 @@ def test_adapted_and_addon_variants_fit_from_the_same_source_seed(files: tuple[P
             method_params={"iterations": 15, "adapt_iterations": 3})
     assert run_grid(c) == 0
     by_method: dict[str, dict[str, float]] = {}
-    for cell in Store(tmp_path / "r").cells():
+    for cell in CellStore(tmp_path / "r").cells():
         by_method[cell["config"]["methods"][0]] = {r["metric"]: r["value"] for r in cell["rows"] if r["k_shot"] == 0}
     assert set(by_method) == {"margin", "adapted_margin", "margin+sec"}
     assert by_method["margin"] == by_method["adapted_margin"]

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from oodml.config import build_run_cfg
-from oodml.runner import Store, plan_grid, run_grid
+from oodml.runner import CellStore, plan_grid, run_grid
 from tests.conftest import REPO
 from tests.runner.fakes import fake_methods, write_inputs
 
@@ -44,7 +44,7 @@ def run(files: tuple[Path, Path], results: Path, **kw: Any) -> int:
 
 def values(results: Path) -> list[tuple[Any, ...]]:
     return sorted((r["cell_id"], r["method"], r["k_shot"], r["metric"], r["value"])
-                  for c in Store(results).cells() for r in c["rows"])
+                  for c in CellStore(results).cells() for r in c["rows"])
 
 
 class Exploit:
@@ -60,7 +60,7 @@ class Exploit:
 def fit_path(files: tuple[Path, Path], results: Path) -> Path:
     cfg = build_run_cfg(dict(method="fake_proj", features=str(files[0]), splits=str(files[1]), shifts="1", k="0,2",
                              seeds="0", results=str(results)))
-    return Store(results).fits_dir / f"{plan_grid(cfg).cells[0].cell_id}.pt"
+    return CellStore(results).fits_dir / f"{plan_grid(cfg).cells[0].cell_id}.pt"
 
 
 @pytest.mark.parametrize("planted", ["exploit", "stale", "garbage"])
@@ -78,12 +78,12 @@ def test_fit_cache_never_runs_code_and_refits_bad_entries(fakes: None, files: tu
     else:
         path.write_bytes(b"not a torch file")
     for _ in range(2):  # the second run finds the entry the first one rewrote
-        for cell in Store(results).cells_dir.glob("*.json"):
+        for cell in CellStore(results).cells_dir.glob("*.json"):
             cell.unlink()
         assert run(files, results) == 0
         assert not marker.exists()
         assert values(results) == values(tmp_path / "clean")
-    assert [c["fit_cached"] for c in Store(results).cells()] == [True]
+    assert [c["fit_cached"] for c in CellStore(results).cells()] == [True]
     err = capsys.readouterr().err
     assert err.count(f"note: fit cache {path}") == 1 and "fitting again" in err
     assert set(torch.load(path, weights_only=True)) == {"w"}  # overwritten by a good entry
@@ -158,7 +158,7 @@ def test_temp_files_of_a_kill_are_removed_by_the_next_run(fakes: None, files: tu
                                                           tmp_path: Path) -> None:
     results = tmp_path / "r"
     assert run(files, results) == 0
-    cells, fits = Store(results).cells_dir, Store(results).fits_dir
+    cells, fits = CellStore(results).cells_dir, CellStore(results).fits_dir
     dead = 2**22 + 12345  # above the default pid_max: no live process has it
     leftovers = [cells / f".x.json.{dead}.0123abcd.tmp", cells / ".y.json.k3j4h5.tmp", fits / f".z.pt.{dead}.tmp"]
     live = cells / f".w.json.{os.getpid()}.89abcdef.tmp"  # a live writer's file in progress stays
@@ -179,7 +179,7 @@ def test_a_cell_file_of_the_wrong_schema_is_recomputed(fakes: None, files: tuple
     results = tmp_path / "r"
     assert run(files, results) == 0
     good = values(results)
-    (path,) = Store(results).cells_dir.glob("*.json")
+    (path,) = CellStore(results).cells_dir.glob("*.json")
     data = path.read_text()
     path.write_text(content.replace("}", f', "cell_id": "{path.stem}"}}', 1) if content[0] == "{" else content)
     capsys.readouterr()
@@ -194,6 +194,6 @@ def test_cell_and_fit_files_follow_the_umask(fakes: None, files: tuple[Path, Pat
         assert run(files, tmp_path / "r") == 0
     finally:
         os.umask(old)
-    store = Store(tmp_path / "r")
+    store = CellStore(tmp_path / "r")
     made = [*store.cells_dir.glob("*.json"), *store.fits_dir.glob("*.pt")]
     assert len(made) == 2 and {p.stat().st_mode & 0o777 for p in made} == {0o644}
