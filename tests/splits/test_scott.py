@@ -85,7 +85,7 @@ def test_val_images_round_trip_resolve_and_old_files_unchanged() -> None:
 
 def test_cell_holds_val_images_out_and_keeps_every_train_class(tmp_path: Path) -> None:
     from oodml.config import build_run_cfg
-    from oodml.runner import Store, run_grid
+    from oodml.runner import CellStore, run_grid
     from oodml.splits.spec import SplitSpec
     from tests.runner.fakes import write_inputs
 
@@ -101,7 +101,7 @@ def test_cell_holds_val_images_out_and_keeps_every_train_class(tmp_path: Path) -
                            results=str(tmp_path / "r"), workers=1,
                            method_params={"iterations": 4, "select": "val", "select_every": 2, "batch_size": 8}))
     assert run_grid(c) == 0
-    (cell,) = Store(tmp_path / "r").cells()
+    (cell,) = CellStore(tmp_path / "r").cells()
     fit = cell["training"]["fit"]
     assert [i for i, _ in fit["val_curve"]] == [2, 4] and fit["kept_iteration"] in (2, 4)
     assert cell["rows"][0]["n_train_classes"] == len(lv.train_classes)
