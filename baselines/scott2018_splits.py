@@ -22,7 +22,18 @@ in `splits/` are the reference. They were written before the FID became thread-c
 rounding-level eigenvalues, so a rebuild gives the same classes, tasks and support images but FIDs that differ in the
 9th digit, hence other level hashes, cell ids and seeds.
 
+Paper protocol (`mnist-paper`, `omniglot-paper`; `oodml.splits.scott`, the configs `baselines/scott2018_*_paper.yaml`):
+- `mnist-paper`: source = 8,000 training + 3,000 validation images (the level's `val_images`) drawn from digits 0-4 of
+  `train` and `t10k` pooled; target = every image of digits 5-9 (both parts); k support images per digit for k in 1,
+  5, 10, 50, 100, 500, 1000, `--episodes` draws per k; one level (one source draw). Writes
+  `splits/scott2018_mnist_paper.json`.
+- `omniglot-paper`: one split file per n in 5, 10, 100, 1000 (`splits/scott2018_omniglot_paper_<n>way.json`), each
+  with `--replications` levels: n target classes drawn over all 6,492 rotated classes, n source classes over the
+  rest, 15 training + 5 validation images per source class; k in 1, 5, 10, `--episodes` support draws per k.
+
 Usage:
+    python baselines/scott2018_splits.py mnist-paper --data-root ../shared/data/mnist --episodes 10
+    python baselines/scott2018_splits.py omniglot-paper --data-root ../shared/data/omniglot --replications 10
     python baselines/scott2018_splits.py mnist --data-root ../shared/data/mnist --features-only
     python baselines/scott2018_splits.py omniglot --data-root ../shared/data/omniglot --features-only
     python baselines/scott2018_splits.py mnist --data-root ../shared/data/mnist --episodes 3   # new split files
@@ -31,7 +42,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +55,7 @@ from oodml.features.io import FeatureSet
 from oodml.progress import log, track
 from oodml.splits.episodes import sample_episodes
 from oodml.splits.frechet import frechet_distance
+from oodml.splits.scott import mnist_source_images, omniglot_replications
 from oodml.splits.spec import Level, SplitSpec
 
 SIZE = 28
@@ -132,10 +144,76 @@ def scott_split(fs: FeatureSet, *, source: Sequence[str], target: Sequence[str],
                      source=f"oodml {__version__} baselines/scott2018_splits.py", levels=[level], extra=extra)
 
 
+def _ids_by_class(fs: FeatureSet) -> dict[str, list[str]]:
+    ids: dict[str, list[str]] = {str(c): [] for c in fs.class_names}
+    for p, lab in zip(fs.paths, fs.labels):
+        ids[str(fs.class_names[lab])].append(str(p))
+    return ids
+
+
+def _fid_fn(fs: FeatureSet) -> Callable[[Sequence[str], Sequence[str]], float]:
+    means, index = fs.class_means(), fs.class_index()
+    return lambda a, b: float(frechet_distance(means[[index[c] for c in a]], means[[index[c] for c in b]]))
+
+
+def _extra(fs: FeatureSet, study: str, ways: int | None, **more: object) -> dict[str, object]:
+    return {"protocol": "Scott et al. 2018, their task sampling (oodml.splits.scott): one level per replication; "
+                        "levels are ordered by FID only because SPEC 3 requires it", "study": study, "ways": ways,
+            "classes_from": {"features": BACKBONE, "transform": TRANSFORM, "n_classes": len(fs.class_names),
+                             "n_images": int(len(fs.labels)), "rotations": bool(fs.meta.get("rotations")),
+                             "keep": fs.meta.get("keep", [])}, **more}
+
+
+def mnist_paper(data_root: str, *, episodes: int, seed: int, out: Path) -> Path:
+    """The MNIST split of Scott et al.'s protocol (see the module docstring); returns the split file's path."""
+    study = "scott2018_mnist_paper"
+    fs = pixel_features("mnist", data_root, keep=("train/", "t10k/"))
+    digit = {str(c): int(c) for c in fs.class_names}
+    ids = _ids_by_class(fs)
+    train, val = mnist_source_images([i for c in digit if digit[c] < 5 for i in ids[c]], key=(study, seed))
+    keep_ids = set(train) | set(val) | {i for c in digit if digit[c] >= 5 for i in ids[c]}
+    rows = np.array([i for i, p in enumerate(fs.paths) if str(p) in keep_ids], dtype=np.int64)
+    keep = [f"digits 0-4 of train/ and t10k/: 8,000 training + 3,000 validation images (seed {seed})",
+            "digits 5-9: every image of train/ and t10k/"]
+    fs = FeatureSet(fs.features[rows], fs.labels[rows], fs.class_names, fs.paths[rows], dict(fs.meta, keep=keep),
+                    fs.class_split)
+    log(f"scott2018: mnist features in {cache_features(fs)}")
+    ids = _ids_by_class(fs)
+    source = [c for c in digit if digit[c] < 5]
+    target = [c for c in digit if digit[c] >= 5]
+    val_set = set(val)
+    level = Level(level=1, fid=_fid_fn(fs)(source, target), train_classes=source, test_classes=target,
+                  val_images={c: [i for i in ids[c] if i in val_set] for c in source})
+    for k in (1, 5, 10, 50, 100, 500, 1000):
+        level.episodes[str(k)] = sample_episodes({c: ids[c] for c in target}, k, episodes, key=(study, 1, seed))[0]
+    spec = SplitSpec(dataset="mnist", backbone=BACKBONE, feature_hash=fs.hash, seed=seed,
+                     source=f"oodml {__version__} baselines/scott2018_splits.py mnist-paper", levels=[level],
+                     extra=_extra(fs, study, 5))
+    return spec.save(out / f"{study}.json")
+
+
+def omniglot_paper(data_root: str, *, replications: int, episodes: int, seed: int, out: Path) -> list[Path]:
+    """The Omniglot split files of Scott et al.'s protocol, one per n (see the module docstring)."""
+    fs = pixel_features("omniglot", data_root, rotations=True)
+    log(f"scott2018: omniglot features in {cache_features(fs)}")
+    ids, fid = _ids_by_class(fs), _fid_fn(fs)
+    paths = []
+    for n in (5, 10, 100, 1000):
+        study = f"scott2018_omniglot_paper_{n}way"
+        levels = omniglot_replications(ids, ways=n, ks=(1, 5, 10), replications=replications, episodes=episodes,
+                                       fid=fid, key=(study, seed))
+        spec = SplitSpec(dataset="omniglot", backbone=BACKBONE, feature_hash=fs.hash, seed=seed,
+                         source=f"oodml {__version__} baselines/scott2018_splits.py omniglot-paper", levels=levels,
+                         extra=_extra(fs, study, n, replications=replications))
+        paths.append(spec.save(out / f"{study}.json"))
+    return paths
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: build the features file and split file(s) of one Scott et al. study."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("dataset", choices=("mnist", "omniglot"))
+    ap.add_argument("dataset", choices=("mnist", "omniglot", "mnist-paper", "omniglot-paper"))
+    ap.add_argument("--replications", type=int, default=10, help="omniglot-paper: levels (independent draws) per n")
     ap.add_argument("--data-root", required=True)
     ap.add_argument("--episodes", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
@@ -147,6 +225,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                          "baselines/scott2018_*.yaml` needs on a fresh machine); leave the split files alone")
     a = ap.parse_args(argv)
     out = Path(a.out_dir)
+    if a.dataset == "mnist-paper":
+        log(f"scott2018: wrote {mnist_paper(a.data_root, episodes=a.episodes, seed=a.seed, out=out)}")
+        return
+    if a.dataset == "omniglot-paper":
+        for p in omniglot_paper(a.data_root, replications=a.replications, episodes=a.episodes, seed=a.seed, out=out):
+            log(f"scott2018: wrote {p}")
+        return
     if a.dataset == "mnist":
         fs = pixel_features("mnist", a.data_root, keep=("train/", "t10k/"))
         digit = {str(c): int(c) for c in fs.class_names}

@@ -129,3 +129,14 @@ def test_study_configs_are_valid(config: str) -> None:
     committed = (BASELINES.parent / str(cfg.splits)).is_file()
     paper_scale = stem in ("oodml_cub200", "oodml_sop", "quickstart")  # built where the data is
     assert committed or paper_scale, cfg.splits
+
+
+def test_scott_claim_reference_with_and_without_the_target_only_baseline() -> None:
+    claims = _load("claims")
+    csv = str(BASELINES.parent / "results" / "scott2018_mnist_conv4" / "mnist" / "all.csv")
+    with_b = {r["k"]: r for r in claims.scott_records([csv], ["s"])}
+    without = {r["k"]: r for r in claims.scott_records([csv], ["s"], families=("weight_transfer", "histogram",
+                                                                             "protonet"))}
+    assert with_b[5]["single"] == "baseline" and without[5]["single"] == "weight_transfer"
+    assert without[5]["e_single"] > with_b[5]["e_single"]  # a weaker reference: a larger error reduction
+    assert all(r["single"] != "baseline" for r in without.values())

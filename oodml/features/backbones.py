@@ -288,3 +288,69 @@ def conv4(pretrained: bool = True) -> Backbone:
 def conv4_84(pretrained: bool = True) -> Backbone:
     """Conv-4 at 84 x 84."""
     return _conv4("conv4_84", 84)
+
+
+# --- Scott et al. (2018) networks -----------------------------------------------------------------------------------
+# Read from tylersco/adapted_deep_embeddings `models/{baseline,weight_transfer,hist,proto}_model.py` (the MNIST and
+# Omniglot classes; the same trunk in all four families): 3x3 convolutions with 32 filters, stride 1, SAME padding,
+# with bias; 2x2 max-pools of stride 2; then `fc1` to the 128-d embedding. Here the backbone is the convolutional
+# trunk and `fc1` is the method's linear head (embed_dim 128, head `linear`), so backbone + head = their embedding net.
+
+
+class CenterOnlyBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm without the scale (TensorFlow `batch_normalization(center=True, scale=False)`, momentum 0.1 in
+    their call is TF's decay, i.e. running stats move 90% per batch: torch momentum 0.9), eps 1e-5."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, eps=1e-5, momentum=0.9, affine=False)
+        self.bias = nn.Parameter(torch.zeros(channels))  # F.batch_norm adds it (weight None: no scale)
+
+    def reset_parameters(self) -> None:
+        """Running statistics to (0, 1), offset to 0."""
+        super().reset_parameters()
+        if isinstance(getattr(self, "bias", None), nn.Parameter):
+            nn.init.zeros_(self.bias)
+
+
+def scott_mnist_body() -> nn.Sequential:
+    """MNIST: conv1 32 - ReLU, conv2 32 - ReLU - max-pool 2: (B, 1, 28, 28) -> (B, 14 x 14 x 32 = 6,272)."""
+    return nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Flatten())
+
+
+def scott_omniglot_body() -> nn.Sequential:
+    """Omniglot: [conv 32 - BN (offset only) - ReLU - max-pool 2] x 2, conv 32 - BN - ReLU: (B, 1, 28, 28) ->
+    (B, 7 x 7 x 32 = 1,568)."""
+    layers: list[nn.Module] = []
+    c = 1
+    for pool in (True, True, False):
+        layers += [nn.Conv2d(c, 32, 3, padding=1), CenterOnlyBatchNorm2d(32), nn.ReLU()]
+        layers += [nn.MaxPool2d(2)] if pool else []
+        c = 32
+    return nn.Sequential(*layers, nn.Flatten())
+
+
+def _scott(name: str, body_fn: Callable[[], nn.Sequential], dim: int) -> Backbone:
+    """A Scott et al. trunk on 28 x 28 single-channel images scaled to [0, 1] (their `/ 255.0`), no augmentation."""
+    t = import_torchvision().transforms
+    with torch.random.fork_rng(devices=[]):  # deterministic random init, global RNG untouched
+        torch.manual_seed(0)
+        body = body_fn()
+    tf = t.Compose([t.Grayscale(num_output_channels=1), t.Resize((28, 28)), t.ToTensor()])
+    return Backbone(name, body, body, dim, tf, tf, False, 28)
+
+
+@BACKBONES.register(BackboneInfo("scott_mnist_conv", "Scott et al. 2018 MNIST trunk (conv32-ReLU, conv32-ReLU-pool), "
+                                 "random init, 28 px, 1 channel in [0, 1], 6272-d; + linear head 128 = their net",
+                                 28, 6272, "random-init-seed0"))
+def scott_mnist_conv(pretrained: bool = True) -> Backbone:
+    """Scott et al.'s MNIST convolutional trunk (no pretrained weights; `pretrained` is ignored)."""
+    return _scott("scott_mnist_conv", scott_mnist_body, 6272)
+
+
+@BACKBONES.register(BackboneInfo("scott_omniglot_conv", "Scott et al. 2018 Omniglot trunk ([conv32-BN-ReLU-pool] x 2, "
+                                 "conv32-BN-ReLU; BN offset only), random init, 28 px, 1 channel, 1568-d; + linear "
+                                 "head 128 = their net", 28, 1568, "random-init-seed0"))
+def scott_omniglot_conv(pretrained: bool = True) -> Backbone:
+    """Scott et al.'s Omniglot convolutional trunk (no pretrained weights; `pretrained` is ignored)."""
+    return _scott("scott_omniglot_conv", scott_omniglot_body, 1568)

@@ -26,7 +26,8 @@ class LevelData:
     n_test_classes: int
     #: shots -> one array of support rows per episode; an episode's queries are its classes' other test rows.
     supports: dict[int, list[np.ndarray]] = field(default_factory=dict)
-    #: rows of the level's validation classes (a subset of the train classes; held out by `select=val` fits)
+    #: rows of the level's validation classes, or of its validation images (`val_images`) where it lists them
+    #: (subsets of the train rows; held out by `select=val` fits)
     val_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
@@ -75,7 +76,12 @@ def resolve_level(fs: FeatureSet, index: ImageIndex, lv: Level, shots: Sequence[
                 raise OodmlError(f"split file {where}: a support image is listed twice; rebuild the splits")
             eps.append(np.asarray(rows, dtype=np.int64))
         supports[k] = eps
+    if lv.val_images:
+        val = np.asarray(sorted(index.row(str(i), c, f"level {lv.level}, val_images") for c in sorted(lv.val_images)
+                                for i in lv.val_images[c]), dtype=np.int64)
+    else:
+        val = fs.select_classes(lv.val_classes) if lv.val_classes else np.zeros(0, dtype=np.int64)
     return LevelData(level=lv.level, fid=lv.fid, split_hash=lv.split_hash(),
                      train_rows=fs.select_classes(lv.train_classes), test_rows=fs.select_classes(lv.test_classes),
                      n_train_classes=len(lv.train_classes), n_test_classes=len(lv.test_classes), supports=supports,
-                     val_rows=fs.select_classes(lv.val_classes) if lv.val_classes else np.zeros(0, dtype=np.int64))
+                     val_rows=val)

@@ -30,6 +30,10 @@ class Level:
     conventional: bool = False
     episodes: dict[str, list[dict[str, list[str]]]] = field(default_factory=dict)
     episode_excluded: dict[str, list[str]] = field(default_factory=dict)
+    #: optional: validation images of train classes, {class: [image ids]} (Scott et al.: images of the source classes
+    #: held out for early stopping); `select=val` fits hold these out instead of `val_classes`. Written only when
+    #: non-empty, so files without it stay byte-identical.
+    val_images: dict[str, list[str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form, keys in SPEC order."""
@@ -47,6 +51,8 @@ class Level:
         if self.episode_excluded:
             d["episode_excluded"] = {k: sorted(v) for k, v in sorted(self.episode_excluded.items(),
                                                                      key=lambda kv: int(kv[0]))}
+        if self.val_images:
+            d["val_images"] = {c: sorted(self.val_images[c]) for c in sorted(self.val_images)}
         return d
 
     @classmethod
@@ -66,6 +72,8 @@ class Level:
                       for k, v in _typed(d.get("episodes", {}), dict, f"{where}: `episodes`").items()},
             episode_excluded={_shots(k, where): _names(v, f"{where}: `episode_excluded` k={k}") for k, v in
                               _typed(d.get("episode_excluded", {}), dict, f"{where}: `episode_excluded`").items()},
+            val_images={str(c): _names(v, f"{where}: `val_images` of {c!r}") for c, v in
+                        _typed(d.get("val_images", {}), dict, f"{where}: `val_images`").items()},
         )
 
     def check(self) -> None:
@@ -76,6 +84,9 @@ class Level:
             raise OodmlError(f"split file level {i}: train, test and removed classes overlap")
         if not set(self.val_classes) <= tr:
             raise OodmlError(f"split file level {i}: val_classes must be a subset of train_classes")
+        if not set(self.val_images) <= tr or self.val_classes and self.val_images:
+            raise OodmlError(f"split file level {i}: val_images must name train classes, and a level gives "
+                             "val_classes or val_images, not both")
         for k, eps in self.episodes.items():
             for e, episode in enumerate(eps):
                 stray = sorted(set(episode) - te)

@@ -16,7 +16,8 @@ OFFLINE_BUILDABLE = ["efficientnet_lite0", "conv4", "conv4_84"]
 
 
 def test_registry_lists_the_backbones() -> None:
-    assert set(BACKBONES.names()) == {"efficientnet_lite0", "resnet50", "conv4", "conv4_84", "timm:<name>"}
+    assert set(BACKBONES.names()) == {"efficientnet_lite0", "resnet50", "conv4", "conv4_84", "timm:<name>",
+                                    "scott_mnist_conv", "scott_omniglot_conv"}
     assert all(BACKBONES.info(n).description for n in BACKBONES.names())
 
 
