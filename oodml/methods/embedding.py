@@ -163,7 +163,8 @@ class EmbeddingMethod(Method):
             watchers.append(PlateauStop(lambda: self.support_score(x, y), p.adapt_check_every, p.adapt_patience,
                                         p.adapt_min_gain))
         if val is not None:
-            watchers.append(ValSelect(lambda: self.val_score(*val), p.select_every, iterations, self.selection))
+            watchers.append(ValSelect(lambda: self.val_score(*val), p.select_every, iterations, self.selection,
+                                      p.select_patience))
         rng = np.random.default_rng(self._seed(stage, "batches"))
         self._trainer(stage).run(x, y, iterations, rng, groups, watchers)
 

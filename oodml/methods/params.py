@@ -51,6 +51,8 @@ class TrainParams:
             the best-scoring weights (ooDML's checkpoint selection); the cell records the kept iteration and the
             validation curve.
         select_every: `val`: iterations between two validation scorings.
+        select_patience: `val`: stop the source training once this many scorings in a row brought no new best
+            (Scott et al.'s early stopping; 0: train the whole length and keep the best, as ooDML does).
         batch_size: images per batch.
         samples_per_class: images per class in a batch (ooDML: 2).
         adapt_iterations: fine-tuning iterations on the k-shot support (methods that adapt): one number for every
@@ -103,6 +105,7 @@ class TrainParams:
     epochs: float = field(default=0.0, metadata=LATER)
     select: str = field(default="last", metadata=LATER)
     select_every: int = field(default=100, metadata=LATER)
+    select_patience: int = field(default=0, metadata=LATER)
 
     @staticmethod
     def preset(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -123,8 +126,9 @@ class TrainParams:
         """Raise OodmlError for out-of-range values."""
         if self.select not in SELECTS:
             raise OodmlError(f"select={self.select!r} is not one of {', '.join(SELECTS)}")
-        if self.select_every < 1 or self.epochs < 0:
-            raise OodmlError(f"need select_every >= 1 and epochs >= 0, got {self.select_every} and {self.epochs}")
+        if self.select_every < 1 or self.epochs < 0 or self.select_patience < 0:
+            raise OodmlError(f"need select_every >= 1, epochs >= 0 and select_patience >= 0, got {self.select_every},"
+                             f" {self.epochs} and {self.select_patience}")
         if self.adapt_protocol not in ADAPT_PROTOCOLS:
             raise OodmlError(f"adapt_protocol={self.adapt_protocol!r} is not one of {', '.join(ADAPT_PROTOCOLS)}")
         if self.adapt_protocol == "oodml" and (self.adapt_scope != "last" or self.adapt_stop != "fixed"):

@@ -163,22 +163,28 @@ class PlateauStop(Watcher):
 @dataclass
 class ValSelect(Watcher):
     """`select=val`: score the validation classes every `every` iterations and at the last one, keep the best
-    checkpoint, and write what was kept into `record` (kept iteration, the validation curve)."""
+    checkpoint, and write what was kept into `record` (kept iteration, the validation curve); with `patience` > 0,
+    stop once that many scorings in a row brought no new best (early stopping)."""
 
     score: Callable[[], float]
     every: int
     iterations: int
     record: dict[str, Any]
+    patience: int = 0
+    since_best: int = field(init=False, default=0)
     plateau: Plateau = field(init=False, default_factory=lambda: Plateau(0.0))
     curve: list[list[float]] = field(init=False, default_factory=list)
 
     def after(self, it: int, trainer: Trainer) -> bool:
-        """Score at the selection points; never stops the training."""
+        """Score at the selection points; True (stop) when `patience` scorings in a row found no new best."""
         if (it + 1) % self.every == 0 or it + 1 == self.iterations:
             score = self.score()
             self.curve.append([it + 1, score])
+            best = self.plateau.best
             self.plateau.update(score, lambda: (it + 1, trainer.snapshot()))
+            self.since_best = 0 if self.plateau.best > best else self.since_best + 1
             trainer.train_mode()
+            return 0 < self.patience <= self.since_best
         return False
 
     def finish(self, trainer: Trainer) -> None:
@@ -187,6 +193,8 @@ class ValSelect(Watcher):
             kept, state = self.plateau.best_state
             trainer.restore(state)
             self.record.update(select="val", every=self.every, kept_iteration=kept, val_curve=self.curve)
+            if self.patience:
+                self.record.update(patience=self.patience, stopped_at=self.curve[-1][0])
 
 
 @dataclass

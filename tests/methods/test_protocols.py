@@ -209,6 +209,24 @@ def test_val_selection_keeps_the_best_checkpoint_not_the_last() -> None:
         m.fit(xt, yt)
 
 
+def test_val_patience_stops_early_with_the_same_kept_weights() -> None:
+    """Scott et al.'s early stopping: `select_patience` scorings without a new best end the training; the kept
+    checkpoint is the one the full-length run keeps when the best comes before the stop."""
+    xt, yt, xv, yv = _overfitting_source()
+    base = {"iterations": 40, "batch_size": 16, "embed_dim": 8, "lr": 1e-2, "select": "val", "select_every": 5}
+    full = build_method("margin", MethodContext(seed=0, in_dim=16), base)
+    full.fit(xt, yt, val=(xv, yv))
+    kept = full.fit_record()["kept_iteration"]
+    early = build_method("margin", MethodContext(seed=0, in_dim=16), {**base, "select_patience": 2})
+    early.fit(xt, yt, val=(xv, yv))
+    rec = early.fit_record()
+    assert rec["stopped_at"] == kept + 10 < 40 and rec["kept_iteration"] == kept and rec["patience"] == 2
+    assert [int(i) for i, _ in rec["val_curve"]] == list(range(5, kept + 11, 5))
+    assert np.array_equal(early.embed(xv), full.embed(xv))
+    with pytest.raises(OodmlError, match="select_patience >= 0"):
+        build_method("margin", MethodContext(seed=0, in_dim=16), {**base, "select_patience": -1})
+
+
 def test_epochs_set_the_training_length_from_the_train_size() -> None:
     xt, yt, _, _ = _overfitting_source()  # 80 images
     m = build_method("margin", MethodContext(seed=0, in_dim=16), {"epochs": 1.5, "batch_size": 16, "embed_dim": 8})
