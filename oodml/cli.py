@@ -138,10 +138,11 @@ def _registry_listing(kind: str, *, plugins: tuple[str, ...] = ()) -> list[tuple
         from oodml.methods import ADDONS, METHODS as reg, load_plugins  # type: ignore[assignment]
 
         load_plugins(plugins)
-        return ([(n, reg.info(n).description) for n in reg.names()]
-                + [(a, f"alias of {n}") for a, n in reg.aliases().items()]
-                + [(f"+{a}", f"add-on ({ADDONS.info(a).kind}): {ADDONS.info(a).description}") for a in ADDONS.names()])
-    return [(n, reg.info(n).description) for n in reg.names()]
+    rows = [(n, reg.info(n).description) for n in reg.names()]
+    if kind == "methods":
+        rows += [(a, f"alias of {n}") for a, n in reg.aliases().items()]
+        rows += [(f"+{a}", f"add-on ({ADDONS.info(a).kind}): {ADDONS.info(a).description}") for a in ADDONS.names()]
+    return rows
 
 
 @app.command()

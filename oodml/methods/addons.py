@@ -12,14 +12,13 @@ Regularizers apply before cohorts whatever their order in the spec.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from oodml.errors import OodmlError, suggest
-from collections.abc import Sequence
-
 import torch
 
+from oodml.errors import OodmlError, suggest
 from oodml.methods.base import METHODS, Method
 from oodml.methods.cohort import EnsembleMethod, MutualCohort, MutualTerm
 from oodml.methods.embedding import EmbeddingMethod

@@ -96,10 +96,7 @@ class EnsembleMethod(Method):
     def fit(self, x: Inputs, y: np.ndarray, val: tuple[Inputs, np.ndarray] | None = None) -> None:
         """Fit every member on the source, each from its own seeds."""
         for member in self.members:
-            if val is None:
-                member.fit(x, y)
-            else:
-                member.fit(x, y, val=val)
+            member.fit(x, y, val)
 
     def _with(self, members: Sequence[Method]) -> EnsembleMethod:
         new = copy.copy(self)

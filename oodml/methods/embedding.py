@@ -325,7 +325,6 @@ class EmbeddingMethod(Method):
             rec["stop"] = p.adapt_stop
         return rec
 
-
     def _embed_net(self, m: int, x: Inputs) -> np.ndarray:
         net = self.nets[m].eval()
         bs = 4096 if self.ctx.regime == "head" else 64

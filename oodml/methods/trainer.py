@@ -171,7 +171,6 @@ class ValSelect(Watcher):
     iterations: int
     record: dict[str, Any]
     patience: int = 0
-    since_best: int = field(init=False, default=0)
     plateau: Plateau = field(init=False, default_factory=lambda: Plateau(0.0))
     curve: list[list[float]] = field(init=False, default_factory=list)
 
@@ -180,12 +179,15 @@ class ValSelect(Watcher):
         if (it + 1) % self.every == 0 or it + 1 == self.iterations:
             score = self.score()
             self.curve.append([it + 1, score])
-            best = self.plateau.best
             self.plateau.update(score, lambda: (it + 1, trainer.snapshot()))
-            self.since_best = 0 if self.plateau.best > best else self.since_best + 1
             trainer.train_mode()
-            return 0 < self.patience <= self.since_best
+            return 0 < self.patience <= self.scorings_since_best()
         return False
+
+    def scorings_since_best(self) -> int:
+        """Scorings after the kept checkpoint (all of them while none is kept)."""
+        kept = self.plateau.best_state[0] if self.plateau.best_state is not None else 0
+        return sum(i > kept for i, _ in self.curve)
 
     def finish(self, trainer: Trainer) -> None:
         """Restore the kept checkpoint and record it."""
