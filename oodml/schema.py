@@ -17,9 +17,31 @@ ROW_COLUMNS: tuple[str, ...] = (
     "config_hash", "config_json",
 )
 
-#: Per-episode rows (the `episodes` table): the row key plus `episode`.
-EPISODE_COLUMNS: tuple[str, ...] = (
-    "cell_id", "method", "split_level", "k_shot", "seed", "episode", "metric", "value",
-)
-
 STATUSES: tuple[str, ...] = ("ok", "error", "skipped")
+
+#: Per-unit tables of a cell file (issue 17), written as `{"columns": [...], "rows": [[...], ...]}`, one row per
+#: (embedding variant, k, unit, metric): `episodes` for k-shot episodes, `classes` for zero-shot test classes. Cell
+#: files written before this layout hold a list of objects with these keys (episodes also with the cell's key
+#: columns, `method` and `k_shot`); readers take both.
+EPISODE_UNIT_COLUMNS: tuple[str, ...] = ("variant", "k", "episode", "metric", "value")
+CLASS_UNIT_COLUMNS: tuple[str, ...] = ("variant", "k", "class", "metric", "value", "n_queries")
+
+
+def unit_table(entries: list[dict[str, object]], columns: tuple[str, ...]) -> dict[str, object]:
+    """Per-unit entries (dicts with at least `columns`) as the cell file's table: the column names once, then one
+    list of values per entry, so that a per-class table costs a third of a list of objects."""
+    return {"columns": list(columns), "rows": [[e[c] for c in columns] for e in entries]}
+
+
+def unit_entries(obj: object) -> list[dict[str, object]]:
+    """A cell file's per-unit list as objects, from either layout (a table, or the older list of objects).
+
+    Raises:
+        ValueError: `obj` is neither layout.
+    """
+    if isinstance(obj, list):
+        return [dict(e) for e in obj]  # type: ignore[call-overload]
+    if isinstance(obj, dict) and isinstance(obj.get("columns"), list) and isinstance(obj.get("rows"), list):
+        columns = obj["columns"]
+        return [dict(zip(columns, r, strict=True)) for r in obj["rows"]]
+    raise ValueError("a per-unit list is neither a list nor a {columns, rows} table")

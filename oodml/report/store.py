@@ -154,6 +154,46 @@ def empty_units() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=float if c in ("value", "n_queries") else object) for c in UNIT_COLUMNS})
 
 
+class _BadUnits(ValueError):
+    """A cell's per-unit list is malformed (the message has a `{key}` placeholder for the list's name)."""
+
+
+def _unit_tuples(obj: Any, unit: str, spec: str) -> list[tuple[Any, ...]]:
+    """One ok cell's per-unit entries as `(method, k, unit label, metric, value, n_queries)` tuples.
+
+    `obj` is the cell file's table (`{"columns", "rows"}`, `oodml.schema.unit_table`) or the older list of objects.
+    An entry names its embedding `variant` (appended to the cell's method spec as `spec[variant]`) or, as older
+    episode lists do, its `method`; and `k` or `k_shot`. `n_queries` is None for episodes.
+    """
+    columns: list[Any] = []
+    if isinstance(obj, Mapping):
+        columns, entries = obj.get("columns"), obj.get("rows")  # type: ignore[assignment]
+        if not isinstance(columns, list) or not isinstance(entries, list):
+            raise _BadUnits("a `{key}` that is neither a list nor a {{columns, rows}} table")
+        keys: Any = columns
+    elif isinstance(obj, list):
+        entries = obj
+        keys = obj[0] if obj and isinstance(obj[0], Mapping) else {}
+    else:
+        raise _BadUnits("a `{key}` that is neither a list nor a {{columns, rows}} table")
+    if not entries:
+        return []
+    names = ("method" if "method" in keys else "variant", "k_shot" if "k_shot" in keys else "k", unit, "metric",
+             "value") + (("n_queries",) if unit == "class" else ())
+    if not set(names) <= set(keys):
+        raise _BadUnits(f"a `{{key}}` entry without {', '.join(names)}")
+    pick = itemgetter(*(columns.index(n) for n in names)) if isinstance(obj, Mapping) else itemgetter(*names)
+    try:
+        out = list(map(pick, entries))
+    except (KeyError, IndexError, TypeError):
+        raise _BadUnits(f"a `{{key}}` entry without {', '.join(names)}") from None
+    if unit != "class":
+        out = [t + (None,) for t in out]
+    if names[0] == "variant":
+        out = [(spec if v is None or v == "" or v != v else f"{spec}[{v}]", *rest) for v, *rest in out]
+    return out
+
+
 def _cell_spec(cell: Mapping[str, Any], first_method: Any) -> str:
     """The method spec a cell ran (its `config.methods[0]`), which a unit's `variant` is appended to."""
     config = cell.get("config") or {}
@@ -251,41 +291,29 @@ class _Accumulator:
 
     def _add_units(self, cells: list[dict[str, Any]], offset: int, key: str, cols: _UnitColumns,
                    specs: list[str]) -> None:
-        """The entries of one per-unit list of every ok cell of a chunk, as arrays. Entries name their method
-        (`method`, as the runner writes episodes) or their embedding variant (`variant`, appended to the cell's
-        spec as `spec[variant]`), and `k_shot` or `k`."""
+        """The entries of one per-unit list (table or list of objects, `_unit_tuples`) of every ok cell of a
+        chunk, as arrays."""
         files, unit = self.files, cols.unit
         per_cell = [c.get(key) or [] if c.get("status") == "ok" else [] for c in cells]
         if not any(per_cell):
             return
-        bad = [i for i, lst in enumerate(per_cell) if not isinstance(lst, list)]
-        if bad:
-            raise OodmlError(f"cell file {files[offset + bad[0]]!r} has a `{key}` that is not a list; delete it and "
-                             "rerun `oodml run`")
-        counts = np.fromiter(map(len, per_cell), dtype=np.int64, count=len(per_cell))
+        parts: list[list[tuple[Any, ...]]] = []
+        for i, obj in enumerate(per_cell):
+            try:
+                parts.append(_unit_tuples(obj, unit, specs[i]))
+            except _BadUnits as e:
+                raise OodmlError(f"cell file {files[offset + i]!r} has {e.args[0].format(key=key)}; delete it and "
+                                 "rerun `oodml run`") from None
+        counts = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+        if not counts.sum():
+            return
         local = np.repeat(np.arange(len(cells)), counts)
-        flat = list(itertools.chain.from_iterable(per_cell))
-        first = flat[0] if isinstance(flat[0], Mapping) else {}
-        names = ("method" if "method" in first else "variant", "k_shot" if "k_shot" in first else "k", unit,
-                 "metric", "value")
-        try:
-            method, k, label, metric, value = zip(*map(itemgetter(*names), flat))
-            n_q = (np.fromiter(map(itemgetter("n_queries"), flat), dtype=float, count=len(flat)) if unit == "class"
-                   else np.full(len(flat), np.nan))
-        except (KeyError, TypeError, ValueError):
-            for i, e in enumerate(flat):
-                if not isinstance(e, Mapping) or not set(names) <= set(e) or (unit == "class" and "n_queries" not in e):
-                    want = ", ".join(names + (("n_queries",) if unit == "class" else ()))
-                    raise OodmlError(f"cell file {files[offset + local[i]]!r} has a `{key}` entry without {want}; "
-                                     "delete it and rerun `oodml run`") from None
-            raise OodmlError(f"cell file {files[offset + local[0]]!r} has malformed `{key}` entries; rerun "
-                             "`oodml run`") from None
-        if names[0] == "variant":
-            spec = np.asarray(specs, dtype=object)[local]
-            method = tuple(s if v is None or v == "" or v != v else f"{s}[{v}]" for s, v in zip(spec, method))
+        method, k, label, metric, value, n_q_list = zip(*itertools.chain.from_iterable(parts))
+        n_q = (pd.to_numeric(pd.Series(n_q_list, dtype=object), errors="coerce").to_numpy(float) if unit == "class"
+               else np.full(len(local), np.nan))
         k_num = pd.to_numeric(pd.Series(k, dtype=object), errors="coerce").to_numpy(float)
         values = pd.to_numeric(pd.Series(value, dtype=object), errors="coerce").to_numpy(float)
-        is_class = np.array([v is not None for v in label]) if unit == "class" else np.zeros(len(flat), bool)
+        is_class = np.array([v is not None for v in label]) if unit == "class" else np.zeros(len(local), bool)
         bad_unit = (np.isnan(values) | (values < 0) | (values > 1) | np.isnan(k_num) | (is_class & ~(n_q > 0)))
         if bad_unit.any():
             i = int(np.flatnonzero(bad_unit)[0])

@@ -21,7 +21,7 @@ from oodml.io import atomic_write, remove_stale_temps
 from oodml.progress import log
 from oodml.runner.cell import CellResult
 from oodml.runner.plan import Cell, Plan
-from oodml.schema import EPISODE_COLUMNS, ROW_COLUMNS, SCHEMA_VERSION
+from oodml.schema import (CLASS_UNIT_COLUMNS, EPISODE_UNIT_COLUMNS, ROW_COLUMNS, SCHEMA_VERSION, unit_table)
 
 DONE_STATUSES = ("ok", "skipped")
 #: distributions whose versions every cell records
@@ -66,7 +66,7 @@ class CellStore:
         """Write one cell file atomically (temp file in the same folder, fsync, rename)."""
         self.cells_dir.mkdir(parents=True, exist_ok=True)
         final = self.path(payload["cell_id"])
-        text = json.dumps(payload, indent=1, allow_nan=False) + "\n"
+        text = dumps_cell(payload)
         with atomic_write(final) as f:
             f.write(text)
         return final
@@ -97,10 +97,36 @@ def finished_cell(data: dict[str, Any], cell_id: str) -> bool:
     ks = config.get("ks")
     if not isinstance(ks, list) or not ks or not all(isinstance(k, int) and not isinstance(k, bool) for k in ks):
         return False
-    if not isinstance(rows, list) or not rows or not isinstance(data.get("episodes", []), list):
+    if not isinstance(rows, list) or not rows or not all(_unit_list(data.get(k)) for k in UNIT_KEYS):
         return False
     return all(isinstance(r, dict) and all(c in r for c in ROW_COLUMNS) and r.get("cell_id") == cell_id
                for r in rows)
+
+
+#: The payload keys that hold per-unit tables (`oodml.schema.unit_table`).
+UNIT_KEYS = ("episodes", "classes")
+
+
+def _unit_list(obj: Any) -> bool:
+    """True for an absent per-unit list, a table, or the older list of objects."""
+    if obj is None or isinstance(obj, list):
+        return True
+    return isinstance(obj, dict) and isinstance(obj.get("columns"), list) and isinstance(obj.get("rows"), list)
+
+
+def dumps_cell(payload: dict[str, Any]) -> str:
+    """A cell file's text: the payload indented for reading, except each per-unit table row on one line (a table
+    written with `indent` would put every number on its own line and triple the file)."""
+    tables = {k: payload[k] for k in UNIT_KEYS if isinstance(payload.get(k), dict)}
+    head = json.dumps({k: v for k, v in payload.items() if k not in tables}, indent=1, allow_nan=False)
+    parts = []
+    for key, table in tables.items():
+        rows = ",\n  ".join(json.dumps(r, allow_nan=False, separators=(",", ":")) for r in table["rows"])
+        parts.append(f' {json.dumps(key)}: {{"columns": {json.dumps(table["columns"])}, "rows": [\n  {rows}\n ]}}'
+                     if rows else f' {json.dumps(key)}: {{"columns": {json.dumps(table["columns"])}, "rows": []}}')
+    if not parts:
+        return head + "\n"
+    return head[:-2] + ",\n" + ",\n".join(parts) + "\n}\n" if head != "{}" else "{\n" + ",\n".join(parts) + "\n}\n"
 
 
 @functools.lru_cache(maxsize=1)
@@ -150,8 +176,9 @@ def _git_sha() -> str | None:
 
 
 def cell_payload(plan: Plan, cell: Cell, result: CellResult) -> dict[str, Any]:
-    """The cell file: id, status, error, resolved config, provenance, tidy rows, per-episode rows (k > 0) and
-    per-class rows (k = 0: `{"variant", "k", "class", "metric", "value", "n_queries"}`)."""
+    """The cell file: id, status, error, resolved config, provenance, tidy rows, and the per-unit tables
+    (`oodml.schema.unit_table`): per-episode values (k > 0, `EPISODE_UNIT_COLUMNS`) and per-class values (k = 0,
+    `CLASS_UNIT_COLUMNS`)."""
     prov = provenance()
     config = plan.config_for(cell)
     config_hash = cfg_hash(config)
@@ -177,16 +204,14 @@ def cell_payload(plan: Plan, cell: Cell, result: CellResult) -> dict[str, Any]:
                "knn_k": m.knn_k, "knn_backend": m.knn_backend, "status": m.status,
                "error": result.error if m.status == "error" else None}
         rows.append({c: row[c] for c in ROW_COLUMNS})
-    episodes = []
-    for e in result.episodes:
-        ep = {"cell_id": cell.cell_id, "method": method_label(cell.method, e.variant), "split_level": cell.level,
-              "k_shot": e.k, "seed": cell.seed, "episode": e.episode, "metric": e.metric, "value": e.value}
-        episodes.append({c: ep[c] for c in EPISODE_COLUMNS})
+    episodes = [{"variant": e.variant, "k": e.k, "episode": e.episode, "metric": e.metric, "value": e.value}
+                for e in result.episodes]
     payload: dict[str, Any] = {
         "cell_id": cell.cell_id, "status": result.status, "error": result.error, "config": config,
         "config_hash": config_hash, "provenance": prov, "wall_time_s": result.wall_time_s,
         "cpu_time_s": result.cpu_time_s, "peak_mem_mb": result.peak_mem_mb, "fit_cached": result.fit_cached,
-        "rows": rows, "episodes": episodes, "classes": [c.to_dict() for c in result.classes],
+        "rows": rows, "episodes": unit_table(episodes, EPISODE_UNIT_COLUMNS),
+        "classes": unit_table([c.to_dict() for c in result.classes], CLASS_UNIT_COLUMNS),
     }
     if result.training:
         payload["training"] = result.training

@@ -17,6 +17,7 @@ from oodml.eval.metrics import FEW_SHOT, METRICS, ZERO_SHOT, MetricInfo, matches
 from oodml.registry import Entry
 from oodml.report import build_report
 from oodml.runner import run_grid
+from oodml.schema import unit_entries
 from tests.runner.fakes import fake_methods, write_inputs
 
 
@@ -44,8 +45,8 @@ def test_a_registered_metric_reaches_cells_and_leaderboard(registered: None, tmp
     for c in cells:
         mine = [r for r in c["rows"] if r["metric"] == "precision@2" and r["status"] == "ok"]
         assert {r["k_shot"] for r in mine} == {0, 2} and all(0 <= r["value"] <= 1 for r in mine)
-        assert {e["metric"] for e in c["episodes"]} >= {"precision@2"}
-        assert any(x["metric"] == "precision@2" for x in c["classes"])
+        assert {e["metric"] for e in unit_entries(c["episodes"])} >= {"precision@2"}
+        assert any(x["metric"] == "precision@2" for x in unit_entries(c["classes"]))
     build_report(results=tmp_path / "r", metric="precision@2")
     dataset = cells[0]["rows"][0]["dataset"]
     with (tmp_path / "r" / dataset / "leaderboard_k0.csv").open() as fh:

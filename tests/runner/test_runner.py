@@ -16,7 +16,7 @@ from oodml.errors import OodmlError
 from oodml.features.io import FeatureSet
 from oodml.runner import CellStore, plan_grid, run_grid
 from oodml.runner.store import method_label
-from oodml.schema import EPISODE_COLUMNS, ROW_COLUMNS
+from oodml.schema import CLASS_UNIT_COLUMNS, EPISODE_UNIT_COLUMNS, ROW_COLUMNS, unit_entries
 from oodml.splits.spec import SplitSpec
 from tests.runner.fakes import FIT_CALLS, build_split, fake_methods, write_inputs
 
@@ -125,7 +125,10 @@ def test_run_writes_ok_cells_with_schema_rows(fakes: None, files: tuple[Path, Pa
     c = cells[0]
     assert set(c) >= {"cell_id", "status", "error", "config", "rows", "episodes", "provenance"}
     assert all(tuple(r) == ROW_COLUMNS for r in c["rows"])
-    assert all(tuple(e) == EPISODE_COLUMNS for e in c["episodes"])
+    # per-unit values are tables: the column names once, one list per entry
+    assert c["episodes"]["columns"] == list(EPISODE_UNIT_COLUMNS)
+    assert c["classes"]["columns"] == list(CLASS_UNIT_COLUMNS)
+    episodes, classes = unit_entries(c["episodes"]), unit_entries(c["classes"])
     zero = {(r["method"], r["metric"]) for r in c["rows"] if r["k_shot"] == 0}
     assert zero == {(m, x) for m in ("fake_proj", "fake_proj[raw]")
                     for x in ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi")}
@@ -134,13 +137,13 @@ def test_run_writes_ok_cells_with_schema_rows(fakes: None, files: tuple[Path, Pa
     assert all(r["n_episodes"] == 2 and 0 <= r["value"] <= 1 and r["episode_std"] >= 0 for r in two)
     # mean over the per-episode rows
     acc = next(r for r in two if r["metric"] == "accuracy" and r["method"] == "fake_proj")
-    eps = [e["value"] for e in c["episodes"] if e["metric"] == "accuracy" and e["method"] == "fake_proj"]
+    eps = [e["value"] for e in episodes if e["metric"] == "accuracy" and e["variant"] == ""]
     assert len(eps) == 2 and acc["value"] == pytest.approx(sum(eps) / 2)
     # zero-shot: each retrieval metric per test class; the n_queries-weighted class mean is the stored value
-    assert c["classes"] and {x["metric"] for x in c["classes"]} == {"recall@1", "recall@2", "recall@4", "recall@8",
+    assert classes and {x["metric"] for x in classes} == {"recall@1", "recall@2", "recall@4", "recall@8",
                                                                      "map@r"}
     r1 = next(r for r in c["rows"] if r["k_shot"] == 0 and r["metric"] == "map@r" and r["method"] == "fake_proj")
-    mine = [x for x in c["classes"] if x["metric"] == "map@r" and x["variant"] == ""]
+    mine = [x for x in classes if x["metric"] == "map@r" and x["variant"] == ""]
     n = sum(x["n_queries"] for x in mine)
     assert n == r1["n_queries"] and sum(x["value"] * x["n_queries"] for x in mine) / n == pytest.approx(r1["value"])
     r0 = c["rows"][0]
@@ -210,7 +213,7 @@ def test_episode_ids_may_be_basenames(fakes: None, tmp_path: Path) -> None:
     f, s = write_inputs(tmp_path, basenames=True)
     assert run_grid(cfg((f, s), tmp_path / "r", seeds="0", shifts="1")) == 0
     (c,) = CellStore(tmp_path / "r").cells()
-    assert c["status"] == "ok" and c["episodes"]
+    assert c["status"] == "ok" and unit_entries(c["episodes"])
 
 
 def test_unknown_episode_id_is_a_clear_error(fakes: None, files: tuple[Path, Path], tmp_path: Path) -> None:
