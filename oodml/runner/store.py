@@ -115,18 +115,18 @@ def _unit_list(obj: Any) -> bool:
 
 
 def dumps_cell(payload: dict[str, Any]) -> str:
-    """A cell file's text: the payload indented for reading, except each per-unit table row on one line (a table
-    written with `indent` would put every number on its own line and triple the file)."""
-    tables = {k: payload[k] for k in UNIT_KEYS if isinstance(payload.get(k), dict)}
-    head = json.dumps({k: v for k, v in payload.items() if k not in tables}, indent=1, allow_nan=False)
-    parts = []
-    for key, table in tables.items():
-        rows = ",\n  ".join(json.dumps(r, allow_nan=False, separators=(",", ":")) for r in table["rows"])
-        parts.append(f' {json.dumps(key)}: {{"columns": {json.dumps(table["columns"])}, "rows": [\n  {rows}\n ]}}'
-                     if rows else f' {json.dumps(key)}: {{"columns": {json.dumps(table["columns"])}, "rows": []}}')
-    if not parts:
-        return head + "\n"
-    return head[:-2] + ",\n" + ",\n".join(parts) + "\n}\n" if head != "{}" else "{\n" + ",\n".join(parts) + "\n}\n"
+    """A cell file's text: `json.dumps(payload, indent=1)`, except that a per-unit table keeps each row on one line
+    (indented, a table would put every value on its own line and triple the file)."""
+    members = []
+    for key, value in payload.items():
+        if key in UNIT_KEYS and isinstance(value, dict):
+            rows = ",".join("\n  " + json.dumps(r, allow_nan=False, separators=(",", ":")) for r in value["rows"])
+            end = "\n " if rows else ""
+            text = f'{{"columns": {json.dumps(value["columns"])}, "rows": [{rows}{end}]}}'
+        else:  # one more space of indent on every line of a nested value, as indent=1 gives
+            text = json.dumps(value, indent=1, allow_nan=False).replace("\n", "\n ")
+        members.append(f" {json.dumps(key)}: {text}")
+    return "{\n" + ",\n".join(members) + "\n}\n" if members else "{}\n"
 
 
 @functools.lru_cache(maxsize=1)

@@ -96,3 +96,9 @@ def test_unit_entries_rejects_other_objects() -> None:
         unit_entries({"columns": ["a"]})
     with pytest.raises(ValueError):
         unit_entries({"columns": ["a", "b"], "rows": [[1]]})  # a row shorter than its columns
+
+
+def test_dumps_cell_is_indent_1_json_outside_the_tables() -> None:
+    payload = {"cell_id": "c", "config": {"ks": [0, 2], "nested": {"a": [1, 2]}}, "error": None, "x": "a\nb"}
+    assert dumps_cell(payload) == json.dumps(payload, indent=1) + "\n"
+    assert dumps_cell({}) == "{}\n"
