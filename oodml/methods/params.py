@@ -21,6 +21,7 @@ ADAPT_STOPS = ("fixed", "plateau")
 ADAPT_BN = ("train", "frozen")
 ADAPT_PROTOCOLS = ("own_loss", "oodml")
 SELECTS = ("last", "val")
+ADAPT_SCORES = ("loo_nn", "episodes")
 
 #: what `adapt_protocol: oodml` sets unless the same fields are given explicitly (Milbich et al. 2021, few-shot
 #: script: Adam at 1e-4 on the last linear layer, 1,000 iterations at 2 shots and 1,500 at 5 shots)
@@ -249,19 +250,50 @@ class HistogramParams(TrainParams):
 
 @dataclass(frozen=True)
 class ProtoParams(TrainParams):
-    """Prototypical networks (Snell et al. 2017): episodic n-way k-shot, squared Euclidean, unnormalised."""
+    """Prototypical networks (Snell et al. 2017): episodic n-way k-shot, squared Euclidean, unnormalised.
+
+    Attributes:
+        ways, shots, queries: a source training episode: `ways` classes, `shots` support and `queries` query images
+            of each.
+        adapt_support_fraction: `adapted_proto`: every adaptation episode holds every target class, and each class's
+            k support images are redrawn into max(1, floor(fraction x k)) episode shots (the prototype) and the rest
+            as its queries (k = 1: the image is both). 0.5 (the default) is k // 2, oodml's original split; 0.75 is
+            Scott et al.'s (their `run_model.py`: `episode_support = floor(0.75 k)`).
+        adapt_score: `adapted_proto` with `adapt_stop=plateau`: what the stop watches. `loo_nn` (the default):
+            leave-one-out 1-NN accuracy among the support images, as for every embedding method; `episodes`: Scott et
+            al.'s episodic score, the nearest-prototype accuracy of the queries over `adapt_score_episodes` episodes
+            drawn from the support as the training episodes are (`adapt_support_fraction`), fresh episodes at every
+            scoring from a generator seeded by the cell (one image per class: nothing to score, so no adaptation).
+        adapt_score_episodes: `adapt_score=episodes`: episodes per scoring (Scott et al.: 250 on Omniglot, 75 on
+            MNIST, their `--evaluation_episodes`).
+    """
 
     normalize: bool = False
     ways: int = 20
     shots: int = 5
     queries: int = 5
+    adapt_support_fraction: float = field(default=0.5, metadata=LATER)
+    adapt_score: str = field(default="loo_nn", metadata=LATER)
+    adapt_score_episodes: int = field(default=250, metadata=LATER)
+
+    def adapt_shots(self, k: int) -> int:
+        """Episode shots of a class with `k` support images: max(1, floor(adapt_support_fraction x k))."""
+        return max(1, math.floor(self.adapt_support_fraction * k + 1e-9))  # 1e-9: 0.29 x 100 is 28.999...
 
     def validate(self) -> None:
         """Raise OodmlError for out-of-range values."""
         super().validate()
-        for name in ("ways", "shots", "queries"):
+        for name in ("ways", "shots", "queries", "adapt_score_episodes"):
             if getattr(self, name) < 1:
                 raise OodmlError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.adapt_support_fraction < 1:
+            raise OodmlError(f"adapt_support_fraction must be in (0, 1) (Scott et al.: 0.75), got "
+                             f"{self.adapt_support_fraction}")
+        if self.adapt_score not in ADAPT_SCORES:
+            raise OodmlError(f"adapt_score={self.adapt_score!r} is not one of {', '.join(ADAPT_SCORES)}")
+        if self.adapt_score != "loo_nn" and self.adapt_stop != "plateau":
+            raise OodmlError(f"adapt_score={self.adapt_score} is what adapt_stop=plateau watches; set "
+                             "adapt_stop=plateau or drop adapt_score")
 
 
 @dataclass(frozen=True)
