@@ -83,7 +83,6 @@ class EmbeddingMethod(Method):
         self.objectives: list[nn.Module] = []
         self.in_dim: int | None = ctx.in_dim
         self.n_classes = 0
-        self.adapt_episode_shots = 1  # support images per class in an adaptation episode (the rest are its queries)
         self.support_shots = 1  # images per class of the support being adapted on (picks the `adapt_iterations` entry)
         self.selection: dict[str, Any] = {}  # how the source model was chosen (`select=val`, `epochs`)
 
@@ -206,8 +205,6 @@ class EmbeddingMethod(Method):
 
     def prepare_adapt(self, x: Inputs, y: np.ndarray, n_classes: int) -> None:
         """Replace the objectives by ones for the target classes (proxies at the support means if configured)."""
-        counts = np.bincount(y, minlength=n_classes)
-        self.adapt_episode_shots = max(1, int(counts.min()) // 2)
         self.objectives = []
         for m in range(self.n_models):
             obj = self.make_objective(n_classes, "adapt").to(self.ctx.device)

@@ -47,12 +47,15 @@ def relational_mutual_loss(e: torch.Tensor, others: list[torch.Tensor]) -> torch
     return torch.stack([((d - pairwise_distances(o)[off]) ** 2).mean() for o in others]).mean()
 
 
-def prototypical_loss(e: torch.Tensor, labels: torch.Tensor, shots: int) -> torch.Tensor:
-    """Prototypical-network loss (Snell et al. 2017) on one episode.
+def episode_split(labels: torch.Tensor, shots: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The support and queries of one episode laid out in batch order.
 
     Per class the first `shots` rows (in batch order) are its support and the rest its queries; a class with no
-    more than `shots` rows uses all of them as support and as queries. Prototype c_k = mean of the support;
-    p(y = k | q) = softmax_k(-||q - c_k||^2); the loss is the mean negative log-probability of the queries.
+    more than `shots` rows uses all of them as support and as queries. Both the training loss (`prototypical_loss`)
+    and the episodic score of an adaptation (`oodml.methods.proto.episodic_accuracy`) split episodes here.
+
+    Returns:
+        Each row's class index 0..C-1 (classes numbered in sorted label order), the support mask, the query mask.
     """
     _, cls = torch.unique(labels, return_inverse=True)
     n_cls = int(cls.max()) + 1
@@ -62,14 +65,33 @@ def prototypical_loss(e: torch.Tensor, labels: torch.Tensor, shots: int) -> torc
     rank = torch.empty_like(cls)
     rank[order] = torch.arange(len(cls), device=cls.device) - starts[cls[order]]
     small = counts[cls] <= shots
-    support = (rank < shots) | small
-    query = (rank >= shots) | small
+    return cls, (rank < shots) | small, (rank >= shots) | small
+
+
+def prototype_logits(e: torch.Tensor, labels: torch.Tensor,
+                     shots: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The queries' logits against the prototypes of one episode (split by `episode_split`): prototype c_k = mean
+    of class k's support, logit of query q for class k = -||q - c_k||^2.
+
+    Returns:
+        (Q, C) logits of the queries; their class indices 0..C-1; a (Q,) mask of the queries that are not support
+        rows too (False for the rows of a class with <= `shots` rows).
+    """
+    cls, support, query = episode_split(labels, shots)
+    n_cls = int(cls.max()) + 1
     n_sup = torch.bincount(cls[support], minlength=n_cls).to(e.dtype)
     protos = torch.zeros(n_cls, e.shape[1], dtype=e.dtype, device=e.device).index_add_(0, cls[support], e[support])
     protos = protos / n_sup[:, None]
     q = e[query]
     sq = q.pow(2).sum(1, keepdim=True) + protos.pow(2).sum(1)[None, :] - 2 * q @ protos.t()
-    return F.cross_entropy(-sq, cls[query])
+    return -sq, cls[query], ~support[query]
+
+
+def prototypical_loss(e: torch.Tensor, labels: torch.Tensor, shots: int) -> torch.Tensor:
+    """Prototypical-network loss (Snell et al. 2017) on one episode: p(y = k | q) = softmax_k(-||q - c_k||^2), the
+    loss is the mean negative log-probability of the queries (split and prototypes: `prototype_logits`)."""
+    logits, target, _ = prototype_logits(e, labels, shots)
+    return F.cross_entropy(logits, target)
 
 
 class PmlObjective(nn.Module):

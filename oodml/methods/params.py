@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
 from oodml.errors import OodmlError, suggest
+from oodml.methods.schedules import canonical_schedule, parse_schedule, schedule_for
 
 HEADS = ("linear", "mlp")
 ADAPT_SCOPES = ("last", "all")
@@ -20,6 +21,7 @@ ADAPT_STOPS = ("fixed", "plateau")
 ADAPT_BN = ("train", "frozen")
 ADAPT_PROTOCOLS = ("own_loss", "oodml")
 SELECTS = ("last", "val")
+ADAPT_SCORES = ("loo_nn", "episodes")
 
 #: what `adapt_protocol: oodml` sets unless the same fields are given explicitly (Milbich et al. 2021, few-shot
 #: script: Adam at 1e-4 on the last linear layer, 1,000 iterations at 2 shots and 1,500 at 5 shots)
@@ -248,19 +250,50 @@ class HistogramParams(TrainParams):
 
 @dataclass(frozen=True)
 class ProtoParams(TrainParams):
-    """Prototypical networks (Snell et al. 2017): episodic n-way k-shot, squared Euclidean, unnormalised."""
+    """Prototypical networks (Snell et al. 2017): episodic n-way k-shot, squared Euclidean, unnormalised.
+
+    Attributes:
+        ways, shots, queries: a source training episode: `ways` classes, `shots` support and `queries` query images
+            of each.
+        adapt_support_fraction: `adapted_proto`: every adaptation episode holds every target class, and each class's
+            k support images are redrawn into max(1, floor(fraction x k)) episode shots (the prototype) and the rest
+            as its queries (k = 1: the image is both). 0.5 (the default) is k // 2, oodml's original split; 0.75 is
+            Scott et al.'s (their `run_model.py`: `episode_support = floor(0.75 k)`).
+        adapt_score: `adapted_proto` with `adapt_stop=plateau`: what the stop watches. `loo_nn` (the default):
+            leave-one-out 1-NN accuracy among the support images, as for every embedding method; `episodes`: Scott et
+            al.'s episodic score, the nearest-prototype accuracy of the queries over `adapt_score_episodes` episodes
+            drawn from the support as the training episodes are (`adapt_support_fraction`), fresh episodes at every
+            scoring from a generator seeded by the cell (one image per class: nothing to score, so no adaptation).
+        adapt_score_episodes: `adapt_score=episodes`: episodes per scoring (Scott et al.: 250 on Omniglot, 75 on
+            MNIST, their `--evaluation_episodes`).
+    """
 
     normalize: bool = False
     ways: int = 20
     shots: int = 5
     queries: int = 5
+    adapt_support_fraction: float = field(default=0.5, metadata=LATER)
+    adapt_score: str = field(default="loo_nn", metadata=LATER)
+    adapt_score_episodes: int = field(default=250, metadata=LATER)
+
+    def adapt_shots(self, k: int) -> int:
+        """Episode shots of a class with `k` support images: max(1, floor(adapt_support_fraction x k))."""
+        return max(1, math.floor(self.adapt_support_fraction * k + 1e-9))  # 1e-9: 0.29 x 100 is 28.999...
 
     def validate(self) -> None:
         """Raise OodmlError for out-of-range values."""
         super().validate()
-        for name in ("ways", "shots", "queries"):
+        for name in ("ways", "shots", "queries", "adapt_score_episodes"):
             if getattr(self, name) < 1:
                 raise OodmlError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.adapt_support_fraction < 1:
+            raise OodmlError(f"adapt_support_fraction must be in (0, 1) (Scott et al.: 0.75), got "
+                             f"{self.adapt_support_fraction}")
+        if self.adapt_score not in ADAPT_SCORES:
+            raise OodmlError(f"adapt_score={self.adapt_score!r} is not one of {', '.join(ADAPT_SCORES)}")
+        if self.adapt_score != "loo_nn" and self.adapt_stop != "plateau":
+            raise OodmlError(f"adapt_score={self.adapt_score} is what adapt_stop=plateau watches; set "
+                             "adapt_stop=plateau or drop adapt_score")
 
 
 @dataclass(frozen=True)
@@ -313,49 +346,6 @@ class DmmlParams:
             raise OodmlError("dmml_noise and dmml_weight must be >= 0")
 
 
-def parse_schedule(value: int | str, what: str = "adapt_iterations") -> dict[int, int]:
-    """A per-k schedule `2:1000,5:1500` (or one number for every k: {0: n}) as {k: iterations}; OodmlError if bad."""
-    if isinstance(value, int):
-        if value < 0:
-            raise OodmlError(f"{what} must be >= 0, got {value}")
-        return {0: value}
-    out: dict[int, int] = {}
-    for item in str(value).split(","):
-        k, sep, n = item.partition(":")
-        try:
-            kk, nn = int(k), int(n)
-        except ValueError:
-            kk = nn = -1
-        if not sep or kk < 1 or nn < 0 or kk in out:
-            raise OodmlError(f"{what}={value!r} is not a per-k schedule; give a number or shots:iterations pairs "
-                             "with distinct shots >= 1, e.g. 2:1000,5:1500")
-        out[kk] = nn
-    return out
-
-
-def schedule_for(value: int | str, shots: int) -> int:
-    """The schedule's entry for `shots`: the entry of the largest named shots <= `shots`, else of the smallest."""
-    table = parse_schedule(value)
-    below = [kk for kk in table if kk <= shots]
-    return table[max(below) if below else min(table)]
-
-
-def _schedule(cls_name: str, name: str, value: Any) -> int | str:
-    """An int, or a schedule (string or {k: n} mapping) in its canonical string form (sorted by k)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, Mapping):
-        value = ",".join(f"{k}:{v}" for k, v in value.items())
-    if isinstance(value, str):
-        if value.strip().lstrip("-").isdigit():
-            return int(value)
-        table = parse_schedule(value.replace(" ", ""), name)
-        return ",".join(f"{k}:{table[k]}" for k in sorted(table))
-    raise OodmlError(f"{cls_name}: {name}={value!r} is not a number or a per-k schedule like 2:1000,5:1500")
-
-
 @dataclass(frozen=True)
 class EnsParams:
     """Ensemble control `+ens`: cohort size (the default equals `+dmml`'s, `dmml_models`)."""
@@ -377,7 +367,7 @@ def _coerce(cls_name: str, name: str, value: Any, typ: Any) -> Any:
     """Convert an override value to the field's type, or raise OodmlError."""
     text = str(typ)
     if text == "int | str":
-        return _schedule(cls_name, name, value)
+        return canonical_schedule(cls_name, name, value)
     wanted = {bool: "true or false", int: "integer", float: "number", str: "string"}.get(
         typ, "list of integers" if text.startswith("tuple[int") else text.replace("typing.", ""))
     bad = OodmlError(f"{cls_name}: {name}={value!r} is not a valid {wanted} (--method-param {name}=VALUE)")
