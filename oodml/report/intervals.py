@@ -26,6 +26,8 @@ DIFF_COLUMNS = ("pair", "method_a", "method_b", "split_level", "fid", "n_seeds",
 EPISODE_CODES = 1 << 32
 NO_UNITS = ("cell files without per-unit values (written before oodml stored per-episode and per-class values; "
             "rerun those cells with `oodml run --force`)")
+ONE_UNIT = ("the value rests on a single unit (one seed x one episode or class): a resample of it is itself, so a "
+            "bootstrap interval would have zero width; more seeds or episodes (`make-splits --episodes`) give one")
 
 
 @dataclass
@@ -34,19 +36,22 @@ class Coverage:
 
     Attributes:
         notes: one line per k and method whose levels (some or all) have no interval.
-        uncovered_ks: the ks where no method has an interval at any level (named once in `lines`, not per method).
+        uncovered_ks: the ks where no method has an interval at any level for want of per-unit values (named once
+            in `lines`, not per method).
+        single_unit_ks: the ks where every value rests on a single unit (likewise named once).
     """
 
     notes: list[str] = field(default_factory=list)
     uncovered_ks: list[int] = field(default_factory=list)
+    single_unit_ks: list[int] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        """The report's lines: one for all wholly uncovered ks, then the per-method notes."""
+        """The report's lines: one per reason for all wholly uncovered ks, then the per-method notes."""
         head = []
-        if self.uncovered_ks:
-            ks = ", ".join(map(str, self.uncovered_ks))
-            head.append(f"k = {ks}: no value has an interval (no method at any level; means only, and the curves "
-                        f"draw no band), {NO_UNITS}")
+        for ks, why in ((self.uncovered_ks, NO_UNITS), (self.single_unit_ks, ONE_UNIT)):
+            if ks:
+                head.append(f"k = {', '.join(map(str, ks))}: no value has an interval (no method at any level; means "
+                            f"only, and the curves draw no band), {why}")
         return head + self.notes
 
 
@@ -129,18 +134,28 @@ def pseudo_levels(frame: pd.DataFrame) -> pd.Series:
     return frame.groupby(["method", "split_level"])["pseudo"].any()
 
 
+def single_unit_levels(frame: pd.DataFrame, series: str = "method") -> pd.Series:
+    """(series, split_level) -> True where the value rests on at most one unit over all seeds (one seed, one
+    episode or class: no interval there) and not on a pseudo-unit (`pseudo_levels` names those)."""
+    if frame.empty:
+        return pd.Series(dtype=bool)
+    g = frame.assign(real=~frame["pseudo"].astype(bool) & (frame["weight"] > 0)).groupby([series, "split_level"])
+    return (g["real"].sum() <= 1) & ~g["pseudo"].any()
+
+
 def coverage_notes(frame: pd.DataFrame, k: int, coverage: Coverage) -> None:
-    """Record this k's levels without an interval: the whole k at once when no method has one anywhere, else one
-    line per method (`all levels` when it has none)."""
-    pseudo = pseudo_levels(frame)
-    if len(pseudo) and bool(pseudo.all()):
-        coverage.uncovered_ks.append(k)
-        return
+    """Record this k's levels without an interval, per reason (`NO_UNITS`, `ONE_UNIT`): the whole k at once when no
+    method has one anywhere for that reason, else one line per method (`all levels` when it has none)."""
     n_levels = frame["split_level"].nunique()
-    for method, g in pseudo[pseudo].groupby(level=0):
-        levels = ("all levels" if len(g) == n_levels and n_levels > 1
-                  else ", ".join(f"L{int(lv)}" for lv in g.index.get_level_values(1)))
-        coverage.notes.append(f"k={k} `{method}` {levels}: no interval, {NO_UNITS}")
+    for blocked, whole, why in ((pseudo_levels(frame), coverage.uncovered_ks, NO_UNITS),
+                                (single_unit_levels(frame), coverage.single_unit_ks, ONE_UNIT)):
+        if len(blocked) and bool(blocked.all()):
+            whole.append(k)
+            continue
+        for method, g in blocked[blocked].groupby(level=0):
+            levels = ("all levels" if len(g) == n_levels and n_levels > 1
+                      else ", ".join(f"L{int(lv)}" for lv in g.index.get_level_values(1)))
+            coverage.notes.append(f"k={k} `{method}` {levels}: no interval, {why}")
 
 
 def level_intervals(frame: pd.DataFrame | None, methods: list[str], fids: Mapping[int, float],
@@ -162,7 +177,7 @@ def level_intervals(frame: pd.DataFrame | None, methods: list[str], fids: Mappin
     grid = st.unit_grid(sub)
     reps = st.bootstrap_levels(grid, n_boot)
     point = st.level_means(grid)
-    pseudo = pseudo_levels(sub)
+    pseudo = pseudo_levels(sub) | single_unit_levels(sub)
     blocked = np.array([[bool(pseudo.get((m, lv), False)) for lv in grid.levels] for m in grid.series], bool)
     reps[blocked] = np.nan
     lo, hi = st.percentile_interval(reps)
@@ -230,8 +245,9 @@ def paired_differences(frame: pd.DataFrame, pairs: Mapping[str, tuple[str, str]]
     point, mean_a, mean_b = st.level_means(d_grid), st.level_means(a_grid), st.level_means(b_grid)
     reps = st.bootstrap_levels(d_grid, n_boot if intervals else 0)
     pseudo = diffs.groupby(["pair", "split_level"])["pseudo"].any()
-    blocked = np.array([[bool(pseudo.get((s, lv), False)) and not seeds_only for lv in d_grid.levels]
-                        for s in d_grid.series], bool)
+    single = single_unit_levels(diffs, series="pair")
+    blocked = np.array([[(bool(pseudo.get((s, lv), False)) and not seeds_only) or bool(single.get((s, lv), False))
+                         for lv in d_grid.levels] for s in d_grid.series], bool)
     reps[blocked] = np.nan
     lo, hi = st.percentile_interval(reps)
     coef_level = st.flip_coefficients(d_grid, over_levels=False)

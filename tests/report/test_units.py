@@ -187,3 +187,21 @@ def test_a_store_without_any_unit_values_says_so_once_per_report(tmp_path: Path)
     md = (tmp_path / "o" / "report.md").read_text()
     assert "k = 0, 5: no value has an interval" in md and "`a` L1" not in md
     assert "no band: no per-unit values in the cell files" in md
+
+
+def test_a_value_on_a_single_unit_has_no_interval(tmp_path: Path) -> None:
+    """One seed x one episode: every bootstrap resample is the value itself, so a [v, v] interval would claim a
+    certainty nothing measured; the value gets no interval (nor a paired p), and the report says why."""
+    for method, v in (("a", 0.9), ("b", 0.6)):
+        write_unit_cell(tmp_path, method=method, level=1, seed=0, k=5, values=[v])  # one episode
+        write_unit_cell(tmp_path, method=method, level=1, seed=0, k=2, values=[v, v - 0.2])  # two episodes
+    t = aggregate(read_store(tmp_path), "u", None)
+    one, two = t.leaderboards[5].set_index("method"), t.leaderboards[2].set_index("method")
+    assert one.loc["a", "mean"] == pytest.approx(0.9)
+    assert one[["ci_low", "ci_high", "L1_ci_low", "L1_ci_high"]].isna().all().all()
+    assert one["vs_best_p"].isna().all()
+    assert two.loc["a", "ci_low"] == pytest.approx(0.7) and two.loc["a", "ci_high"] == pytest.approx(0.9)
+    assert t.coverage.single_unit_ks == [5]
+    build_report(results=tmp_path, metric=None)
+    md = (tmp_path / "u" / "report.md").read_text()
+    assert "k = 5: no value has an interval" in md and "single unit" in md
