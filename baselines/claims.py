@@ -73,11 +73,12 @@ def basis(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "no data"
     n_seeds = int(frame["seed"].nunique())
+    seeds = f"{n_seeds} seed{'s' if n_seeds != 1 else ''}"
     if frame["pseudo"].all():
-        return f"{n_seeds} seeds (no unit values)"
+        return f"{seeds} (no unit values)"
     per = frame.groupby(["method", "split_level", "seed"])["unit"].nunique().median()
     kind = iv.unit_kind(frame["unit"])
-    return f"{n_seeds} seeds x {int(per)} {kind}"
+    return f"{seeds} x {int(per)} {kind}"
 
 
 def resolvable(frame: pd.DataFrame) -> bool:

@@ -73,7 +73,7 @@ def test_claims_error_reduction_and_trend(tmp_path: Path) -> None:
     pd.DataFrame([_rows(m, 1, 5, v, "accuracy") for m, v in acc.items()]).to_csv(path, index=False)
     out = claims.scott_claims([str(path)], ["s"])
     assert "weight_transfer | 0.300 | adapted_proto | 0.200 | 33%" in out  # (0.3 - 0.2) / 0.3
-    assert "| 1 seeds (no unit values) | inconclusive (no interval) |" in out  # one seed, no episodes
+    assert "| 1 seed (no unit values) | inconclusive (no interval) |" in out  # one seed, no episodes
     # the dot plot: one point per (task, k) and variant; the same input gives the same bytes
     recs = claims.scott_records([str(path)] * 2, ["scott2018_x", "scott2018_x_plateau"])
     assert [(r["study"], r["k"], round(float(r["reduction"]), 3)) for r in recs] == [
