@@ -44,7 +44,7 @@ import pandas as pd
 
 from oodml.progress import log
 from oodml.report import aggregate, build_report, read_store
-from oodml.schema import ROW_COLUMNS
+from oodml.schema import CLASS_UNIT_COLUMNS, EPISODE_UNIT_COLUMNS, ROW_COLUMNS, unit_table
 
 T = TypeVar("T")
 KS = (0, 2, 5, 10)
@@ -87,8 +87,7 @@ def write_store(results: Path, n_cells: int, n_methods: int = 20, seed: int = 0,
             if k:
                 unit_values = rng.uniform(0.05, 0.95, size=(len(metrics), EPISODES))
                 values = unit_values.mean(axis=1)
-                episodes += [{"cell_id": cid, "method": name, "split_level": level, "k_shot": k, "seed": seed,
-                              "episode": e, "metric": m, "value": float(v)}
+                episodes += [{"variant": "", "k": k, "episode": e, "metric": m, "value": float(v)}
                              for m, row in zip(metrics, unit_values) for e, v in enumerate(row)]
             else:
                 unit_values = rng.uniform(0.05, 0.95, size=(len(metrics), n_classes))
@@ -105,7 +104,8 @@ def write_store(results: Path, n_cells: int, n_methods: int = 20, seed: int = 0,
         n_rows += len(rows)
         doc = {"cell_id": cid, "status": "ok", "error": "",
                "config": {"methods": [name], "split_level": level, "ks": list(ks)},
-               "rows": rows, "episodes": episodes, "classes": classes}
+               "rows": rows, "episodes": unit_table(episodes, EPISODE_UNIT_COLUMNS),
+               "classes": unit_table(classes, CLASS_UNIT_COLUMNS)}  # the tables the runner writes
         (cells / f"{cid}.json").write_bytes(orjson.dumps(doc))
     return n_rows
 
