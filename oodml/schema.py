@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 SCHEMA_VERSION = 1
 
 #: Columns of every result row, in this order, in `all.csv` and in the cell files' `rows`.
@@ -29,8 +31,13 @@ CLASS_UNIT_COLUMNS: tuple[str, ...] = ("variant", "k", "class", "metric", "value
 
 def unit_table(entries: list[dict[str, object]], columns: tuple[str, ...]) -> dict[str, object]:
     """Per-unit entries (dicts with at least `columns`) as the cell file's table: the column names once, then one
-    list of values per entry, so that a per-class table costs a third of a list of objects."""
+    list of values per entry (an Omniglot cell file: 261 KB, against 567 KB with a list of objects)."""
     return {"columns": list(columns), "rows": [[e[c] for c in columns] for e in entries]}
+
+
+def is_unit_table(obj: object) -> bool:
+    """True for a per-unit table as `unit_table` writes it (a mapping with list `columns` and list `rows`)."""
+    return isinstance(obj, Mapping) and isinstance(obj.get("columns"), list) and isinstance(obj.get("rows"), list)
 
 
 def unit_entries(obj: object) -> list[dict[str, object]]:
@@ -41,7 +48,7 @@ def unit_entries(obj: object) -> list[dict[str, object]]:
     """
     if isinstance(obj, list):
         return [dict(e) for e in obj]  # type: ignore[call-overload]
-    if isinstance(obj, dict) and isinstance(obj.get("columns"), list) and isinstance(obj.get("rows"), list):
-        columns = obj["columns"]
-        return [dict(zip(columns, r, strict=True)) for r in obj["rows"]]
+    if is_unit_table(obj):
+        columns = obj["columns"]  # type: ignore[index]
+        return [dict(zip(columns, r, strict=True)) for r in obj["rows"]]  # type: ignore[index]
     raise ValueError("a per-unit list is neither a list nor a {columns, rows} table")

@@ -26,7 +26,7 @@ import pandas as pd
 
 from oodml.errors import OodmlError
 from oodml.progress import is_terminal, log, progress
-from oodml.schema import ROW_COLUMNS, STATUSES
+from oodml.schema import ROW_COLUMNS, STATUSES, is_unit_table
 
 #: Columns that identify a result row's place in the grid (the leaderboard groups by these).
 KEY_COLUMNS: tuple[str, ...] = ("dataset", "method", "method_family", "split_level", "k_shot", "seed")
@@ -165,12 +165,13 @@ def _unit_tuples(obj: Any, unit: str, spec: str) -> list[tuple[Any, ...]]:
     An entry names its embedding `variant` (appended to the cell's method spec as `spec[variant]`) or, as older
     episode lists do, its `method`; and `k` or `k_shot`. `n_queries` is None for episodes.
     """
+    table = is_unit_table(obj)
     columns: list[Any] = []
-    if isinstance(obj, Mapping):
-        columns, entries = obj.get("columns"), obj.get("rows")  # type: ignore[assignment]
-        if not isinstance(columns, list) or not isinstance(entries, list):
-            raise _BadUnits("a `{key}` that is neither a list nor a {{columns, rows}} table")
-        keys: Any = columns
+    entries: list[Any]
+    keys: Any
+    if table:
+        columns = obj["columns"]
+        entries, keys = obj["rows"], columns
     elif isinstance(obj, list):
         entries = obj
         keys = obj[0] if obj and isinstance(obj[0], Mapping) else {}
@@ -182,7 +183,7 @@ def _unit_tuples(obj: Any, unit: str, spec: str) -> list[tuple[Any, ...]]:
              "value") + (("n_queries",) if unit == "class" else ())
     if not set(names) <= set(keys):
         raise _BadUnits(f"a `{{key}}` entry without {', '.join(names)}")
-    pick = itemgetter(*(columns.index(n) for n in names)) if isinstance(obj, Mapping) else itemgetter(*names)
+    pick = itemgetter(*(columns.index(n) for n in names)) if table else itemgetter(*names)
     try:
         out = list(map(pick, entries))
     except (KeyError, IndexError, TypeError):

@@ -21,7 +21,8 @@ from oodml.io import atomic_write, remove_stale_temps
 from oodml.progress import log
 from oodml.runner.cell import CellResult
 from oodml.runner.plan import Cell, Plan
-from oodml.schema import (CLASS_UNIT_COLUMNS, EPISODE_UNIT_COLUMNS, ROW_COLUMNS, SCHEMA_VERSION, unit_table)
+from oodml.schema import (CLASS_UNIT_COLUMNS, EPISODE_UNIT_COLUMNS, ROW_COLUMNS, SCHEMA_VERSION, is_unit_table,
+                          unit_table)
 
 DONE_STATUSES = ("ok", "skipped")
 #: distributions whose versions every cell records
@@ -109,9 +110,7 @@ UNIT_KEYS = ("episodes", "classes")
 
 def _unit_list(obj: Any) -> bool:
     """True for an absent per-unit list, a table, or the older list of objects."""
-    if obj is None or isinstance(obj, list):
-        return True
-    return isinstance(obj, dict) and isinstance(obj.get("columns"), list) and isinstance(obj.get("rows"), list)
+    return obj is None or isinstance(obj, list) or is_unit_table(obj)
 
 
 def dumps_cell(payload: dict[str, Any]) -> str:
