@@ -39,7 +39,13 @@ FAMILIES = ("baseline", "weight_transfer", "histogram", "protonet")
 HYBRIDS = ("adapted_histogram", "adapted_proto")
 ADDONS = (("margin", "margin+sec"), ("multisimilarity", "multisimilarity+sec"), ("margin", "margin+dmml"),
           ("margin", "margin+dmml[ensemble]"), ("multisimilarity", "multisimilarity+dmml"),
-          ("multisimilarity", "multisimilarity+dmml[ensemble]"))
+          ("multisimilarity", "multisimilarity+dmml[ensemble]"),
+          # the ensemble control (+ens): an independently trained cohort of the DMML cohort's size; its
+          # concatenation against the DMML cohort's is mutual learning's own effect on the ensemble
+          ("margin", "margin+ens"), ("margin", "margin+ens[ensemble]"),
+          ("multisimilarity", "multisimilarity+ens"), ("multisimilarity", "multisimilarity+ens[ensemble]"),
+          ("margin+ens[ensemble]", "margin+dmml[ensemble]"),
+          ("multisimilarity+ens[ensemble]", "multisimilarity+dmml[ensemble]"))
 BOOTSTRAP = st.DEFAULT_BOOTSTRAP
 
 
@@ -181,7 +187,7 @@ def oodml_claims(path: str, n_boot: int = BOOTSTRAP) -> str:
     rows = []
     if not zero.empty:
         present = set(zero["method"].unique())
-        pairs = {add: (add, base) for base, add in ADDONS if base in present and add in present}
+        pairs = {f"{add} - {base}": (add, base) for base, add in ADDONS if base in present and add in present}
         d = iv.paired_differences(zero, pairs, fids.to_dict(), n_boot, seeds_only=True)
         for r in d[d["split_level"].isna()].itertuples():
             if not resolvable(zero[zero["method"].isin([r.method_a, r.method_b])]):

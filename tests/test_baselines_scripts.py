@@ -108,6 +108,30 @@ def test_claims_error_reduction_and_trend(tmp_path: Path) -> None:
     assert text.count("reproduces") == 3  # both methods fall with FID; the add-on raises recall@1
 
 
+
+def test_claims_judge_mutual_learning_against_the_ensemble_control(tmp_path: Path) -> None:
+    # the +ens cohort's concatenation beats the plain model by 0.05 on every class; the DMML cohort's concatenation is
+    # 0.02 below the +ens one: claim 3 must show both rows, and the DMML-vs-ensemble row contradicts the paper
+    claims = _load("claims")
+    rng = np.random.default_rng(1)
+    rows = []
+    for s in range(3):
+        for lv in (1, 8):
+            cls = rng.uniform(0.5, 0.9, 8)
+            for m, shift in (("margin", 0.0), ("margin+ens[ensemble]", 0.05), ("margin+dmml[ensemble]", 0.03)):
+                vals = cls + shift - 0.01 * lv + rng.normal(0, 0.002, 8)
+                rows.append({**_rows(m, lv, 0, float(vals.mean())), "seed": s, "method_family": "dml"})
+                rows += [{**_rows(m, lv, 0, float(v)), "seed": s, "class": f"c{i}", "n_queries": 5,
+                          "method_family": "dml"} for i, v in enumerate(vals)]
+    path = tmp_path / "ens.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    text = claims.oodml_claims(str(path), n_boot=500)
+    ens = next(line for line in text.splitlines() if line.startswith("| margin+ens[ensemble] | margin |"))
+    assert ens.endswith("| reproduces |")
+    mutual = next(line for line in text.splitlines()
+                  if line.startswith("| margin+dmml[ensemble] | margin+ens[ensemble] |"))
+    assert "| -0.02" in mutual and mutual.endswith("| contradicts |")
+
 #: configs whose results folder is not named after them: the own-loss variants of the ooDML studies keep the folders
 #: of the committed results, and the studies under ooDML's protocol write new ones
 RESULTS = {"oodml_cub200_subset_ownloss": "oodml_cub200_subset", "oodml_omniglot_ownloss": "oodml_omniglot",
