@@ -13,7 +13,9 @@ verdict states its basis (seeds x units) and its interval.
   recall@1 (add-on minus plain method, mean over levels, k = 0).
 - `scott` (Scott et al. 2018): the adapted embeddings reduce the error (1 - n-way accuracy) relative to the best of
   the four single families, by 34% on average in the paper (interval of the accuracy difference best hybrid minus
-  best single family on the same episodes).
+  best single family on the same episodes). In the `*_paper` split files each level is one replication (a fresh
+  draw of source and target classes, as their code's `--replications`): the replications are pooled as the units
+  of one level, so that the interval resamples them.
 
 Usage:
     python baselines/claims.py oodml results/oodml_cub200_subset/cub200/all.csv
@@ -223,6 +225,21 @@ def scott_records(paths: Sequence[str], labels: Sequence[str],
     return out
 
 
+def pool_replications(frame: pd.DataFrame) -> pd.DataFrame:
+    """A unit frame whose levels are replications (Scott et al.'s task draws) as one level whose units are the
+    (replication, unit) pairs, so that the bootstrap resamples replications; a frame of one level is returned as is.
+    Pseudo-units (a seed's aggregate) stay pseudo, one per replication."""
+    if frame.empty or frame["split_level"].nunique() <= 1:
+        return frame
+    out = frame.copy()
+    codes, _ = pd.factorize(pd.MultiIndex.from_arrays([out["split_level"], out["unit"]]), sort=True)
+    real = ~out["pseudo"].to_numpy(bool)
+    episodes = bool(real.any()) and bool((out["unit"].to_numpy()[real] >= iv.EPISODE_CODES).all())
+    out["unit"] = codes.astype(np.int64) + (iv.EPISODE_CODES if episodes else 0)
+    out["split_level"] = int(out["split_level"].min())
+    return out
+
+
 def scott_claims(paths: Sequence[str], labels: Sequence[str], n_boot: int = BOOTSTRAP,
                  families: Sequence[str] = FAMILIES) -> str:
     """Markdown table: error of the best single family (among `families`; without `baseline` the reference is the
@@ -233,7 +250,7 @@ def scott_claims(paths: Sequence[str], labels: Sequence[str], n_boot: int = BOOT
     by_label = dict(zip(labels, paths))
     rows = []
     for r in recs:
-        frame = frame_of(by_label[str(r["study"])], int(r["k"]), "accuracy")
+        frame = pool_replications(frame_of(by_label[str(r["study"])], int(r["k"]), "accuracy"))
         d = iv.paired_differences(frame, {"d": (str(r["hybrid"]), str(r["single"]))}, {}, n_boot, seeds_only=True)
         over = d[d["split_level"].isna()]
         lo, hi = (float(over["ci_low"].iloc[0]), float(over["ci_high"].iloc[0])) if len(over) else (np.nan, np.nan)

@@ -109,6 +109,28 @@ def test_claims_error_reduction_and_trend(tmp_path: Path) -> None:
 
 
 
+def test_scott_claims_resample_replications(tmp_path: Path) -> None:
+    # Scott et al.'s protocol: one seed, each level a replication holding one task (one episode). Per level nothing
+    # can be resampled; pooled, the 6 replications are the units: the hybrid's +0.1 on each gives an interval
+    claims = _load("claims")
+    rng = np.random.default_rng(2)
+    rows = []
+    for lv in range(1, 7):
+        base = float(rng.uniform(0.6, 0.8))
+        for m, v in (("protonet", base), ("adapted_proto", base + 0.1 + float(rng.normal(0, 0.01)))):
+            rows.append({**_rows(m, lv, 5, v, "accuracy"), "method_family": "fewshot"})
+            rows.append({**_rows(m, lv, 5, v, "accuracy"), "episode": 0, "method_family": "fewshot"})
+    path = tmp_path / "paper.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    frame = claims.frame_of(str(path), 5, "accuracy")
+    pooled = claims.pool_replications(frame)
+    assert pooled["split_level"].nunique() == 1 and pooled.groupby("method")["unit"].nunique().tolist() == [6, 6]
+    assert claims.pool_replications(pooled).equals(pooled)  # one level: unchanged
+    out = claims.scott_claims([str(path)], ["s"], n_boot=500)
+    row = next(line for line in out.splitlines() if line.startswith("| s | 5 |"))
+    assert "| 1 seed x 6 episodes | reproduces |" in row
+
+
 def test_claims_judge_mutual_learning_against_the_ensemble_control(tmp_path: Path) -> None:
     # the +ens cohort's concatenation beats the plain model by 0.05 on every class; the DMML cohort's concatenation is
     # 0.02 below the +ens one: claim 3 must show both rows, and the DMML-vs-ensemble row contradicts the paper
