@@ -86,6 +86,7 @@ def basis(frame: pd.DataFrame) -> str:
         return f"{seeds} (no unit values)"
     per = frame.groupby(["method", "split_level", "seed"])["unit"].nunique().median()
     kind = iv.unit_kind(frame["unit"])
+    kind = kind.removesuffix("es" if kind == "classes" else "s") if int(per) == 1 else kind
     return f"{seeds} x {int(per)} {kind}"
 
 
