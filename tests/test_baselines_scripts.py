@@ -65,6 +65,11 @@ def _rows(method: str, level: int, k: int, value: float, metric: str = "recall@1
             "metric": metric, "value": value, "status": "ok"}
 
 
+def _class_rows(method: str, level: int, seed: int, values: np.ndarray) -> list[dict[str, object]]:
+    """A zero-shot cell's aggregate row and its per-class unit rows (5 queries a class), as all.csv holds them."""
+    agg = {**_rows(method, level, 0, float(values.mean())), "seed": seed, "method_family": "dml"}
+    return [agg] + [{**agg, "value": float(v), "class": f"c{i}", "n_queries": 5} for i, v in enumerate(values)]
+
 def test_claims_error_reduction_and_trend(tmp_path: Path) -> None:
     claims = _load("claims")
     acc = {"baseline": 0.6, "weight_transfer": 0.7, "histogram": 0.5, "protonet": 0.65,
@@ -98,9 +103,7 @@ def test_claims_error_reduction_and_trend(tmp_path: Path) -> None:
             cls = rng.uniform(0.5, 0.9, 8)
             for m, shift in (("margin", 0.0), ("margin+sec", 0.05)):
                 vals = cls + shift - 0.1 * lv
-                rows.append({**_rows(m, lv, 0, float(vals.mean())), "seed": s, "method_family": "dml"})
-                rows += [{**_rows(m, lv, 0, float(v)), "seed": s, "class": f"c{i}", "n_queries": 5,
-                          "method_family": "dml"} for i, v in enumerate(vals)]
+                rows += _class_rows(m, lv, s, vals)
     path3 = tmp_path / "units.csv"
     pd.DataFrame(rows).to_csv(path3, index=False)
     text = claims.oodml_claims(str(path3), n_boot=500)
@@ -142,9 +145,7 @@ def test_claims_judge_mutual_learning_against_the_ensemble_control(tmp_path: Pat
             cls = rng.uniform(0.5, 0.9, 8)
             for m, shift in (("margin", 0.0), ("margin+ens[ensemble]", 0.05), ("margin+dmml[ensemble]", 0.03)):
                 vals = cls + shift - 0.01 * lv + rng.normal(0, 0.002, 8)
-                rows.append({**_rows(m, lv, 0, float(vals.mean())), "seed": s, "method_family": "dml"})
-                rows += [{**_rows(m, lv, 0, float(v)), "seed": s, "class": f"c{i}", "n_queries": 5,
-                          "method_family": "dml"} for i, v in enumerate(vals)]
+                rows += _class_rows(m, lv, s, vals)
     path = tmp_path / "ens.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     text = claims.oodml_claims(str(path), n_boot=500)
