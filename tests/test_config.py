@@ -126,13 +126,16 @@ SHIPPED_HASHES = {
 }
 
 
-#: the configs that run ooDML's few-shot protocol (adapt_protocol: oodml), pinned when they switched to it
+#: the configs that run ooDML's few-shot protocol (adapt_protocol: oodml), pinned when they switched to it;
+#: oodml_cub200_subset.yaml re-pinned at d1a1e61, when it took ooDML's whole protocol (select: val, +ens; its
+#: committed cells in results/oodml_cub200_subset_oodml are that config's), and oodml_omniglot_select.yaml when added
 PROTOCOL_HASHES = {
     "baselines/oodml_cars196.yaml": "d8852bcf2cd5e91f3c617c19b9416b592c25aefa",
     "baselines/oodml_cub200.yaml": "fe9b166397c6bfb274e1aae70d75d72ae3abd18c",
     "baselines/oodml_cub200_lite0.yaml": "020930fde0a5f1a4bba1f959b694e996f00838e6",
-    "baselines/oodml_cub200_subset.yaml": "837ee0442cf7f64c4657e75ab66fdbbca02a0cb0",
+    "baselines/oodml_cub200_subset.yaml": "e5501a76955cbf6dd5f3b34d4408f0175e723c04",
     "baselines/oodml_omniglot.yaml": "8db39280a415620ff3c00aeecb2ca959c42d4fd7",
+    "baselines/oodml_omniglot_select.yaml": "3317a37714ff7fe67b019c21def922b366212dc7",
     "baselines/oodml_sop.yaml": "d0cc2f783fa455b3551f9e00efdf7d4a5f02cef4",
 }
 
