@@ -42,12 +42,13 @@ HYBRIDS = ("adapted_histogram", "adapted_proto")
 ADDONS = (("margin", "margin+sec"), ("multisimilarity", "multisimilarity+sec"), ("margin", "margin+dmml"),
           ("margin", "margin+dmml[ensemble]"), ("multisimilarity", "multisimilarity+dmml"),
           ("multisimilarity", "multisimilarity+dmml[ensemble]"),
-          # the ensemble control (+ens): an independently trained cohort of the DMML cohort's size (its model 1 is
-          # the plain method itself, so only the concatenation is compared); the DMML cohort's concatenation against
-          # it is mutual learning's own effect on the ensemble
-          ("margin", "margin+ens[ensemble]"), ("multisimilarity", "multisimilarity+ens[ensemble]"),
+          # the DMML cohort's concatenation against the ensemble control's: mutual learning's own effect
           ("margin+ens[ensemble]", "margin+dmml[ensemble]"),
           ("multisimilarity+ens[ensemble]", "multisimilarity+dmml[ensemble]"))
+#: the ensemble control (+ens: an independently trained cohort of the DMML cohort's size) against the plain method;
+#: its model 1 is the plain method itself, so only the concatenation is compared. No paper claims it: its row says
+#: only which way the interval lies.
+CONTROLS = (("margin", "margin+ens[ensemble]"), ("multisimilarity", "multisimilarity+ens[ensemble]"))
 BOOTSTRAP = st.DEFAULT_BOOTSTRAP
 
 
@@ -61,10 +62,11 @@ def read_all(path: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     return df[~is_unit & (df["status"] == "ok")].copy(), df[is_unit].copy()
 
 
-def frame_of(path: str, k: int, metric: str) -> pd.DataFrame:
-    """`intervals.unit_frame` of one (k, metric) from an all.csv (pseudo-units where there are no unit rows)."""
-    agg, units = read_all(path)
-    agg["method_family"] = agg["method_family"].astype(object).fillna("")
+def frame_of(tables: tuple[pd.DataFrame, pd.DataFrame], k: int, metric: str) -> pd.DataFrame:
+    """`intervals.unit_frame` of one (k, metric) from `read_all`'s tables (pseudo-units where there are no unit
+    rows); the tables are not modified, so that one read serves every k."""
+    agg, units = tables
+    agg = agg.assign(method_family=agg["method_family"].astype(object).fillna(""))
     return iv.unit_frame(units, seed_values(agg), k=k, metric=metric)
 
 
@@ -139,21 +141,21 @@ def replicates(frame: pd.DataFrame, n_boot: int, series: str = "method") -> tupl
 
 
 def addon_verdict(addon: str, plain: str, low: float, high: float) -> str:
-    """`verdict` of an add-on row; the ensemble control against the plain method tests no paper's claim, so its row
-    says only which way the interval lies (`control: higher`, `control: lower`, `control: inconclusive`)."""
+    """`verdict` of an add-on row; a `CONTROLS` row tests no paper's claim, so it says only which way the interval
+    lies (`control: higher`, `control: lower`, `control: inconclusive`)."""
     v = verdict(low, high, +1)
-    if "+ens" in addon and "+" not in plain:
+    if (plain, addon) in CONTROLS:
         return "control: " + {"reproduces": "higher", "contradicts": "lower"}.get(v, v)
     return v
 
 
 def oodml_claims(path: str, n_boot: int = BOOTSTRAP) -> str:
     """Markdown tables for the three ooDML claims, each row with its interval and verdict."""
-    agg, _ = read_all(path)
-    agg = agg[agg["metric"] == "recall@1"]
+    tables = read_all(path)
+    agg = tables[0][tables[0]["metric"] == "recall@1"]
     fids = agg.groupby("split_level")["split_fid"].first()
     out = []
-    zero = frame_of(path, 0, "recall@1")
+    zero = frame_of(tables, 0, "recall@1")
     rows: list[list[object]] = []
     if not zero.empty:
         grid, point, reps = replicates(zero, n_boot)
@@ -174,7 +176,7 @@ def oodml_claims(path: str, n_boot: int = BOOTSTRAP) -> str:
     ks = sorted(int(k) for k in agg["k_shot"].unique() if k > 0)
     families = agg.groupby("method")["method_family"].first().to_dict()
     for k in ks:
-        frame = frame_of(path, k, "recall@1")
+        frame = frame_of(tables, k, "recall@1")
         present = set(frame["method"].unique())
         pairs = {m: (m, u) for m in sorted(present)
                  if (families.get(m) == "adapted" or m.startswith("adapted_"))
@@ -199,7 +201,8 @@ def oodml_claims(path: str, n_boot: int = BOOTSTRAP) -> str:
     rows = []
     if not zero.empty:
         present = set(zero["method"].unique())
-        pairs = {f"{add} - {base}": (add, base) for base, add in ADDONS if base in present and add in present}
+        pairs = {f"{add} - {base}": (add, base) for base, add in ADDONS + CONTROLS
+                 if base in present and add in present}
         d = iv.paired_differences(zero, pairs, fids.to_dict(), n_boot, seeds_only=True)
         for r in d[d["split_level"].isna()].itertuples():
             if not resolvable(zero[zero["method"].isin([r.method_a, r.method_b])]):
@@ -258,10 +261,10 @@ def scott_claims(paths: Sequence[str], labels: Sequence[str], n_boot: int = BOOT
     relative reduction, and the 95% interval of the accuracy difference hybrid minus single on the same episodes
     with its verdict."""
     recs = scott_records(paths, labels, families)
-    by_label = dict(zip(labels, paths))
+    tables = {label: read_all(path) for path, label in zip(paths, labels)}
     rows = []
     for r in recs:
-        frame = pool_replications(frame_of(by_label[str(r["study"])], int(r["k"]), "accuracy"))
+        frame = pool_replications(frame_of(tables[str(r["study"])], int(r["k"]), "accuracy"))
         d = iv.paired_differences(frame, {"d": (str(r["hybrid"]), str(r["single"]))}, {}, n_boot, seeds_only=True)
         over = d[d["split_level"].isna()]
         lo, hi = (float(over["ci_low"].iloc[0]), float(over["ci_high"].iloc[0])) if len(over) else (np.nan, np.nan)

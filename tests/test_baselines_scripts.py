@@ -125,7 +125,7 @@ def test_scott_claims_resample_replications(tmp_path: Path) -> None:
             rows.append({**_rows(m, lv, 5, v, "accuracy"), "episode": 0, "method_family": "fewshot"})
     path = tmp_path / "paper.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
-    frame = claims.frame_of(str(path), 5, "accuracy")
+    frame = claims.frame_of(claims.read_all(str(path)), 5, "accuracy")
     pooled = claims.pool_replications(frame)
     assert pooled["split_level"].nunique() == 1 and pooled.groupby("method")["unit"].nunique().tolist() == [6, 6]
     assert claims.pool_replications(pooled).equals(pooled)  # one level: unchanged
