@@ -264,6 +264,9 @@ def run(
     runtime: Annotated[str | None, typer.Option(
         help="where the backbone runs if the features must be computed: onnx, torch, or auto (onnx when it works, "
              f"else torch) {_default('runtime')}")] = None,
+    queries: Annotated[int | None, typer.Option(
+        help="most queries per k-shot episode: a random draw of this many, the same for every method and seed "
+             "(default: all of them)")] = None,
 ) -> None:
     """Run methods x shift levels x k x seeds; each cell's result is stored as soon as it finishes."""
     from oodml.config import build_run_cfg, parse_param_overrides
@@ -273,7 +276,7 @@ def run(
         regime=regime, executor=executor, address=address, workers=workers, results=results, force=force,
         device=device, method_params=parse_param_overrides(method_param), plugins=tuple(plugin),
         data_root=data_root, dataset_options=list(dataset_option), backbone=backbone, max_cells=max_cells,
-        runtime=runtime,
+        runtime=runtime, queries=queries,
     )
     cfg = build_run_cfg(options, config)
     _check_destinations((cfg.results, "--results"))

@@ -32,6 +32,8 @@ OMNIGLOT_PATIENCE = {"weight_transfer": 100, "histogram": 70, "adapted_histogram
 def test_paper_configs_carry_their_per_method_settings(path: str, expected: dict[tuple[str, str], object]) -> None:
     cfg = build_run_cfg({}, path)
     assert cfg.backbone.startswith("scott_") and cfg.regime == "full"
+    # MNIST tasks are scored on a random 10,000 of the target images (read_mnist.py); Omniglot on the other 20 - k
+    assert cfg.queries == (10000 if "mnist" in path else None)
     resolved = {m: resolve_params(m, cfg.method_params)[0] for m in ("baseline", "weight_transfer", "histogram",
                                                                  "protonet", "adapted_histogram", "adapted_proto")}
     for (m, f), v in expected.items():

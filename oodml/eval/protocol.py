@@ -17,7 +17,7 @@ import numpy as np
 
 from oodml.eval.metrics import FEW_SHOT, ZERO_SHOT, protocol_metrics
 from oodml.eval.retrieval import RetrievalResult, retrieval_per_query
-from oodml.seeding import derive_seed, seed_everything
+from oodml.seeding import derive_seed, rng, seed_everything
 
 Inputs = Callable[[np.ndarray], Any]
 
@@ -77,12 +77,19 @@ def zero_shot_metrics() -> list[str]:
 @dataclass(frozen=True)
 class EvalData:
     """What the protocol evaluates on: every row's label, the test rows, the support rows of each episode, and the
-    class names the labels index (per-class values are stored under these names)."""
+    class names the labels index (per-class values are stored under these names).
+
+    `max_queries` caps a k-shot episode's queries: an episode with more keeps a random draw of that many (in
+    test-row order), the draw derived from `query_key`, k and the episode number only, so every method and seed of
+    a level is scored on the same queries (paired comparisons stay paired). None keeps them all (SPEC 3).
+    """
 
     labels: np.ndarray
     test_rows: np.ndarray
     supports: Mapping[int, Sequence[np.ndarray]]
     class_names: np.ndarray | Sequence[str] | None = None
+    max_queries: int | None = None
+    query_key: str = ""
 
     def class_name(self, label: Any) -> str:
         """The name of class `label`."""
@@ -183,7 +190,7 @@ def few_shot(method: Any, inputs: Inputs, data: EvalData, seeds: EvalSeeds,
     n_queries: dict[int, list[int]] = {k: [] for k in shots}
     for (k, e, support), model, seed in zip(plan, models, adapt_seeds, strict=True):
         s_lab = data.labels[support]
-        queries = data.test_rows[query_mask(data, support)]
+        queries = data.test_rows[episode_queries(data, k, e, support)]
         q_lab = data.labels[queries]
         n_queries[k].append(len(queries))
         seed_everything(seed)
@@ -236,8 +243,23 @@ class KShot:
 
 
 def query_mask(data: EvalData, support: np.ndarray) -> np.ndarray:
-    """Over the test rows: True for an episode's queries, i.e. its classes' test rows less its support."""
+    """Over the test rows: True for an episode's candidate queries, i.e. its classes' test rows less its support."""
     return np.isin(data.labels[data.test_rows], np.unique(data.labels[support])) & ~np.isin(data.test_rows, support)
+
+
+def episode_queries(data: EvalData, k: int, episode: int, support: np.ndarray) -> np.ndarray:
+    """Over the test rows: True for the queries of `k`-shot episode `episode`: its candidate queries (`query_mask`),
+    or a random `data.max_queries` of them when there are more (the draw depends on `data.query_key`, k and the
+    episode only: the same for every method and seed)."""
+    mask = query_mask(data, support)
+    cap = data.max_queries
+    if cap is None or int(mask.sum()) <= cap:
+        return mask
+    pos = np.flatnonzero(mask)
+    keep = np.sort(rng("queries", data.query_key, k, episode).choice(len(pos), size=cap, replace=False))
+    out = np.zeros_like(mask)
+    out[pos[keep]] = True
+    return out
 
 
 def supports_in_test(data: EvalData, shots: Sequence[int]) -> bool:
@@ -257,8 +279,8 @@ def shared_search_pays_off(data: EvalData, k: int) -> bool:
     """True when no `k`-shot episode leaves more than `SHARED_SEARCH_MAX_OUTSIDE` of the test rows out of its
     queries (its support, and for n-way episodes the other classes)."""
     n = len(data.test_rows)
-    for support in data.supports[k]:
-        outside = n - int(query_mask(data, support).sum())
+    for e, support in enumerate(data.supports[k]):
+        outside = n - int(episode_queries(data, k, e, support).sum())
         if outside > SHARED_SEARCH_MAX_OUTSIDE * n:
             return False
     return True
@@ -286,7 +308,7 @@ def shared_search(embs: dict[str, np.ndarray], data: EvalData, shots: Sequence[i
     for k in shots:
         for e, support in enumerate(data.supports[k]):
             s_pos = np.searchsorted(data.test_rows, support)
-            plan.append((k, e, s_pos, query_mask(data, support)))
+            plan.append((k, e, s_pos, episode_queries(data, k, e, support)))
     results: dict[tuple[str, int, int], dict[str, Any]] = {}
     zero_shot_r: dict[str, RetrievalResult] = {}
     for variant, emb in embs.items():

@@ -139,7 +139,8 @@ def _evaluate(task: CellTask, fs: Any) -> tuple[list[MetricRow], list[EpisodeVal
         return api.build_method(cell.method, ctx, task.overrides)
 
     method, cached = _fitted(build, inputs, lv, fs.labels, task)
-    data = EvalData(labels=fs.labels, test_rows=lv.test_rows, supports=lv.supports, class_names=fs.class_names)
+    data = EvalData(labels=fs.labels, test_rows=lv.test_rows, supports=lv.supports, class_names=fs.class_names,
+                    max_queries=cell.queries, query_key=f"{cell.split_hash}:L{cell.level}")
     seeds = EvalSeeds(metric_key=seed_key, adapt_key=cell.cell_id)
     metrics, episodes, classes = evaluate(method, inputs, data, cell.shots, seeds)
     adaptation = {str(k): r for k in cell.shots if k > 0 and (r := method.adaptation_record(k))}
@@ -160,7 +161,7 @@ def _fitted(build: Callable[[], Any], inputs: Callable[[np.ndarray], Any], lv: L
     import torch
 
     method = build()
-    path = Path(task.fit_cache) / f"{task.cell.cell_id}.pt" if task.fit_cache else None
+    path = Path(task.fit_cache) / f"{task.cell.fit_id}.pt" if task.fit_cache else None
     if path is not None and path.is_file() and not task.refit:
         try:
             state = torch.load(path, map_location=task.device, weights_only=True)

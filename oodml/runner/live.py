@@ -6,19 +6,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from oodml.progress import is_terminal, log
+from oodml.progress import format_eta, is_terminal, log
 
-
-def format_eta(seconds: float | None) -> str:
-    """`1h02m`, `3m05s`, `42s`, or `?` when unknown."""
-    if seconds is None:
-        return "?"
-    s = int(round(seconds))
-    if s >= 3600:
-        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"
+__all__ = ["GridProgress", "format_eta"]
 
 
 class GridProgress:

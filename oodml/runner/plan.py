@@ -39,23 +39,38 @@ class Cell:
     split_hash: str
     seed: int
     shots: tuple[int, ...]
+    queries: int | None = None  # most queries per k-shot episode (RunCfg.queries); None: all
 
-    def key(self) -> dict[str, Any]:
-        """The identity of the cell (everything but `shots`): what its fit and its results depend on."""
+    def fit_key(self) -> dict[str, Any]:
+        """What the cell's source fit depends on: its identity without the evaluation settings."""
         return {"dataset": self.dataset, "backbone": self.backbone, "feature_hash": self.feature_hash,
                 "regime": self.regime, "method": self.method, "method_params": self.params_json,
                 "level": self.level, "split_hash": self.split_hash, "seed": self.seed}
+
+    def key(self) -> dict[str, Any]:
+        """The identity of the cell (everything but `shots`): what its fit and its results depend on. `queries`
+        enters only when set, so cells that score every query keep the ids they had before it existed."""
+        return self.fit_key() | ({"queries": self.queries} if self.queries is not None else {})
 
     def seed_key(self) -> dict[str, Any]:
         """What the cell's seeds derive from: its key without the method and its parameters, so that every method
         of one (level, seed) starts from the same seed, and `adapted_X`, `X` and `X+sec` fit from the same
         initialisation and batches (methods derive their own streams from their base name)."""
-        return {k: v for k, v in self.key().items() if k not in ("method", "method_params")}
+        return {k: v for k, v in self.fit_key().items() if k not in ("method", "method_params")}
 
     @property
     def cell_id(self) -> str:
-        """Stable id: a readable prefix plus a hash of `key()`; names the cell file and the fit-cache entry."""
-        digest = hashlib.sha1(canonical_json(self.key()).encode()).hexdigest()[:16]
+        """Stable id: a readable prefix plus a hash of `key()`; names the cell file."""
+        return self._id(self.key())
+
+    @property
+    def fit_id(self) -> str:
+        """The fit-cache entry's name: like `cell_id`, over `fit_key()`, so that cells differing only in how they
+        are evaluated (`queries`) share one source fit (equal to `cell_id` when `queries` is None)."""
+        return self._id(self.fit_key())
+
+    def _id(self, key: dict[str, Any]) -> str:
+        digest = hashlib.sha1(canonical_json(key).encode()).hexdigest()[:16]
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in self.method)
         return f"{safe}_L{self.level}_s{self.seed}_{digest}"
 
@@ -147,7 +162,7 @@ def build_plan(cfg: RunCfg, methods: MethodPlan, spec: SplitSpec, splits_path: P
     cells = [
         Cell(dataset=spec.dataset, backbone=backbone, feature_hash=identity, regime=cfg.regime, method=m,
              params_json=canonical_json(methods.params[m]), level=lv, split_hash=resolved[lv].split_hash, seed=s,
-             shots=tuple(cfg.ks))
+             shots=tuple(cfg.ks), queries=cfg.queries)
         for m in methods.names for lv in resolved for s in cfg.seeds
     ]
     return Plan(cfg=cfg, dataset=spec.dataset, backbone=backbone, spec=spec, splits_path=splits_path, features=fs,

@@ -61,3 +61,33 @@ def test_missing_ray_names_the_install_command(monkeypatch: pytest.MonkeyPatch) 
 
 def test_executors_registry() -> None:
     assert EXECUTORS.names() == ["local", "ray"]
+
+
+def stage_lines(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], every: str | None) -> list[str]:
+    """The stderr lines of a 4-step stage off a terminal whose clock advances 10 s a step."""
+    from oodml import progress as pg
+
+    clock = iter(range(0, 1000, 10))
+    monkeypatch.setattr(pg.time, "perf_counter", lambda: float(next(clock)))
+    monkeypatch.setattr(pg, "is_terminal", lambda: False)
+    if every is None:
+        monkeypatch.delenv(pg.EVERY_ENV, raising=False)
+    else:
+        monkeypatch.setenv(pg.EVERY_ENV, every)
+    with pg.progress("fit margin", 4) as p:
+        for _ in range(4):
+            p.update()
+    return capsys.readouterr().err.strip().splitlines()
+
+
+def test_a_long_stage_off_a_terminal_reports_progress_only_when_asked(monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    quiet = stage_lines(monkeypatch, capsys, None)
+    assert [x.split(":")[1].split(",")[0].strip() for x in quiet] == ["started (4 it)", "done"]  # SPEC §1
+    lines = stage_lines(monkeypatch, capsys, "15")
+    # clock: start 0, steps at 10 / 20 / 30 / 40: a line at 20 (20 s since 0) and at 40 (20 s since 20)
+    assert lines[1] == "fit margin: 2/4 it (50%), 0.10 it/s, ETA 20s"
+    assert lines[2] == "fit margin: 4/4 it (100%), 0.10 it/s, ETA 0s"
+    assert len(lines) == 4 and lines[-1].startswith("fit margin: done, 4 it")
+    bad = stage_lines(monkeypatch, capsys, "soon")
+    assert bad[0].startswith("note: OODML_PROGRESS_EVERY='soon' is not a positive number") and len(bad) == 3
