@@ -22,7 +22,8 @@ from oodml.methods.embedding import EmbeddingMethod
 
 __all__ = [
     "ADDONS", "AddonInfo", "EmbeddingMethod", "FeatureInputs", "ImageInputs", "Inputs", "METHODS", "Method",
-    "MethodContext", "MethodInfo", "build_method", "canonical_spec", "load_plugins", "make_inputs", "method_family",
+    "MethodContext", "MethodInfo", "build_method", "canonical_spec", "fit_identity", "load_plugins", "make_inputs",
+    "method_family",
     "applicable_params", "method_params", "parse_spec", "register_dml_loss", "resolve_methods", "resolve_params",
     "validate_overrides",
 ]
@@ -154,6 +155,22 @@ def method_params(spec: str, overrides: Mapping[str, Any] = {}) -> dict[str, Any
     for p in addons.values():
         out.update(to_jsonable(p))
     return out
+
+
+#: hyperparameters named so are read only when adapting to a support, never by the source fit
+ADAPT_PREFIX = "adapt_"
+
+
+def fit_identity(spec: str, overrides: Mapping[str, Any] = {}) -> dict[str, Any]:
+    """What the source fit of `spec` depends on besides the data and the seed: the method it fits as (`fits_as`:
+    `adapted_X` fits as `X`) with its add-ons, and every resolved hyperparameter but the `adapt_*` ones, which only
+    adaptation reads. Two specs with equal identities fit the same model, so the fit cache keeps one entry for both.
+    """
+    name, addons = parse_spec(spec)
+    info = METHODS.info(name)
+    params = method_params(spec, overrides)
+    return {"method": "+".join((info.fits_as or name, *addons)),
+            "params": {k: v for k, v in params.items() if not k.startswith(ADAPT_PREFIX)}}
 
 
 def applicable_params(specs: Sequence[str], overrides: Mapping[str, Any]) -> dict[str, Any]:

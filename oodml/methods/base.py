@@ -35,6 +35,10 @@ class MethodInfo:
     params: type | None = None  # the method's typed hyperparameter dataclass
     zero_shot: bool = True      # False: no k=0 cell (stored as skipped), e.g. `baseline`
     addons: bool = False        # True: accepts the `+sec` / `+dmml` add-ons (methods built on EmbeddingMethod)
+    #: the method whose source fit this one's is (same class, seeds and fit-stage code: `adapted_X` fits as `X`);
+    #: the fit cache then keeps one fit for both (`fit_identity`), and tests/methods/test_fit_sharing.py checks
+    #: that the two fits are bit-identical
+    fits_as: str | None = None
 
 
 METHODS: Registry[MethodInfo] = Registry("method")  # type: ignore[type-var]  # frozen fields vs HasName

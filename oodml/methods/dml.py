@@ -144,8 +144,8 @@ def register_dml_loss(name: str, params: type, build: ObjectiveFn, *, descriptio
     METHODS.add(MethodInfo(loss.name, family="dml", trains=True, uses_support=False, params=loss.params, addons=True,
                            description=loss.description), plain)
     METHODS.add(MethodInfo(f"adapted_{loss.name}", family="adapted", trains=True, uses_support=True, addons=True,
-                           params=loss.params, description=f"{loss.description}, fine-tuned on the k-shot support"),
-                plain)
+                           params=loss.params, description=f"{loss.description}, fine-tuned on the k-shot support",
+                           fits_as=loss.name), plain)
     return loss
 
 

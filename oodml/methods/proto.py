@@ -107,7 +107,7 @@ def _protonet(info: MethodInfo, ctx: MethodContext, params: ProtoParams) -> Meth
 
 
 @METHODS.register(MethodInfo("adapted_proto", family="adapted", trains=True, uses_support=True, addons=True,
-                             params=ProtoParams,
+                             params=ProtoParams, fits_as="protonet",
                              description="prototypical networks fine-tuned on episodes of the k-shot support"))
 def _adapted_proto(info: MethodInfo, ctx: MethodContext, params: ProtoParams) -> Method:
     return ProtoMethod(info, ctx, params)

@@ -8,8 +8,9 @@ shots, so the source fit runs once per cell and all of its episodes reuse it. No
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,23 +41,30 @@ class Cell:
     seed: int
     shots: tuple[int, ...]
     queries: int | None = None  # most queries per k-shot episode (RunCfg.queries); None: all
+    #: what the source fit depends on besides data and seed (`oodml.methods.fit_identity`); "" = the method itself
+    fit_json: str = ""
 
-    def fit_key(self) -> dict[str, Any]:
-        """What the cell's source fit depends on: its identity without the evaluation settings."""
+    def _data_key(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "backbone": self.backbone, "feature_hash": self.feature_hash,
-                "regime": self.regime, "method": self.method, "method_params": self.params_json,
-                "level": self.level, "split_hash": self.split_hash, "seed": self.seed}
+                "regime": self.regime, "level": self.level, "split_hash": self.split_hash, "seed": self.seed}
 
     def key(self) -> dict[str, Any]:
         """The identity of the cell (everything but `shots`): what its fit and its results depend on. `queries`
         enters only when set, so cells that score every query keep the ids they had before it existed."""
-        return self.fit_key() | ({"queries": self.queries} if self.queries is not None else {})
+        return (self._data_key() | {"method": self.method, "method_params": self.params_json}
+                | ({"queries": self.queries} if self.queries is not None else {}))
+
+    def fit_key(self) -> dict[str, Any]:
+        """What the cell's source fit depends on: the data, the seed and the method's fit identity; cells that
+        differ only in adaptation settings, in `queries`, or as `adapted_X` and `X`, share it."""
+        fit = self.fit_json or canonical_json({"method": self.method, "params": self.params_json})
+        return self._data_key() | {"fit": fit}
 
     def seed_key(self) -> dict[str, Any]:
         """What the cell's seeds derive from: its key without the method and its parameters, so that every method
         of one (level, seed) starts from the same seed, and `adapted_X`, `X` and `X+sec` fit from the same
         initialisation and batches (methods derive their own streams from their base name)."""
-        return {k: v for k, v in self.fit_key().items() if k not in ("method", "method_params")}
+        return self._data_key()
 
     @property
     def cell_id(self) -> str:
@@ -65,13 +73,13 @@ class Cell:
 
     @property
     def fit_id(self) -> str:
-        """The fit-cache entry's name: like `cell_id`, over `fit_key()`, so that cells differing only in how they
-        are evaluated (`queries`) share one source fit (equal to `cell_id` when `queries` is None)."""
-        return self._id(self.fit_key())
+        """The fit-cache entry's name: a readable prefix (the method it fits as) plus a hash of `fit_key()`."""
+        name = json.loads(self.fit_json)["method"] if self.fit_json else self.method
+        return self._id(self.fit_key(), name)
 
-    def _id(self, key: dict[str, Any]) -> str:
+    def _id(self, key: dict[str, Any], name: str | None = None) -> str:
         digest = hashlib.sha1(canonical_json(key).encode()).hexdigest()[:16]
-        safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in self.method)
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in (name or self.method))
         return f"{safe}_L{self.level}_s{self.seed}_{digest}"
 
     @property
@@ -132,6 +140,7 @@ class MethodPlan:
     names: list[str]
     params: dict[str, dict[str, Any]]
     families: dict[str, str]
+    fits: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> `fit_identity`
 
 
 def resolve_methods(cfg: RunCfg) -> MethodPlan:
@@ -144,7 +153,8 @@ def resolve_methods(cfg: RunCfg) -> MethodPlan:
     methods_api.validate_overrides(names, dict(cfg.method_params))
     params = {m: methods_api.method_params(m, dict(cfg.method_params)) for m in names}
     families = {m: methods_api.method_family(m) for m in names}
-    return MethodPlan(names=names, params=params, families=families)
+    fits = {m: methods_api.fit_identity(m, dict(cfg.method_params)) for m in names}
+    return MethodPlan(names=names, params=params, families=families, fits=fits)
 
 
 def build_plan(cfg: RunCfg, methods: MethodPlan, spec: SplitSpec, splits_path: Path, fs: FeatureSet,
@@ -162,7 +172,8 @@ def build_plan(cfg: RunCfg, methods: MethodPlan, spec: SplitSpec, splits_path: P
     cells = [
         Cell(dataset=spec.dataset, backbone=backbone, feature_hash=identity, regime=cfg.regime, method=m,
              params_json=canonical_json(methods.params[m]), level=lv, split_hash=resolved[lv].split_hash, seed=s,
-             shots=tuple(cfg.ks), queries=cfg.queries)
+             shots=tuple(cfg.ks), queries=cfg.queries,
+             fit_json=canonical_json(methods.fits[m]) if m in methods.fits else "")
         for m in methods.names for lv in resolved for s in cfg.seeds
     ]
     return Plan(cfg=cfg, dataset=spec.dataset, backbone=backbone, spec=spec, splits_path=splits_path, features=fs,

@@ -84,8 +84,26 @@ def test_cell_ids_without_a_cap_are_unchanged_and_capped_ones_differ(tmp_path: P
                 results=str(tmp_path / "r"))
     plain = plan_grid(build_run_cfg(base)).cells[0]
     capped = plan_grid(build_run_cfg(dict(base, queries=7))).cells[0]
-    assert plain.cell_id == plain.fit_id == capped.fit_id != capped.cell_id
+    assert plain.fit_id == capped.fit_id and plain.cell_id != capped.cell_id
     assert "queries" not in build_run_cfg(base).to_dict()  # so the hashes of earlier studies stay put
     assert build_run_cfg(dict(base, queries=7)).to_dict()["queries"] == 7
     with pytest.raises(OodmlError, match="--queries must be >= 1"):
         build_run_cfg(dict(base, queries=0))
+
+
+def test_cell_ids_keep_their_formula() -> None:
+    """Committed results are found by cell id: a cell without `queries` is named from exactly these nine keys."""
+    import hashlib
+
+    from oodml.config import canonical_json
+    from oodml.runner.plan import Cell
+
+    key = {"dataset": "omniglot", "backbone": "pixels28", "feature_hash": "f" * 40, "regime": "full",
+           "method": "adapted_proto", "method_params": '{"lr":0.0001}', "level": 3, "split_hash": "a" * 16, "seed": 1}
+    cell = Cell(dataset="omniglot", backbone="pixels28", feature_hash="f" * 40, regime="full", method="adapted_proto",
+                params_json='{"lr":0.0001}', level=3, split_hash="a" * 16, seed=1, shots=(1, 5),
+                fit_json='{"method":"protonet","params":{"lr":0.0001}}')
+    digest = hashlib.sha1(canonical_json(key).encode()).hexdigest()[:16]
+    assert cell.cell_id == f"adapted_proto_L3_s1_{digest}"
+    assert cell.fit_id.startswith("protonet_L3_s1_") and cell.fit_id != f"protonet_L3_s1_{digest}"
+    assert cell.seed_key() == {k: v for k, v in key.items() if k not in ("method", "method_params")}
