@@ -60,7 +60,7 @@ class Exploit:
 def fit_path(files: tuple[Path, Path], results: Path) -> Path:
     cfg = build_run_cfg(dict(method="fake_proj", features=str(files[0]), splits=str(files[1]), shifts="1", k="0,2",
                              seeds="0", results=str(results)))
-    return CellStore(results).fits_dir / f"{plan_grid(cfg).cells[0].cell_id}.pt"
+    return CellStore(results).fits_dir / f"{plan_grid(cfg).cells[0].fit_id}.pt"
 
 
 @pytest.mark.parametrize("planted", ["exploit", "stale", "garbage"])
