@@ -283,7 +283,20 @@ def scott_claims(paths: Sequence[str], labels: Sequence[str], n_boot: int = BOOT
 
 #: study-name suffix -> how the variant differs from the pixel-MLP study with fixed adaptation steps
 VARIANTS = {"": "MLP on pixels, fixed adaptation steps", "_plateau": "MLP on pixels, Scott et al.'s stopping rule",
-            "_conv4": "conv4 on the images, fixed adaptation steps"}
+            "_conv4": "conv4 on the images, fixed adaptation steps",
+            "_paper": "Scott et al.'s protocol (their nets, sampling, stopping)"}
+
+
+def study_variant(study: str) -> tuple[str, str]:
+    """`scott2018_omniglot_paper_5way` -> (`omniglot_5way`, `_paper`); `scott2018_mnist_conv4` -> (`mnist`,
+    `_conv4`): the task setting and the `VARIANTS` key of a Scott study's name."""
+    name = study.removeprefix("scott2018_")
+    if "_paper" in name:
+        return name.replace("_paper", ""), "_paper"
+    for suffix in sorted(VARIANTS, key=len, reverse=True):
+        if suffix and name.endswith(suffix):
+            return name.removesuffix(suffix), suffix
+    return name, ""
 
 
 def scott_plot(paths: Sequence[str], labels: Sequence[str], out: str) -> str:
@@ -294,11 +307,7 @@ def scott_plot(paths: Sequence[str], labels: Sequence[str], out: str) -> str:
     import matplotlib.pyplot as plt
 
     recs = scott_records(paths, labels)
-    def split(study: str) -> tuple[str, str]:
-        for suffix in sorted(VARIANTS, key=len, reverse=True):
-            if suffix and study.endswith(suffix):
-                return study.removeprefix("scott2018_").removesuffix(suffix), suffix
-        return study.removeprefix("scott2018_"), ""
+    split = study_variant
     tasks = list(dict.fromkeys(split(str(r["study"]))[0] for r in recs))  # in the order given
     settings = sorted({(split(str(r["study"]))[0], int(str(r["k"]))) for r in recs},
                       key=lambda tk: (tasks.index(tk[0]), tk[1]))

@@ -87,6 +87,10 @@ def test_claims_error_reduction_and_trend(tmp_path: Path) -> None:
             for i in range(2)]
     data = [Path(f).read_bytes() for f in pngs]
     assert data[0][:8] == b"\x89PNG\r\n\x1a\n" and data[0] == data[1]
+    # the paper-protocol studies are a variant of their task setting, whatever follows `_paper`
+    assert [claims.study_variant(s) for s in ("scott2018_omniglot_paper_5way", "scott2018_mnist_paper",
+                                              "scott2018_mnist_conv4", "scott2018_omniglot_20way")] == [
+        ("omniglot_5way", "_paper"), ("mnist", "_paper"), ("mnist", "_conv4"), ("omniglot_20way", "")]
     rows = [_rows(m, lv, 0, v) for m, base in (("margin", 0.8), ("margin+sec", 0.85))
             for lv, v in ((1, base), (2, base - 0.05), (3, base - 0.1))]
     path2 = tmp_path / "oodml.csv"
