@@ -307,16 +307,15 @@ def scott_plot(paths: Sequence[str], labels: Sequence[str], out: str) -> str:
     import matplotlib.pyplot as plt
 
     recs = scott_records(paths, labels)
-    split = study_variant
-    tasks = list(dict.fromkeys(split(str(r["study"]))[0] for r in recs))  # in the order given
-    settings = sorted({(split(str(r["study"]))[0], int(str(r["k"]))) for r in recs},
+    tasks = list(dict.fromkeys(study_variant(str(r["study"]))[0] for r in recs))  # in the order given
+    settings = sorted({(study_variant(str(r["study"]))[0], int(str(r["k"]))) for r in recs},
                       key=lambda tk: (tasks.index(tk[0]), tk[1]))
     x = {s: i for i, s in enumerate(settings)}
     fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(settings) + 5), 4.6))
-    variants = [v for v in VARIANTS if any(split(str(r["study"]))[1] == v for r in recs)]
+    variants = [v for v in VARIANTS if any(study_variant(str(r["study"]))[1] == v for r in recs)]
     for j, v in enumerate(variants):
-        pts = [(x[(split(str(r["study"]))[0], int(str(r["k"])))] + 0.18 * (j - (len(variants) - 1) / 2),
-                100 * float(r["reduction"])) for r in recs if split(str(r["study"]))[1] == v]
+        pts = [(x[(study_variant(str(r["study"]))[0], int(str(r["k"])))] + 0.18 * (j - (len(variants) - 1) / 2),
+                100 * float(r["reduction"])) for r in recs if study_variant(str(r["study"]))[1] == v]
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=VARIANTS[v], s=36, zorder=3)
     ax.axhline(34, color="black", ls="--", lw=1, label="paper: +34% on average")
     ax.axhline(0, color="grey", lw=0.8)

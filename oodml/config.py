@@ -32,14 +32,14 @@ MAX_CONFIG_VALUES = 100_000
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
-def _opt(default: Any = None, *, kind: str, key: str | None = None, hashed: bool = True, added: bool = False,
-         factory: Callable[[], Any] | None = None) -> Any:
+def _opt(default: Any = None, *, kind: str, key: str | None = None, hashed: bool = True,
+         omit_at_default: bool = False, factory: Callable[[], Any] | None = None) -> Any:
     """A RunCfg field: `kind` names its reader in `_READERS`; `key` is its YAML key / CLI option when that differs
     from the field name; `hashed=False` keeps it out of `to_dict` (so out of `cfg_hash` and the result rows): such a
-    field decides whether a run starts, never a number in it. `added=True` marks a field added after studies were
-    run: `to_dict` leaves it out while it has its default, so the configs, hashes and cell ids of those studies stay
-    what they were."""
-    meta = {"kind": kind, "key": key or None, "hashed": hashed, "added": added}
+    field decides whether a run starts, never a number in it. `omit_at_default=True` (the metadata of
+    `oodml.methods.params.LATER`, for a field added after studies were run): `to_dict` leaves it out while it has its
+    default, so the configs, hashes and cell ids of those studies stay what they were."""
+    meta = {"kind": kind, "key": key or None, "hashed": hashed, "omit_at_default": omit_at_default}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -78,7 +78,7 @@ class RunCfg:
     runtime: str = _opt("auto", kind="text", hashed=False)
     #: most queries per k-shot episode: an episode with more is scored on a random draw of this many, the same for
     #: every method and seed (Scott et al. test each task on a random 10,000 images); None: all of them (SPEC 3)
-    queries: int | None = _opt(kind="count", added=True)
+    queries: int | None = _opt(kind="count", omit_at_default=True)
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -104,7 +104,7 @@ class RunCfg:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field that can change a number (not `max_cells`)."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("hashed", True)
-             and not (f.metadata.get("added") and getattr(self, f.name) == f.default)}
+             and not (f.metadata.get("omit_at_default") and getattr(self, f.name) == f.default)}
         d["method_params"] = dict(self.method_params)
         d["dataset_options"] = dict(self.dataset_options)
         return d

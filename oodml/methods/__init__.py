@@ -161,14 +161,14 @@ def method_params(spec: str, overrides: Mapping[str, Any] = {}) -> dict[str, Any
 ADAPT_PREFIX = "adapt_"
 
 
-def fit_identity(spec: str, overrides: Mapping[str, Any] = {}) -> dict[str, Any]:
+def fit_identity(spec: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """What the source fit of `spec` depends on besides the data and the seed: the method it fits as (`fits_as`:
-    `adapted_X` fits as `X`) with its add-ons, and every resolved hyperparameter but the `adapt_*` ones, which only
-    adaptation reads. Two specs with equal identities fit the same model, so the fit cache keeps one entry for both.
+    `adapted_X` fits as `X`) with its add-ons, and every hyperparameter of `params` (its resolved ones,
+    `method_params(spec, overrides)`) but the `adapt_*` ones, which only adaptation reads. Two specs with equal
+    identities fit the same model, so the fit cache keeps one entry for both.
     """
     name, addons = parse_spec(spec)
     info = METHODS.info(name)
-    params = method_params(spec, overrides)
     return {"method": "+".join((info.fits_as or name, *addons)),
             "params": {k: v for k, v in params.items() if not k.startswith(ADAPT_PREFIX)}}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +140,7 @@ class MethodPlan:
     names: list[str]
     params: dict[str, dict[str, Any]]
     families: dict[str, str]
-    fits: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> `fit_identity`
+    fits: dict[str, dict[str, Any]]  # name -> `fit_identity`
 
 
 def resolve_methods(cfg: RunCfg) -> MethodPlan:
@@ -153,7 +153,7 @@ def resolve_methods(cfg: RunCfg) -> MethodPlan:
     methods_api.validate_overrides(names, dict(cfg.method_params))
     params = {m: methods_api.method_params(m, dict(cfg.method_params)) for m in names}
     families = {m: methods_api.method_family(m) for m in names}
-    fits = {m: methods_api.fit_identity(m, dict(cfg.method_params)) for m in names}
+    fits = {m: methods_api.fit_identity(m, params[m]) for m in names}
     return MethodPlan(names=names, params=params, families=families, fits=fits)
 
 
@@ -173,7 +173,7 @@ def build_plan(cfg: RunCfg, methods: MethodPlan, spec: SplitSpec, splits_path: P
         Cell(dataset=spec.dataset, backbone=backbone, feature_hash=identity, regime=cfg.regime, method=m,
              params_json=canonical_json(methods.params[m]), level=lv, split_hash=resolved[lv].split_hash, seed=s,
              shots=tuple(cfg.ks), queries=cfg.queries,
-             fit_json=canonical_json(methods.fits[m]) if m in methods.fits else "")
+             fit_json=canonical_json(methods.fits[m]))
         for m in methods.names for lv in resolved for s in cfg.seeds
     ]
     return Plan(cfg=cfg, dataset=spec.dataset, backbone=backbone, spec=spec, splits_path=splits_path, features=fs,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from oodml.config import build_run_cfg
-from oodml.methods import METHODS, MethodContext, build_method, fit_identity, make_inputs
+from oodml.methods import METHODS, MethodContext, build_method, fit_identity, make_inputs, method_params
 from oodml.runner import plan_grid
 from oodml.runner.cell import CellTask, execute
 from tests.conftest import make_blobs
@@ -40,16 +40,20 @@ def test_the_twins_fit_the_same_model(adapted: str, twin: str) -> None:
         m.fit(make_inputs("head", features=fs, rows=src), fs.labels[src])
         states.append(m.state_dict())
     assert _same_state(*states), f"{adapted} no longer fits the model {twin} fits: drop its fits_as or fix the fit"
-    assert fit_identity(adapted, TINY) == fit_identity(twin, TINY)
+    assert identity(adapted, TINY) == identity(twin, TINY)
+
+
+def identity(spec: str, overrides: dict) -> dict:
+    return fit_identity(spec, method_params(spec, overrides))
 
 
 def test_what_the_fit_reads_keeps_identities_apart() -> None:
-    base = fit_identity("adapted_margin", {})
-    assert fit_identity("margin", {"adapt_lr": 0.5, "adapt_iterations": 3}) == base  # adaptation only
-    assert fit_identity("adapted_margin", {"lr": 0.5}) != base
-    assert fit_identity("margin+sec", {}) != fit_identity("margin", {})
-    assert fit_identity("triplet", {}) != fit_identity("margin", {})
-    assert fit_identity("weight_transfer", {})["method"] == "weight_transfer"
+    base = identity("adapted_margin", {})
+    assert identity("margin", {"adapt_lr": 0.5, "adapt_iterations": 3}) == base  # adaptation only
+    assert identity("adapted_margin", {"lr": 0.5}) != base
+    assert identity("margin+sec", {}) != identity("margin", {})
+    assert identity("triplet", {}) != identity("margin", {})
+    assert identity("weight_transfer", {})["method"] == "weight_transfer"
 
 
 def test_a_cell_reuses_its_twins_fit(tmp_path: Path) -> None:
