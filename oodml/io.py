@@ -1,5 +1,6 @@
 """Files on disk: one atomic-write helper (temp file in the same folder, fsync, rename; the temp file is removed on
-error), the cleanup of temp files a killed process left behind, the oodml cache (`cache_dir`, memoised checksums,
+error; a destination that is a symbolic link is refused), paths inside a folder that refuse names from data that are
+not one path component and links on the way (`safe_name`, `safe_path`), a lock on a folder (`folder_lock`), the cleanup of temp files a killed process left behind, the oodml cache (`cache_dir`, memoised checksums,
 one-time tar extraction) and the network helpers (reachability, verified downloads).
 
 Temp files are named `.<name>.<pid>.<random>.tmp`, so a later run can tell a dead writer's leftovers from a live
@@ -8,6 +9,8 @@ writer's file in progress.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -32,6 +35,82 @@ TEMP_SUFFIX = ".tmp"
 _TEMP_PID = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")
 
 
+#: characters a file name built from data keeps; every other one becomes `_`
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.@+=\[\]-]")
+_MAX_NAME = 120
+
+
+def safe_name(name: str) -> str:
+    """A name built from data (a metric, method or series label) as one harmless path component: characters other
+    than letters, digits and `_ . @ + = [ ] -` become `_`, `..` becomes `__`, a leading `.` becomes `_`, and a name
+    over 120 characters is cut and given a hash of the whole name (so distinct names stay distinct)."""
+    out = _UNSAFE_CHARS.sub("_", str(name)).replace("..", "__")
+    if not out or out.startswith("."):
+        out = "_" + out
+    if len(out) > _MAX_NAME:
+        out = out[:_MAX_NAME - 13] + "-" + hashlib.sha1(str(name).encode()).hexdigest()[:12]
+    return out
+
+
+def _link_error(path: Path, root: Path) -> OodmlError:
+    return OodmlError(f"{str(path)!r} is a symbolic link inside {str(root)!r}; oodml does not write through links in "
+                      "a results folder (a shared folder could point them anywhere): remove the link and rerun")
+
+
+def safe_path(root: str | Path, *parts: str) -> Path:
+    """`root / parts...` for writing: each part must be one path component (no `/`, not `.` or `..`; pass names
+    from data through `safe_name` first), and no existing component below `root` may be a symbolic link, so the
+    path stays inside `root` (`root` itself may be a link: the user named it). OodmlError otherwise."""
+    base = Path(root)
+    path = base
+    for part in parts:
+        if not part or part in (".", "..") or "/" in part or "\0" in part or os.sep in part:
+            raise OodmlError(f"{part!r} is not one file name; refusing to write it under {str(base)!r}")
+        path = path / part
+        if path.is_symlink():
+            raise _link_error(path, base)
+    return path
+
+
+def safe_dir(root: str | Path, *parts: str) -> Path:
+    """`safe_path(root, *parts)`, created as a folder (with its parents below `root`) when absent; OodmlError when
+    one of them is a link or a file."""
+    path = Path(root)
+    for i in range(len(parts)):
+        path = safe_path(root, *parts[:i + 1])
+        try:
+            path.mkdir(parents=i == 0, exist_ok=True)
+        except FileExistsError:
+            raise OodmlError(f"{str(path)!r} is a file, not a folder; move it away and rerun") from None
+        except OSError as e:
+            raise disk_error(e, path) from None
+        if path.is_symlink():  # made a link between the check and mkdir
+            raise _link_error(path, Path(root))
+    return path
+
+
+def disk_error(e: OSError, path: str | Path) -> OodmlError:
+    """The one-line error of a failed write: a full disk (or quota) is named as such."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OodmlError(f"no space left on the device holding {str(path)!r} ({e.strerror}); free some space or "
+                          "write elsewhere, then rerun (finished files are kept)")
+    return OodmlError(f"cannot write {str(path)!r}: {e.strerror or e}")
+
+
+@contextmanager
+def folder_lock(folder: str | Path, *, name: str = ".lock") -> Iterator[None]:
+    """Hold an exclusive `fcntl` lock on `<folder>/<name>` (created when absent) for the block; another process
+    waits for it. The kernel releases it when the holder exits or is killed, so a killed run never blocks the next.
+    """
+    lock = safe_path(folder, name)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def temp_path(path: str | Path) -> Path:
     """A fresh temp name beside `path`: `.<name>.<pid>.<random>.tmp`."""
     p = Path(path)
@@ -52,16 +131,20 @@ def atomic_write(path: str | Path, mode: str = "w", *, encoding: str | None = "u
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write mode must be 'w' or 'wb', got {mode!r}")
     final = Path(path)
+    if final.is_symlink():
+        raise _link_error(final, final.parent)
     tmp = temp_path(final)
 
     def exclusive(name: str, flags: int) -> int:
-        return os.open(name, flags | os.O_EXCL, 0o666)
+        return os.open(name, flags | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
 
     try:
         with open(tmp, mode, encoding=None if "b" in mode else encoding, opener=exclusive) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        if final.is_symlink():  # a link made while we wrote: the rename would replace it, but say so instead
+            raise _link_error(final, final.parent)
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)

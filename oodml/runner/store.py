@@ -1,7 +1,11 @@
 """The results store: one JSON file per cell, `<results>/cells/<cell_id>.json`, written atomically (SPEC §4).
 
-The parent process is the only writer. A file appears complete or not at all (temp file in the same folder,
-fsync, rename), so killing a run at any moment loses at most the cells that were running.
+The parent process is the only writer of its run. A file appears complete or not at all (temp file in the same
+folder, fsync, rename), so killing a run at any moment loses at most the cells that were running. Several runs may
+share one results folder: each write holds an `fcntl` lock on `<root>/cells/.lock` (released when its holder exits or
+is killed), re-reads the stored file and merges it (`merge_cells`), so a run that finished k = 0 and another that
+finished k = 2 of the same cell leave one file with both, and a later error never replaces finished values. Nothing
+is written through a symbolic link inside the folder (`oodml.io.safe_path`).
 """
 
 from __future__ import annotations
@@ -9,20 +13,21 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import json
-import os
+import shutil
 import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from oodml.config import canonical_json, cfg_hash
+from oodml.errors import OodmlError
 from oodml.eval.protocol import MetricRow
-from oodml.io import atomic_write, remove_stale_temps
+from oodml.io import atomic_write, disk_error, folder_lock, remove_stale_temps, safe_dir, safe_path
 from oodml.progress import log
 from oodml.runner.cell import CellResult
 from oodml.runner.plan import Cell, Plan
 from oodml.schema import (CLASS_UNIT_COLUMNS, EPISODE_UNIT_COLUMNS, ROW_COLUMNS, SCHEMA_VERSION, is_unit_table,
-                          unit_table)
+                          unit_entries, unit_table)
 
 DONE_STATUSES = ("ok", "skipped")
 #: distributions whose versions every cell records
@@ -35,12 +40,20 @@ class CellStore:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.cells_dir = self.root / "cells"
-        self.fits_dir = self.root / "fits"
+        self.cells_dir = safe_path(self.root, "cells")  # OodmlError when a link
+        self.fits_dir = safe_path(self.root, "fits")
+        for d in (self.cells_dir, self.fits_dir):
+            if d.exists() and not d.is_dir():
+                raise OodmlError(f"{str(d)!r} is a file, not a folder; move it away or choose another --results")
 
     def path(self, cell_id: str) -> Path:
         """The file of one cell."""
         return self.cells_dir / f"{cell_id}.json"
+
+    def prepare(self) -> None:
+        """Create the cells and fits folders (refusing links and files in their place) before any work."""
+        safe_dir(self.root, "cells")
+        safe_dir(self.root, "fits")
 
     def read(self, cell_id: str) -> dict[str, Any] | None:
         """A cell file's content, or None when absent or unreadable (an unreadable file is recomputed)."""
@@ -64,12 +77,25 @@ class CellStore:
         return tuple(int(k) for k in data["config"]["ks"])
 
     def write(self, payload: dict[str, Any]) -> Path:
-        """Write one cell file atomically (temp file in the same folder, fsync, rename)."""
-        self.cells_dir.mkdir(parents=True, exist_ok=True)
-        final = self.path(payload["cell_id"])
-        text = dumps_cell(payload)
-        with atomic_write(final) as f:
-            f.write(text)
+        """Write one cell file atomically (temp file in the same folder, fsync, rename) under the folder's lock,
+        merged with what another run stored for the cell meanwhile (`merge_cells`). A full disk is an OodmlError
+        that says so (an error cell on a nearly full disk is taken for one: its error is most likely the disk)."""
+        safe_dir(self.root, "cells")
+        final = safe_path(self.cells_dir, f"{payload['cell_id']}.json")
+        try:
+            with folder_lock(self.cells_dir):
+                merged = merge_cells(self.read(payload["cell_id"]), payload)
+                if merged is None:  # an error would replace finished values: keep them, retry the rest later
+                    return final
+                text = dumps_cell(merged)
+                if payload.get("status") == "error" and shutil.disk_usage(self.cells_dir).free < len(text) + LOW_DISK:
+                    raise OodmlError(f"no space left on the device holding {str(self.root)!r} (cell "
+                                     f"{payload['cell_id']} failed: {str(payload.get('error'))[:120]}); free some "
+                                     "space and rerun (finished cells are kept)")
+                with atomic_write(final) as f:
+                    f.write(text)
+        except OSError as e:
+            raise disk_error(e, final) from None
         return final
 
     def remove_stale_temps(self) -> None:
@@ -86,6 +112,43 @@ class CellStore:
             if data is not None:
                 out.append(data)
         return out
+
+
+#: free bytes under which an error cell is taken for a full disk
+LOW_DISK = 1 << 20
+
+
+def merge_cells(stored: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any] | None:
+    """What to write when `new` arrives for a cell whose file holds `stored` (another run's, or an older one).
+
+    A finished `new` keeps every k of a finished `stored` it does not hold itself (rows, per-unit values, `ks`,
+    and the config hash the union of k gives, as a run asked for that union writes); an error `new` over a finished
+    `stored` returns None (keep the finished values; the next run recomputes what failed); otherwise `new`.
+    """
+    cell_id = str(new.get("cell_id"))
+    if stored is None or not finished_cell(stored, cell_id):
+        return new
+    if not finished_cell(new, cell_id):
+        return None if new.get("status") == "error" else new
+    extra = sorted(set(stored["config"]["ks"]) - set(new["config"]["ks"]))
+    if not extra:
+        return new
+    config = {**new["config"], "ks": sorted({*new["config"]["ks"], *extra})}
+    config_hash = cfg_hash(config)
+    config_json = canonical_json({**config, "libraries": new["provenance"]["libraries"]})
+    rows = [*new["rows"], *(r for r in stored["rows"] if r.get("k_shot") in extra)]
+    merged = {**new, "config": config, "config_hash": config_hash,
+              "rows": [{**r, "config_hash": config_hash, "config_json": config_json} for r in rows]}
+    for key in UNIT_KEYS:
+        old = [e for e in _entries(stored.get(key)) if e.get("k") in extra]
+        if old:
+            cols = EPISODE_UNIT_COLUMNS if key == "episodes" else CLASS_UNIT_COLUMNS
+            merged[key] = unit_table([*_entries(new.get(key)), *old], cols)
+    return merged
+
+
+def _entries(obj: Any) -> list[dict[str, Any]]:
+    return unit_entries(obj) if obj is not None else []
 
 
 def finished_cell(data: dict[str, Any], cell_id: str) -> bool:
