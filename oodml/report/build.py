@@ -18,6 +18,7 @@ import pandas as pd
 
 from oodml import __version__
 from oodml.errors import check_name, check_writable
+from oodml.io import atomic_write, safe_dir, safe_name, safe_path, write_text_atomic
 from oodml.progress import log
 from oodml.report import curves, document as doc, intervals as iv
 from oodml.report.leaderboard import (ADAPTED_FAMILIES, choose_metrics, error_counts, error_reduction,
@@ -74,14 +75,14 @@ def build_report(*, results: Path, metric: str | None = None, bootstrap: int = D
     t0 = time.perf_counter()
     store = read_store(Path(results))
     for dataset in store.datasets:  # a name from the cell files becomes a folder: safe, and writable, before output
-        check_writable(Path(results) / check_name(dataset, f"cell files in {str(results)!r} name a dataset"),
+        check_writable(safe_path(results, check_name(dataset, f"cell files in {str(results)!r} name a dataset")),
                        "report folder")
     tables = [aggregate(store, dataset, metric, bootstrap) for dataset in store.datasets]  # checks before output
     log(f"report: {len(store.cells)} cell files, {len(store.rows)} rows, {len(tables)} dataset(s) read and "
         f"aggregated in {time.perf_counter() - t0:.1f}s")
     written: list[Path] = []
     for t in tables:
-        written += write_dataset(t, Path(results) / t.dataset)
+        written += write_dataset(t, safe_dir(results, t.dataset))
     reports = [p for p in written if p.name == "report.html"]
     for p in reports:
         log(f"report: leaderboards and plots in {p.parent}/ ; open {p}")
@@ -138,16 +139,17 @@ def write_all_csv(t: DatasetTables, path: Path) -> Path:
     """`all.csv`: every stored row (`ALL_COLUMNS`, `episode` and `class` empty), then one row per unit value
     (`UNIT_ROW_COLUMNS` filled, the other columns empty)."""
     rows = t.rows[list(ROW_COLUMNS)].assign(episode=pd.NA, **{"class": None})
-    rows.to_csv(path, index=False, lineterminator="\n")
-    fids = dict(zip(t.levels["level"], t.levels["fid"]))
-    for start in range(0, len(t.units), _CSV_BLOCK):  # in blocks: the empty columns of every unit row are wide
-        u = t.units.iloc[start:start + _CSV_BLOCK]
-        u = u.assign(split_fid=u["split_level"].map(fids), status="ok")
-        u["n_queries"] = u["n_queries"].astype("Int64")
-        u["split_level"] = u["split_level"].astype(np.int64)
-        u["seed"] = u["seed"].astype(np.int64)
-        u = u.reindex(columns=list(ALL_COLUMNS))
-        u.to_csv(path, index=False, header=False, mode="a", lineterminator="\n")
+    with atomic_write(path) as f:  # never through a link (oodml.io)
+        rows.to_csv(f, index=False, lineterminator="\n")
+        fids = dict(zip(t.levels["level"], t.levels["fid"]))
+        for start in range(0, len(t.units), _CSV_BLOCK):  # in blocks: the empty columns of every unit row are wide
+            u = t.units.iloc[start:start + _CSV_BLOCK]
+            u = u.assign(split_fid=u["split_level"].map(fids), status="ok")
+            u["n_queries"] = u["n_queries"].astype("Int64")
+            u["split_level"] = u["split_level"].astype(np.int64)
+            u["seed"] = u["seed"].astype(np.int64)
+            u = u.reindex(columns=list(ALL_COLUMNS))
+            u.to_csv(f, index=False, header=False, lineterminator="\n")
     return path
 
 
@@ -163,7 +165,7 @@ def write_dataset(t: DatasetTables, out: Path) -> list[Path]:
                   for k in sorted(t.metric_by_k) if ((t.stats["k_shot"] == k) & (t.stats["metric"] == m)).any()}
         band = _band_note(panels, "95% bootstrap band over seeds and units")
         fig = curves.build_figure(panels, t.levels, ylabel=m, title=f"{t.dataset}: {m} vs. shift ({band})")
-        paths = curves.save_figure(fig, out / f"curves_{m}")
+        paths = curves.save_figure(fig, out / f"curves_{safe_name(m)}")
         written += paths
         figures.append((paths[1], f"{m} vs. FID of the split level, one panel per k, "
                                   + _band_note(panels, "95% hierarchical bootstrap band (seeds, then episodes or test "
@@ -173,15 +175,15 @@ def write_dataset(t: DatasetTables, out: Path) -> list[Path]:
         fig = curves.build_figure(panels, t.levels, ylabel=f"{t.gain_metric}: adapted minus unadapted",
                                   title=f"{t.dataset}: few-shot gain vs. shift ({_band_note(panels, '95% bootstrap band')})",
                                   unit_range=False, zero_line=True)
-        paths = curves.save_figure(fig, out / f"gain_{t.gain_metric}")
-        written += [*paths, _csv(t.gain, out / f"gain_{t.gain_metric}.csv")]
+        paths = curves.save_figure(fig, out / f"gain_{safe_name(t.gain_metric)}")
+        written += [*paths, _csv(t.gain, out / f"gain_{safe_name(t.gain_metric)}.csv")]
         figures.append((paths[1], f"few-shot gain: {t.gain_metric} of each adapted method minus its unadapted "
                                   "source model on the same k-shot queries, vs. FID, "
                                   + _band_note(panels, "95% bootstrap band")))
     blocks = report_blocks(t, figures)
     title = f"oodml report: {t.dataset}"
     for name, render in (("report.md", doc.render_markdown), ("report.html", doc.render_html)):
-        (out / name).write_text(render(title, blocks), encoding="utf-8")
+        write_text_atomic(out / name, render(title, blocks))
         written.append(out / name)
     return written
 
@@ -196,7 +198,8 @@ def _band_note(panels: dict[str, list[curves.Series]], band: str) -> str:
 
 
 def _csv(frame: pd.DataFrame, path: Path) -> Path:
-    frame.to_csv(path, index=False, lineterminator="\n")
+    with atomic_write(path) as f:
+        frame.to_csv(f, index=False, lineterminator="\n")
     return path
 
 

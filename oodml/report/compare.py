@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from oodml.errors import OodmlError, suggest
+from oodml.errors import OodmlError, check_name, suggest
+from oodml.io import atomic_write, safe_dir, safe_path
 from oodml.progress import log
 from oodml.report import document as doc, intervals as iv
 from oodml.report.leaderboard import DEFAULT_METRIC_ORDER, ok_rows, seed_values
@@ -68,9 +69,9 @@ def compare_command(*, results: Path, a: str, b: str, ks: tuple[int, ...] | None
     out = []
     for dataset in datasets:
         table = _compare_dataset(store, dataset, a, b, ks, metric, levels, bootstrap)
-        path = Path(results) / dataset / f"compare_{_safe(a)}_vs_{_safe(b)}.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(path, index=False, lineterminator="\n")
+        path = safe_path(safe_dir(results, check_name(dataset, "dataset")), f"compare_{_safe(a)}_vs_{_safe(b)}.csv")
+        with atomic_write(path) as f:  # never through a link (oodml.io)
+            table.to_csv(f, index=False, lineterminator="\n")
         out.append(Comparison(dataset, table, path))
     return out
 

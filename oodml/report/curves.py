@@ -19,6 +19,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from oodml.io import atomic_write
+
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h", "p")
 _RC: Any = {"svg.hashsalt": "oodml", "svg.fonttype": "path", "font.size": 9, "axes.titlesize": 10}
 
@@ -156,9 +158,9 @@ def _decorate(ax: object, name: str, levels: pd.DataFrame, ylabel: str) -> None:
 def save_figure(fig: Figure, stem: Path) -> list[Path]:
     """Write `<stem>.png` and `<stem>.svg` reproducibly (no dates in the files); returns both paths."""
     paths = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".svg")]
-    with rc_context(_RC):
-        fig.savefig(paths[0], dpi=120, metadata={"Software": None})
-        fig.savefig(paths[1], metadata={"Date": None, "Creator": None})
+    with rc_context(_RC), atomic_write(paths[0], "wb") as png, atomic_write(paths[1], "wb") as svg:  # no links
+        fig.savefig(png, format="png", dpi=120, metadata={"Software": None})
+        fig.savefig(svg, format="svg", metadata={"Date": None, "Creator": None})
     return paths
 
 
