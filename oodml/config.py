@@ -295,6 +295,7 @@ def merge_options(options: Mapping[str, Any], config_file: str | Path | None = N
     """A YAML study config overlaid with command-line options (those not None win; `method_params` and
     `dataset_options` merge name by name)."""
     merged: dict[str, Any] = load_yaml_config(config_file) if config_file else {}
+    _confirm_plugins(merged.get("plugins"), options.get("plugins"), config_file)
     if options.get("method") is not None and merged.get("method_params"):
         merged["method_params"] = _for_methods(_param_map(merged["method_params"]), options["method"],
                                                options.get("plugins") or merged.get("plugins"))
@@ -308,6 +309,18 @@ def merge_options(options: Mapping[str, Any], config_file: str | Path | None = N
         else:
             merged[k] = v
     return merged
+
+
+def _confirm_plugins(from_config: Any, from_cli: Any, config_file: str | Path | None) -> None:
+    """A config's `plugins:` are imported only when the command line names the same modules with `--plugin`: a
+    config is untrusted input (docs/threat-model.md) and never runs code by itself."""
+    if not from_config:
+        return
+    unconfirmed = [m for m in _read_names("plugins", from_config) if m not in set(from_cli or ())]
+    if unconfirmed:
+        flags = " ".join(f"--plugin {m}" for m in unconfirmed)
+        raise OodmlError(f"config file {str(config_file)!r} lists plugin module(s) {unconfirmed}; a config runs no "
+                         f"code by itself: if you trust that code, confirm with {flags} on the command line")
 
 
 def build_run_cfg(options: Mapping[str, Any], config_file: str | Path | None = None) -> RunCfg:
