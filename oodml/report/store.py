@@ -131,22 +131,71 @@ def read_store(results: Path) -> Store:
         OodmlError: no cell files, or a corrupt cell file / invalid row (naming the file to delete and rerun).
     """
     files = cell_files(results)
-    acc = _Accumulator(files)
+    kept: list[str] = []  # the files read, less identical repeats of a cell (`_Repeats`)
+    acc = _Accumulator(kept)
+    repeats = _Repeats()
     with _gc_paused():  # many small dicts per chunk: the cyclic GC would rescan them again and again
         # a bar on a terminal; off it, silent, so that an error stays the only stderr line
         with progress("report: reading cell files", len(files), unit="files") if is_terminal() else nullcontext() as bar:
             for start in range(0, len(files), _CHUNK):
                 chunk = files[start:start + _CHUNK]
-                acc.add(start, _parse_files(chunk))
+                pairs = repeats.first_copies(chunk, _parse_files(chunk))
+                offset = len(kept)
+                kept += [f for f, _ in pairs]
+                acc.add(offset, [c for _, c in pairs])
                 if bar is not None:
                     bar.update(len(chunk))
+        repeats.note()
         rows, row_cell = acc.rows()
-        table = _cell_table(acc, files, rows, row_cell)
+        table = _cell_table(acc, kept, rows, row_cell)
         units = acc.units(table, rows)
     _validate(rows, row_cell, table)
     for col in _CATEGORY_COLUMNS:  # factorised once here, not in every group-by and comparison downstream
         rows[col] = rows[col].astype("category")
     return Store(Path(results), rows, table, units)
+
+
+class _Repeats:
+    """Cell files that carry the same `cell_id` (a cell copied under another name, or two folders merged): an
+    identical copy (the same rows and per-unit values) is counted once, with one note; copies whose values differ
+    are an OodmlError naming both files, since either could be the right one."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, tuple[str, int]] = {}
+        self.dropped: list[str] = []
+
+    def first_copies(self, files: list[str], cells: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+        """The (file, cell) pairs of a chunk less the identical repeats of cells already read."""
+        out = []
+        for f, c in zip(files, cells):
+            cell_id = str(c.get("cell_id") or Path(f).stem)
+            digest = _values_digest(c)
+            first = self.seen.setdefault(cell_id, (f, digest))
+            if first[0] == f:
+                out.append((f, c))
+            elif first[1] == digest:
+                self.dropped.append(f)
+            else:
+                raise OodmlError(f"cell files {first[0]!r} and {f!r} both hold cell {cell_id} with different values; "
+                                 "keep the right one (delete the other, or rerun that cell with `oodml run --force`)")
+        return out
+
+    def note(self) -> None:
+        """One log line when identical repeats were left out."""
+        if self.dropped:
+            log(f"note: {len(self.dropped)} cell file(s) repeat another file's cell with identical values and are "
+                f"counted once (e.g. {self.dropped[0]!r})")
+
+
+def _values_digest(cell: dict[str, Any]) -> int:
+    """A hash of what a cell file reports: its rows' (method, k, metric, value, status) and how many per-unit values
+    it holds (the rows' values are their means: hashing every unit value would slow a large report down)."""
+    rows = cell.get("rows") or []
+    key = tuple((r.get("method"), r.get("k_shot"), r.get("metric"), r.get("value"), r.get("status"))
+                if isinstance(r, Mapping) else repr(r) for r in rows)
+    units = tuple(len(u.get("rows") or ()) if isinstance(u, Mapping) else len(u) if isinstance(u, list) else repr(u)
+                  for u in (cell.get(k) for k in UNIT_LISTS))
+    return hash((cell.get("status"), key, units))
 
 
 def empty_units() -> pd.DataFrame:
@@ -448,6 +497,8 @@ def _parse_one(path: str, blob: bytes) -> Any:
         return json.loads(blob)  # also accepts NaN/Infinity, which Python's json.dumps writes
     except ValueError as e:
         raise OodmlError(f"cell file {path!r} is not valid JSON ({e}); delete it and rerun `oodml run`") from None
+    except RecursionError:
+        raise OodmlError(f"cell file {path!r} nests too deeply to be a cell file; delete it and rerun `oodml run`") from None
 
 
 def _bad_columns(flat: list[Any], row_cell: np.ndarray, files: list[str]) -> str:
