@@ -1,21 +1,21 @@
 """Check the papers' claims against a study's `all.csv` (the reporter's tidy table) and print Markdown tables.
 
 Only reads `results/<study>/<dataset>/all.csv`; computes differences of stored numbers, no metric. Every verdict
-rests on a 95% hierarchical bootstrap interval (seeds, then episodes or test classes within them: the unit rows of
-all.csv; without unit rows the seeds alone) of the relevant paired difference: "reproduces" when the interval
-excludes 0 in the paper's direction, "contradicts" when it excludes 0 the other way, else "inconclusive". Each
-verdict states its basis (seeds x units) and its interval.
+rests on a 95% seed-level t interval of the relevant paired difference (`oodml.report.stats.contrast`: the training
+run, a seed, is the replication unit; each seed's value averages its episodes or test classes): "reproduces" when the
+interval excludes 0 in the paper's direction, "contradicts" when it excludes 0 the other way, else "inconclusive";
+one seed gives no interval ("1 seed: training variance not estimated"). Each verdict states its basis (seeds x units)
+and its interval.
 
 - `oodml` (Milbich et al. 2021): (1) zero-shot recall@1 falls as FID rises, for every method (interval of the
-  last-minus-first-level difference, and of Spearman's rho of recall@1 vs FID); (2) few-shot adaptation helps
-  more at larger shifts (gain = adapted minus the same source model unadapted on the same k-shot queries; interval
-  of the gain at the last level minus the gain at the first); (3) SEC and diversified mutual learning raise
+  last-minus-first-level difference; Spearman's rho of recall@1 vs FID as a point estimate); (2) few-shot adaptation
+  helps more at larger shifts (gain = adapted minus the same source model unadapted on the same k-shot queries;
+  interval of the gain at the last level minus the gain at the first); (3) SEC and diversified mutual learning raise
   recall@1 (add-on minus plain method, mean over levels, k = 0).
 - `scott` (Scott et al. 2018): the adapted embeddings reduce the error (1 - n-way accuracy) relative to the best of
   the four single families, by 34% on average in the paper (interval of the accuracy difference best hybrid minus
-  best single family on the same episodes). In the `*_paper` split files each level is one replication (a fresh
-  draw of source and target classes, as their code's `--replications`): the replications are pooled as the units
-  of one level, so that the interval resamples them.
+  best single family over the training runs). In the `*_paper` split files each level is one replication (a fresh
+  draw of source and target classes, refitted, as their code's `--replications`): each is one training run.
 
 Usage:
     python baselines/claims.py oodml results/oodml_cub200_subset/cub200/all.csv
@@ -92,11 +92,6 @@ def basis(frame: pd.DataFrame) -> str:
     return f"{seeds} x {int(per)} {kind}"
 
 
-def resolvable(frame: pd.DataFrame) -> bool:
-    """False when an interval would be degenerate: no unit values and fewer than 2 seeds to resample."""
-    return not frame.empty and (not bool(frame["pseudo"].all()) or frame["seed"].nunique() >= 2)
-
-
 def verdict(low: float, high: float, direction: int) -> str:
     """`reproduces` when [low, high] excludes 0 on the paper's side (`direction` +1: above, -1: below),
     `contradicts` when it excludes 0 on the other side, `inconclusive` otherwise (or without an interval)."""
@@ -109,8 +104,10 @@ def verdict(low: float, high: float, direction: int) -> str:
     return "inconclusive"
 
 
-def _ci(reps: np.ndarray) -> str:
-    lo, hi = st.percentile_interval(np.asarray(reps, float))
+def _ci(e: st.Estimate | tuple[float, float]) -> str:
+    lo, hi = (e.low, e.high) if isinstance(e, st.Estimate) else e
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "—"
     return f"[{float(lo):+.3f}, {float(hi):+.3f}]"
 
 
@@ -120,24 +117,20 @@ def _table(rows: list[list[object]], header: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def _spearman(fids: np.ndarray, reps: np.ndarray) -> np.ndarray:
-    """Spearman's rho of each replicate's level values (rows of `reps`: levels x replicates) against the FIDs."""
-    rx = rankdata(fids)
-    ry = rankdata(reps, axis=0)
-    rx, ry = rx - rx.mean(), ry - ry.mean(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (rx @ ry) / np.sqrt((rx @ rx) * (ry * ry).sum(axis=0))
+def _spearman(fids: np.ndarray, values: np.ndarray) -> float:
+    """Spearman's rho of level values against the FIDs (a point estimate: the verdict rests on the change)."""
+    rx, ry = rankdata(fids), rankdata(values)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    den = float(np.sqrt((rx @ rx) * (ry @ ry)))
+    return float(rx @ ry) / den if den > 0 else float("nan")
 
 
-def replicates(frame: pd.DataFrame, n_boot: int, series: str = "method") -> tuple[st.UnitGrid, np.ndarray, np.ndarray]:
-    """(grid, level values, bootstrap replicates) of each series of a unit frame; NaN replicates for a series
-    without anything to resample (`resolvable`)."""
-    grid = st.unit_grid(frame, series=series)
-    point, reps = st.level_means(grid), st.bootstrap_levels(grid, n_boot)
-    for i, name in enumerate(grid.series):
-        if not resolvable(frame[frame[series] == name]):
-            reps[i] = np.nan
-    return grid, point, reps
+def _level_contrast(y: np.ndarray, first: int, last: int) -> st.Estimate:
+    """Seed-level estimate of y[last] - y[first] (y: level x seed)."""
+    c = np.zeros(y.shape[0])
+    c[first] -= 1.0
+    c[last] += 1.0
+    return st.contrast(y, c)
 
 
 def addon_verdict(addon: str, plain: str, low: float, high: float) -> str:
@@ -150,7 +143,7 @@ def addon_verdict(addon: str, plain: str, low: float, high: float) -> str:
 
 
 def oodml_claims(path: str, n_boot: int = BOOTSTRAP) -> str:
-    """Markdown tables for the three ooDML claims, each row with its interval and verdict."""
+    """Markdown tables for the three ooDML claims, each row with its seed-level interval and verdict."""
     tables = read_all(path)
     agg = tables[0][tables[0]["metric"] == "recall@1"]
     fids = agg.groupby("split_level")["split_fid"].first()
@@ -158,20 +151,19 @@ def oodml_claims(path: str, n_boot: int = BOOTSTRAP) -> str:
     zero = frame_of(tables, 0, "recall@1")
     rows: list[list[object]] = []
     if not zero.empty:
-        grid, point, reps = replicates(zero, n_boot)
-        x = fids.reindex(grid.levels).to_numpy(float)
-        lo, hi = grid.levels[0], grid.levels[-1]
-        for i, m in enumerate(grid.series):
-            change = reps[i, -1] - reps[i, 0]
-            c_lo, c_hi = st.percentile_interval(change)
-            rho = _spearman(x, reps[i])
-            rho_point = float(_spearman(x, point[i][:, None])[0])
-            rows.append([m, float(point[i, 0]), float(point[i, -1]), float(point[i, -1] - point[i, 0]), _ci(change),
-                         rho_point, _ci(rho), basis(zero[zero["method"] == m]), verdict(float(c_lo), float(c_hi), -1)])
-        out += [f"Claim 1: zero-shot recall@1 falls as FID rises (level {lo} -> {hi}); verdict from the 95% interval "
-                f"of the change L{hi} - L{lo}\n",
+        names, levels, _, y = iv.seed_table(zero)
+        x = fids.reindex(levels).to_numpy(float)
+        lo, hi = levels[0], levels[-1]
+        for i, m in enumerate(names):
+            point = np.nanmean(y[i], axis=-1)
+            change = _level_contrast(y[i], 0, len(levels) - 1)
+            rows.append([m, float(point[0]), float(point[-1]), float(change.estimate), _ci(change),
+                         _spearman(x, point), basis(zero[zero["method"] == m]),
+                         verdict(float(change.low), float(change.high), -1)])
+        out += [f"Claim 1: zero-shot recall@1 falls as FID rises (level {lo} -> {hi}); verdict from the 95% seed-level "
+                f"t interval of the change L{hi} - L{lo}\n",
                 _table(rows, ["method", f"R@1 L{lo}", f"R@1 L{hi}", "change", "95% CI", "Spearman rho (R@1 vs FID)",
-                              "rho 95% CI", "basis", "verdict"])]
+                              "basis", "verdict"])]
     rows = []
     ks = sorted(int(k) for k in agg["k_shot"].unique() if k > 0)
     families = agg.groupby("method")["method_family"].first().to_dict()
@@ -184,18 +176,17 @@ def oodml_claims(path: str, n_boot: int = BOOTSTRAP) -> str:
         if not pairs:
             continue
         diffs = iv.paired_frame(frame, pairs)
-        grid, point, reps = replicates(diffs, n_boot, series="pair")
-        lo, hi = grid.levels[0], grid.levels[-1]
-        for i, m in enumerate(grid.series):
-            trend = reps[i, -1] - reps[i, 0]
-            t_lo, t_hi = st.percentile_interval(trend)
-            rows.append([m, k, pairs[m][1], float(point[i, 0]), _ci(reps[i, 0]), float(point[i, -1]),
-                         _ci(reps[i, -1]), float(point[i, -1] - point[i, 0]), _ci(trend),
-                         basis(diffs[diffs["pair"] == m].assign(method=m)), verdict(float(t_lo), float(t_hi), +1)])
+        names, levels, _, y = iv.seed_table(diffs, series="pair")
+        for i, m in enumerate(names):
+            first, last = st.contrast(y[i][:1], np.ones(1)), st.contrast(y[i][-1:], np.ones(1))
+            trend = _level_contrast(y[i], 0, len(levels) - 1)
+            rows.append([m, k, pairs[m][1], float(first.estimate), _ci(first), float(last.estimate), _ci(last),
+                         float(trend.estimate), _ci(trend), basis(diffs[diffs["pair"] == m].assign(method=m)),
+                         verdict(float(trend.low), float(trend.high), +1)])
     if rows:
         out += [f"\n\nClaim 2: few-shot gain is larger at the last level than at the first. Gain = R@1 of the adapted "
                 "method minus its unadapted source model on the same k-shot queries (same seeds and episodes); "
-                "verdict from the 95% interval of gain(last) - gain(first)\n",
+                "verdict from the 95% seed-level t interval of gain(last) - gain(first)\n",
                 _table(rows, ["method", "k", "unadapted", "gain first", "95% CI", "gain last", "95% CI",
                               "last - first", "95% CI", "basis", "verdict"])]
     rows = []
@@ -203,17 +194,15 @@ def oodml_claims(path: str, n_boot: int = BOOTSTRAP) -> str:
         present = set(zero["method"].unique())
         pairs = {f"{add} - {base}": (add, base) for base, add in ADDONS + CONTROLS
                  if base in present and add in present}
-        d = iv.paired_differences(zero, pairs, fids.to_dict(), n_boot, seeds_only=True)
+        d = iv.paired_differences(zero, pairs, fids.to_dict(), n_boot)
         for r in d[d["split_level"].isna()].itertuples():
-            if not resolvable(zero[zero["method"].isin([r.method_a, r.method_b])]):
-                r = r._replace(ci_low=np.nan, ci_high=np.nan, p=np.nan)
             rows.append([r.method_a, r.method_b, float(r.mean_b), float(r.mean_a), float(r.diff),
-                         f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}]", f"{r.p:.2g}",
+                         _ci((r.ci_low, r.ci_high)), f"{r.p:.2g}" if np.isfinite(r.p) else "—",
                          basis(zero[zero["method"] == r.method_a]), addon_verdict(r.method_a, r.method_b,
                                                                                   float(r.ci_low), float(r.ci_high))])
     if rows:
         out += ["\n\nClaim 3: add-ons raise zero-shot recall@1 (mean over levels; paired on the same seeds and test "
-                "classes; p: sign-flip permutation test)\n",
+                "classes; 95% seed-level t interval; p: paired t test over seeds)\n",
                 _table(rows, ["add-on", "plain", "R@1 plain", "R@1 add-on", "difference", "95% CI", "p", "basis",
                               "verdict"])]
     return "\n".join(out)
@@ -239,46 +228,56 @@ def scott_records(paths: Sequence[str], labels: Sequence[str],
     return out
 
 
-def pool_replications(frame: pd.DataFrame) -> pd.DataFrame:
-    """A unit frame whose levels are replications (Scott et al.'s task draws) as one level whose units are the
-    (replication, unit) pairs, so that the bootstrap resamples replications; a frame of one level is returned as is.
-    Pseudo-units (a seed's aggregate) stay pseudo, one per replication."""
-    if frame.empty or frame["split_level"].nunique() <= 1:
-        return frame
-    out = frame.copy()
-    codes, _ = pd.factorize(pd.MultiIndex.from_arrays([out["split_level"], out["unit"]]), sort=True)
-    real = ~out["pseudo"].to_numpy(bool)
-    episodes = bool(real.any()) and bool((out["unit"].to_numpy()[real] >= iv.EPISODE_CODES).all())
-    out["unit"] = codes.astype(np.int64) + (iv.EPISODE_CODES if episodes else 0)
-    out["split_level"] = int(out["split_level"].min())
-    return out
+def replication_estimate(frame: pd.DataFrame, a: str, b: str) -> tuple[st.Estimate, str]:
+    """The accuracy difference a - b with the training run as the replication unit: each (level, seed) is one
+    source fit (in the `*_paper` split files each level is a replication, a fresh draw of source and target classes
+    refitted, as their code's `--replications`), so the interval is a t interval over those fits. With a single fit
+    there is no interval on training variance: the second value then holds an episodes-only interval, labelled so.
+
+    Returns:
+        (estimate over the fits, the episodes-only interval text for a single fit, else "").
+    """
+    diffs = iv.paired_frame(frame, {"d": (a, b)})
+    if diffs.empty:
+        return st.contrast(np.full((1, 1), np.nan), np.ones(1)), ""
+    _, _, _, y = iv.seed_table(diffs, series="pair")
+    fits = y[0].reshape(1, -1)  # every (level, seed) is a fit
+    fits = fits[:, np.isfinite(fits[0])]
+    e = st.contrast(fits, np.ones(1))
+    if int(e.n_seeds) >= 2:
+        return e, ""
+    real = diffs[~diffs["pseudo"].astype(bool)]
+    if len(real) < 2:
+        return e, ""
+    units = st.contrast(real["value"].to_numpy(float)[None, :], np.ones(1))  # the units as if they were fits
+    return e, f"episodes only {_ci(units)}"
 
 
 def scott_claims(paths: Sequence[str], labels: Sequence[str], n_boot: int = BOOTSTRAP,
                  families: Sequence[str] = FAMILIES) -> str:
     """Markdown table: error of the best single family (among `families`; without `baseline` the reference is the
     transfer, metric-learning and few-shot families the paper compares against) vs the best hybrid per (study, k),
-    relative reduction, and the 95% interval of the accuracy difference hybrid minus single on the same episodes
-    with its verdict."""
+    relative reduction, and the 95% t interval of the accuracy difference hybrid minus single over the training runs
+    (seeds, or the replications of a `*_paper` study) with its verdict; a single run gets no verdict, and its
+    episodes-only interval is labelled as such."""
     recs = scott_records(paths, labels, families)
     tables = {label: read_all(path) for path, label in zip(paths, labels)}
     rows = []
     for r in recs:
-        frame = pool_replications(frame_of(tables[str(r["study"])], int(r["k"]), "accuracy"))
-        d = iv.paired_differences(frame, {"d": (str(r["hybrid"]), str(r["single"]))}, {}, n_boot, seeds_only=True)
-        over = d[d["split_level"].isna()]
-        lo, hi = (float(over["ci_low"].iloc[0]), float(over["ci_high"].iloc[0])) if len(over) else (np.nan, np.nan)
-        if not resolvable(frame[frame["method"].isin([r["hybrid"], r["single"]])]):
-            lo, hi = np.nan, np.nan
+        frame = frame_of(tables[str(r["study"])], int(r["k"]), "accuracy")
+        e, units = replication_estimate(frame, str(r["hybrid"]), str(r["single"]))
+        n = int(e.n_seeds)
+        shown = _ci(e) if n >= 2 else f"— ({st.ONE_SEED}{'; ' + units if units else ''})"
         rows.append([r["study"], r["k"], r["single"], r["e_single"], r["hybrid"], r["e_hybrid"],
-                     f"{100 * float(r['reduction']):.0f}%", f"[{lo:+.3f}, {hi:+.3f}]",
-                     basis(frame[frame["method"] == r["hybrid"]]), verdict(lo, hi, +1)])
+                     f"{100 * float(r['reduction']):.0f}%", shown, f"{n} run{'s' if n != 1 else ''}",
+                     verdict(float(e.low), float(e.high), +1) if n >= 2 else "inconclusive (1 run)"])
     reds = [float(r["reduction"]) for r in recs]
     mean = sum(reds) / len(reds) if reds else float("nan")
     return (_table(rows, ["study", "k", "best single family", "its error", "best hybrid", "its error",
                           "error reduction", "accuracy difference 95% CI", "basis", "verdict"])
             + f"\n\nMean error reduction over these settings: {100 * mean:.0f}% (paper: 34% on average); a verdict "
-            "is \"reproduces\" when the hybrid's accuracy is higher than the single family's with the interval above 0")
+            "is \"reproduces\" when the hybrid's accuracy is higher than the single family's with the 95% t interval "
+            "over the training runs above 0")
 
 
 #: study-name suffix -> how the variant differs from the pixel-MLP study with fixed adaptation steps

@@ -78,7 +78,7 @@ def test_claims_error_reduction_and_trend(tmp_path: Path) -> None:
     pd.DataFrame([_rows(m, 1, 5, v, "accuracy") for m, v in acc.items()]).to_csv(path, index=False)
     out = claims.scott_claims([str(path)], ["s"])
     assert "weight_transfer | 0.300 | adapted_proto | 0.200 | 33%" in out  # (0.3 - 0.2) / 0.3
-    assert "| 1 seed (no unit values) | inconclusive (no interval) |" in out  # one seed, no episodes
+    assert "| — (1 seed: training variance not estimated) | 1 run | inconclusive (1 run) |" in out
     # the dot plot: one point per (task, k) and variant; the same input gives the same bytes
     recs = claims.scott_records([str(path)] * 2, ["scott2018_x", "scott2018_x_plateau"])
     assert [(r["study"], r["k"], round(float(r["reduction"]), 3)) for r in recs] == [
@@ -96,9 +96,9 @@ def test_claims_error_reduction_and_trend(tmp_path: Path) -> None:
     path2 = tmp_path / "oodml.csv"
     pd.DataFrame(rows).to_csv(path2, index=False)
     text = claims.oodml_claims(str(path2))
-    assert "| margin | 0.800 | 0.700 | -0.100 | [+nan, +nan] | -1.000 |" in text
-    assert "| margin+sec | margin | 0.750 | 0.800 | 0.050 | [+nan, +nan] | nan |" in text
-    assert text.count("inconclusive (no interval)") == 3  # one seed and no unit rows: nothing to resample
+    assert "| margin | 0.800 | 0.700 | -0.100 | — | -1.000 |" in text
+    assert "| margin+sec | margin | 0.750 | 0.800 | 0.050 | — | — |" in text
+    assert text.count("inconclusive (no interval)") == 3  # one seed: no interval on training variance
     # with unit rows (classes, 3 seeds): the add-on's +0.05 on every class is resolved, the fall too
     rng = np.random.default_rng(0)
     rows = []
@@ -113,12 +113,22 @@ def test_claims_error_reduction_and_trend(tmp_path: Path) -> None:
     text = claims.oodml_claims(str(path3), n_boot=500)
     assert "| margin+sec | margin |" in text and "| 3 seeds x 8 classes | reproduces |" in text
     assert text.count("reproduces") == 3  # both methods fall with FID; the add-on raises recall@1
+    # the same per-class values but a seed effect on the add-on that dwarfs its mean gain: seed-level, unresolved
+    rows = []
+    for s, seed_shift in zip(range(3), (-0.05, 0.02, 0.12)):
+        for lv in (1, 2, 3):
+            cls = rng.uniform(0.5, 0.9, 8)
+            rows += _class_rows("margin", lv, s, cls - 0.1 * lv)
+            rows += _class_rows("margin+sec", lv, s, cls - 0.1 * lv + seed_shift)
+    pd.DataFrame(rows).to_csv(path3, index=False)
+    line = next(x for x in claims.oodml_claims(str(path3)).splitlines() if x.startswith("| margin+sec | margin |"))
+    assert line.endswith("| inconclusive |") and "| 0.030 |" in line
 
 
 
-def test_scott_claims_resample_replications(tmp_path: Path) -> None:
-    # Scott et al.'s protocol: one seed, each level a replication holding one task (one episode). Per level nothing
-    # can be resampled; pooled, the 6 replications are the units: the hybrid's +0.1 on each gives an interval
+def test_scott_claims_take_replications_as_training_runs(tmp_path: Path) -> None:
+    # Scott et al.'s protocol: one seed, each level a replication (its own source fit) holding one task (one
+    # episode). Each replication is a training run: the hybrid's +0.1 (+- 0.01) on each of 6 gives a t interval
     claims = _load("claims")
     rng = np.random.default_rng(2)
     rows = []
@@ -130,12 +140,18 @@ def test_scott_claims_resample_replications(tmp_path: Path) -> None:
     path = tmp_path / "paper.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     frame = claims.frame_of(claims.read_all(str(path)), 5, "accuracy")
-    pooled = claims.pool_replications(frame)
-    assert pooled["split_level"].nunique() == 1 and pooled.groupby("method")["unit"].nunique().tolist() == [6, 6]
-    assert claims.pool_replications(pooled).equals(pooled)  # one level: unchanged
-    out = claims.scott_claims([str(path)], ["s"], n_boot=500)
+    e, units = claims.replication_estimate(frame, "adapted_proto", "protonet")
+    assert int(e.n_seeds) == 6 and units == "" and 0.07 < float(e.low) < 0.1 < float(e.high) < 0.12
+    out = claims.scott_claims([str(path)], ["s"])
     row = next(line for line in out.splitlines() if line.startswith("| s | 5 |"))
-    assert "| 1 seed x 6 episodes | reproduces |" in row
+    assert "| 6 runs | reproduces |" in row
+    # one run with 10 episodes: no verdict; the episodes-only interval is labelled as such
+    rows = [{**_rows(m, 1, 5, v, "accuracy"), "method_family": "fewshot", **({"episode": e} if e >= 0 else {})}
+            for e in range(-1, 10) for m, v in (("protonet", 0.6), ("adapted_proto", 0.7 + 0.001 * e))]
+    pd.DataFrame(rows).to_csv(path, index=False)
+    row = next(line for line in claims.scott_claims([str(path)], ["s"]).splitlines() if line.startswith("| s | 5 |"))
+    assert "— (1 seed: training variance not estimated; episodes only [+" in row
+    assert row.endswith("| 1 run | inconclusive (1 run) |")
 
 
 def test_claims_judge_mutual_learning_against_the_ensemble_control(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 Per dataset, under `<results>/<dataset>/`: `all.csv`, `levels.csv`, `leaderboard_k<k>.csv`, `curves_<metric>.png/.svg`,
 `gain_<metric>.png/.svg` and `.csv` (few-shot gain), `error_reduction.csv`, `report.md`, `report.html`.
-Intervals and p-values come from a bootstrap with a fixed seed, so the same store gives byte-identical files.
+Intervals and p-values are seed-level t intervals and t tests (no random resampling below 21 seeds), so the same
+store gives byte-identical files.
 Every column is documented in docs/results.md.
 """
 
@@ -64,7 +65,8 @@ def build_report(*, results: Path, metric: str | None = None, bootstrap: int = D
     Args:
         results: the folder `oodml run --results` wrote.
         metric: the leaderboard metric for every k; None: recall@1, or accuracy at a k without recall.
-        bootstrap: bootstrap replicates (and Monte Carlo sign patterns) per interval and p-value; 0: none.
+        bootstrap: Monte Carlo sign patterns of the seed-level permutation test beyond 20 seeds (fewer seeds are
+            enumerated exactly; the intervals are analytic).
 
     Returns:
         Every written path (the report.md and report.html of each dataset last); their folders are also logged.
@@ -90,7 +92,7 @@ def build_report(*, results: Path, metric: str | None = None, bootstrap: int = D
 
 
 def aggregate(store: Store, dataset: str, metric: str | None, bootstrap: int = DEFAULT_BOOTSTRAP) -> DatasetTables:
-    """All tables of one dataset (no files written); `bootstrap`: replicates per interval (0: no intervals)."""
+    """All tables of one dataset (no files written); `bootstrap`: Monte Carlo sign patterns beyond 20 seeds."""
     rows = store.rows[store.rows["dataset"] == dataset].reset_index(drop=True)
     cells = store.cells[store.cells["dataset"] == dataset].reset_index(drop=True)
     units = store.units[store.units["dataset"] == dataset].reset_index(drop=True)
@@ -109,13 +111,13 @@ def aggregate(store: Store, dataset: str, metric: str | None, bootstrap: int = D
         fams = ran[ran["k_shot"] == k].groupby("method")["method_family"].first()
         iv.coverage_notes(frames[k], k, coverage)
         boards[k] = leaderboard(stats, seeds, levels, errors, k=k, metric=m,
-                                methods={str(a): str(b) for a, b in fams.items()}, frame=frames[k], n_boot=bootstrap)
+                                methods={str(a): str(b) for a, b in fams.items()}, frame=frames[k])
     stats = level_stats(seeds, _level_ci(boards, metric_by_k))
     gain_metric = metric if metric is not None else metric_by_k.get(0, "recall@1")
     families = {str(a): str(b) for a, b in ran.groupby("method")["method_family"].first().items()}
     gain_frames = {k: frames[k] if metric_by_k.get(k) == gain_metric else
                    iv.unit_frame(units, seeds, k=k, metric=gain_metric) for k in ks if k > 0}
-    gain = few_shot_gain({k: f for k, f in gain_frames.items() if len(f)}, families, levels, gain_metric, bootstrap)
+    gain = few_shot_gain({k: f for k, f in gain_frames.items() if len(f)}, families, levels, gain_metric)
     return DatasetTables(dataset, rows, cells, grid, errors, levels, stats, metric_by_k, boards, gain,
                          gain_metric if len(gain) else None, error_reduction(stats, levels, metric_by_k), units,
                          coverage, bootstrap)
@@ -163,23 +165,22 @@ def write_dataset(t: DatasetTables, out: Path) -> list[Path]:
     for m in sorted(set(t.metric_by_k.values())):
         panels = {_panel_title(k): curves.metric_series(t.stats, t.levels, k=k, metric=m)
                   for k in sorted(t.metric_by_k) if ((t.stats["k_shot"] == k) & (t.stats["metric"] == m)).any()}
-        band = _band_note(panels, "95% bootstrap band over seeds and units")
+        band = _band_note(panels, "95% seed-level t band")
         fig = curves.build_figure(panels, t.levels, ylabel=m, title=f"{t.dataset}: {m} vs. shift ({band})")
         paths = curves.save_figure(fig, out / f"curves_{safe_name(m)}")
         written += paths
         figures.append((paths[1], f"{m} vs. FID of the split level, one panel per k, "
-                                  + _band_note(panels, "95% hierarchical bootstrap band (seeds, then episodes or test "
-                                                       "classes)")))
+                                  + _band_note(panels, "95% seed-level t band (the seeds are the replication unit)")))
     if t.gain_metric:
         panels = {_panel_title(int(k)): curves.gain_series(t.gain, k=int(k)) for k in sorted(t.gain["k_shot"].unique())}
         fig = curves.build_figure(panels, t.levels, ylabel=f"{t.gain_metric}: adapted minus unadapted",
-                                  title=f"{t.dataset}: few-shot gain vs. shift ({_band_note(panels, '95% bootstrap band')})",
+                                  title=f"{t.dataset}: few-shot gain vs. shift ({_band_note(panels, '95% seed-level t band')})",
                                   unit_range=False, zero_line=True)
         paths = curves.save_figure(fig, out / f"gain_{safe_name(t.gain_metric)}")
         written += [*paths, _csv(t.gain, out / f"gain_{safe_name(t.gain_metric)}.csv")]
         figures.append((paths[1], f"few-shot gain: {t.gain_metric} of each adapted method minus its unadapted "
                                   "source model on the same k-shot queries, vs. FID, "
-                                  + _band_note(panels, "95% bootstrap band")))
+                                  + _band_note(panels, "95% seed-level t band")))
     blocks = report_blocks(t, figures)
     title = f"oodml report: {t.dataset}"
     for name, render in (("report.md", doc.render_markdown), ("report.html", doc.render_html)):
@@ -193,7 +194,7 @@ def _band_note(panels: dict[str, list[curves.Series]], band: str) -> str:
     have = [bool(np.isfinite(s.lo).any()) for lines in panels.values() for s in lines]
     if all(have):
         return band
-    why = "no per-unit values in the cell files"
+    why = "one seed: training variance not estimated"
     return f"no band: {why}" if not any(have) else f"{band}; none on the lines without intervals: {why}"
 
 
@@ -274,15 +275,17 @@ def report_blocks(t: DatasetTables, figures: list[tuple[Path, str]]) -> list[doc
     blocks.append(doc.heading("Leaderboards"))
     blocks.append(doc.text("Rows sorted by `mean` (over levels of the mean over seeds); equal means share a rank; "
                            "`auc` is the area under the metric-vs-FID curve divided by the FID range. Each value is "
-                           "printed as `mean [low, high]`, its 95% hierarchical percentile bootstrap interval "
-                           f"({t.n_boot} resamples of the seeds, then of the episodes (k > 0) or test classes "
-                           "(k = 0) within each seed). `p vs best (Holm)`: paired sign-flip permutation test of "
-                           "the mean over levels against the rank-1 method on the same units, Holm-adjusted over "
-                           "the methods; `≈` marks a method not distinguishable from rank 1 at 0.05. Error cells "
-                           "are counted in `errors`, never averaged; `(n=..)` marks a level with fewer seeds; "
-                           "`(i/n levels)` marks a mean (and auc) over only the levels that have values."))
+                           "printed as `mean [low, high]`, its 95% seed-level t interval: the seed (one source fit "
+                           "per level) is the replication unit, each seed's value already averages its episodes "
+                           "(k > 0) or test classes (k = 0), and the interval has seeds - 1 degrees of freedom "
+                           "(`n_seeds` says how many; 1 seed: no interval, training variance not estimated). "
+                           "`p vs best (Holm)`: paired t test over seeds of the mean over levels against the rank-1 "
+                           "method, Holm-adjusted over the methods; `≈` marks a method not distinguishable from "
+                           "rank 1 at 0.05. Error cells are counted in `errors`, never averaged; `(n=..)` marks a "
+                           "level with fewer seeds; `(i/n levels)` marks a mean (and auc) over only the levels that "
+                           "have values."))
     if t.coverage.lines():
-        blocks.append(doc.text("Values without an interval (the mean is still exact):"))
+        blocks.append(doc.text("Values on few seeds (the mean is still exact):"))
         blocks.append(doc.bullet_list(t.coverage.lines()))
     if not t.leaderboards:
         blocks.append(doc.text("Nothing to rank: no cell of this dataset finished with `ok` or `error`."))

@@ -1,5 +1,5 @@
-"""`oodml compare A B`: the paired difference A - B per level and over levels, with its bootstrap interval, a
-sign-flip permutation p-value and Holm's adjustment over the levels (issue 17, SPEC §4).
+"""`oodml compare A B`: the paired difference A - B per level and over levels, with its seed-level 95% t interval,
+the paired t test over seeds, Holm's adjustment over the levels, and one verdict line (docs/results.md).
 
 Pairing is by construction: the methods of one level share the split file's test classes and episodes, so the
 difference is taken on the same (seed, episode) or (seed, class) units. Cells that are not paired that way (another
@@ -17,29 +17,30 @@ import pandas as pd
 
 from oodml.errors import OodmlError, check_name, suggest
 from oodml.io import atomic_write, safe_dir, safe_path
-from oodml.progress import log
-from oodml.report import document as doc, intervals as iv
+from oodml.report import document as doc, intervals as iv, stats as st
 from oodml.report.leaderboard import DEFAULT_METRIC_ORDER, ok_rows, seed_values
 from oodml.report.stats import DEFAULT_BOOTSTRAP
 from oodml.report.store import Store, read_store
 
-#: Columns of `compare_<A>_vs_<B>.csv`.
+#: Columns of `compare_<A>_vs_<B>_<metric>_k<K>.csv`.
 COMPARE_COLUMNS = ("dataset", "metric", "k_shot", "level", "fid", "method_a", "method_b", "n_seeds", "n_units",
-                   "mean_a", "mean_b", "diff", "ci_low", "ci_high", "p", "p_holm")
+                   "mean_a", "mean_b", "diff", "se", "ci_low", "ci_high", "p", "p_holm", "p_flip", "note")
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """One dataset's comparison table and the file it was written to."""
+    """One dataset's comparison at one k: its table, its verdict line and the file it was written to."""
 
     dataset: str
     table: pd.DataFrame
     path: Path
+    verdict: str
 
 
 def compare_command(*, results: Path, a: str, b: str, ks: tuple[int, ...] | None = None, metric: str | None = None,
                     levels: tuple[int, ...] | None = None, bootstrap: int = DEFAULT_BOOTSTRAP) -> list[Comparison]:
-    """Compare two methods of a results folder and write `<results>/<dataset>/compare_<A>_vs_<B>.csv`.
+    """Compare two methods of a results folder and write `<results>/<dataset>/compare_<A>_vs_<B>_<metric>_k<K>.csv`
+    per k.
 
     Args:
         results: the folder `oodml run --results` wrote.
@@ -48,10 +49,10 @@ def compare_command(*, results: Path, a: str, b: str, ks: tuple[int, ...] | None
         ks: shot counts to compare (None: every k both methods have).
         metric: the metric (None: recall@1 where both have it, else accuracy).
         levels: split levels to compare (None: every level either method has; all must be paired).
-        bootstrap: bootstrap replicates and Monte Carlo sign patterns.
+        bootstrap: Monte Carlo sign patterns of the permutation test beyond 20 seeds (fewer: exact).
 
     Returns:
-        One comparison per dataset that holds both methods.
+        One comparison per dataset that holds both methods and per k.
 
     Raises:
         OodmlError: unknown method or metric, a k or level one method lacks, or unpaired cells.
@@ -69,15 +70,18 @@ def compare_command(*, results: Path, a: str, b: str, ks: tuple[int, ...] | None
     out = []
     for dataset in datasets:
         table = _compare_dataset(store, dataset, a, b, ks, metric, levels, bootstrap)
-        path = safe_path(safe_dir(results, check_name(dataset, "dataset")), f"compare_{_safe(a)}_vs_{_safe(b)}.csv")
-        with atomic_write(path) as f:  # never through a link (oodml.io)
-            table.to_csv(f, index=False, lineterminator="\n")
-        out.append(Comparison(dataset, table, path))
+        for k, part in table.groupby("k_shot", sort=True):
+            part = part.reset_index(drop=True)
+            name = f"compare_{_safe(a)}_vs_{_safe(b)}_{_safe(str(part['metric'].iloc[0]))}_k{int(k)}.csv"
+            path = safe_path(safe_dir(results, check_name(dataset, "dataset")), name)
+            with atomic_write(path) as f:  # never through a link (oodml.io)
+                part.to_csv(f, index=False, lineterminator="\n")
+            out.append(Comparison(dataset, part, path, verdict_line(part)))
     return out
 
 
 def _safe(name: str) -> str:
-    return re.sub(r"[^\w.+=\[\]-]", "_", name)
+    return re.sub(r"[^\w.+=@\[\]-]", "_", name)
 
 
 def _compare_dataset(store: Store, dataset: str, a: str, b: str, ks: tuple[int, ...] | None, metric: str | None,
@@ -105,16 +109,13 @@ def _compare_dataset(store: Store, dataset: str, a: str, b: str, ks: tuple[int, 
         frame = frame[frame["method"].isin([a, b])]
         frame = _paired_levels(frame, rows[(rows["k_shot"] == k) & (rows["metric"] == m)], a, b, k, levels, dataset,
                                iv.unit_labels(units, k=k, metric=m))
-        if frame["pseudo"].any():
-            log(f"compare: {dataset} k={k}: some cells hold no per-unit values; those levels get no interval "
-                f"({iv.NO_UNITS})")
         d = iv.paired_differences(frame, {f"{a} - {b}": (a, b)}, fids, bootstrap)
         parts.append(pd.DataFrame({
             "dataset": dataset, "metric": m, "k_shot": k,
             "level": [str(int(v)) if pd.notna(v) else "all" for v in d["split_level"]], "fid": d["fid"],
             "method_a": a, "method_b": b, "n_seeds": d["n_seeds"], "n_units": d["n_units"], "mean_a": d["mean_a"],
-            "mean_b": d["mean_b"], "diff": d["diff"], "ci_low": d["ci_low"], "ci_high": d["ci_high"], "p": d["p"],
-            "p_holm": d["p_holm"]}))
+            "mean_b": d["mean_b"], "diff": d["diff"], "se": d["se"], "ci_low": d["ci_low"], "ci_high": d["ci_high"],
+            "p": d["p"], "p_holm": d["p_holm"], "p_flip": d["p_flip"], "note": d["note"]}))
     return pd.concat(parts, ignore_index=True)[list(COMPARE_COLUMNS)]
 
 
@@ -211,3 +212,37 @@ def render(comparison: Comparison) -> str:
     lines.append("  ".join(str(c).rjust(w) for c, w in zip(shown.columns, widths)))
     lines += ["  ".join(str(v).rjust(w) for v, w in zip(row, widths)) for row in shown.astype(str).to_numpy()]
     return "\n".join(lines)
+
+
+def verdict_line(table: pd.DataFrame) -> str:
+    """What the intervals of one comparison (one k) support, in one line that agrees with its p-values: the row over
+    levels decides (its 95% t interval excludes 0 exactly when its t test has p < 0.05), and the levels resolved after
+    Holm's adjustment are named."""
+    a, b = str(table["method_a"].iloc[0]), str(table["method_b"].iloc[0])
+    k = int(table["k_shot"].iloc[0])
+    over = table[table["level"] == "all"].iloc[0]
+    per = table[table["level"] != "all"]
+    n = int(over["n_seeds"])
+    where = f"k={k}, {over['metric']}, {len(per)} level{'s' if len(per) != 1 else ''}, {n} seed{'s' if n != 1 else ''}"
+    if n < 2 or not np.isfinite(over["ci_low"]):
+        return (f"verdict ({where}): no interval, {st.seed_note(n) or 'no seed-level spread'}; the difference "
+                f"{over['diff']:+.4f} is not a finding")
+    p = doc.fmt_p(over["p"])
+    interval = f"{over['diff']:+.4f} [{over['ci_low']:+.4f}, {over['ci_high']:+.4f}], p{'' if p[0] == '<' else '='}{p}"
+    up = per[(per["p_holm"] < st.ALPHA) & (per["diff"] > 0)]["level"].tolist()
+    down = per[(per["p_holm"] < st.ALPHA) & (per["diff"] < 0)]["level"].tolist()
+    if over["ci_low"] > 0 or over["ci_high"] < 0:
+        hi, lo = (a, b) if over["ci_low"] > 0 else (b, a)
+        head = f"{hi} > {lo} over levels ({interval})"
+        same = up if hi == a else down
+        if len(per) > 1:
+            head += ("; at every level (Holm)" if len(same) == len(per) else
+                     f"; resolved at level(s) {', '.join(same)} of {len(per)} (Holm)" if same else
+                     "; at no single level after Holm's adjustment")
+    else:
+        head = f"no resolved difference over levels ({interval}: the interval includes 0)"
+        if up or down:
+            head += "; yet resolved at " + "; ".join(
+                f"level(s) {', '.join(lv)}: {x} > {y}" for lv, x, y in ((up, a, b), (down, b, a)) if lv) + " (Holm)"
+    note = f"; {st.seed_note(n)}" if n == 2 else ""
+    return f"verdict ({where}): {head}{note}"

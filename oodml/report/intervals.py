@@ -1,9 +1,11 @@
-"""Intervals and paired tests for the report's tables (issue 17), from the store's per-unit values.
+"""Seed-level intervals and paired tests for the report's tables, from the store's per-seed values.
 
-`unit_frame` turns the stored units of one (k, metric) into the long table `oodml.report.stats` works on; a
-(method, level, seed) whose cell file has no per-unit values (written before oodml stored them) enters as one
-pseudo-unit, its aggregate: it keeps every mean exact, and every interval or p-value that would rest on it is left
-empty and named in `Coverage.notes`.
+`unit_frame` turns the stored units of one (k, metric) into the long table the report works on: one row per unit
+(episode or test class) with its weight, and, for a (method, level, seed) whose cell file has no per-unit values
+(written before oodml stored them), one pseudo-unit, its aggregate. Each seed's value is the weighted mean of its
+units (exactly the stored aggregate), and every interval and p-value rests on those per-seed values
+(`oodml.report.stats.contrast`): the seed, one source fit, is the replication unit; the units nested in it only make
+its value what it is. A value on one seed gets no interval (`stats.ONE_SEED`), and the report says so.
 """
 
 from __future__ import annotations
@@ -20,38 +22,35 @@ from oodml.report import stats as st
 FRAME_COLUMNS = ("method", "split_level", "seed", "unit", "value", "weight", "pseudo")
 #: Columns of `paired_differences`.
 DIFF_COLUMNS = ("pair", "method_a", "method_b", "split_level", "fid", "n_seeds", "n_units", "mean_a", "mean_b",
-                "diff", "ci_low", "ci_high", "p", "p_holm")
+                "diff", "se", "ci_low", "ci_high", "p", "p_holm", "p_flip", "note")
 #: Unit codes of episodes start here (class codes below it, -1 for a pseudo-unit): the codes sort as the labels
 #: `c:<class>` < `e:<episode>` do.
 EPISODE_CODES = 1 << 32
-NO_UNITS = ("cell files without per-unit values (written before oodml stored per-episode and per-class values; "
-            "rerun those cells with `oodml run --force`)")
-ONE_UNIT = ("the value rests on a single unit (one seed x one episode or class): a resample of it is itself, so a "
-            "bootstrap interval would have zero width; more seeds or episodes (`make-splits --episodes`) give one")
 
 
 @dataclass
 class Coverage:
-    """Which (k, method, level) have no interval, and why.
+    """Which (k, method, level) rest on too few seeds for an interval, or on two (a t(1) interval).
 
     Attributes:
-        notes: one line per k and method whose levels (some or all) have no interval.
-        uncovered_ks: the ks where no method has an interval at any level for want of per-unit values (named once
-            in `lines`, not per method).
-        single_unit_ks: the ks where every value rests on a single unit (likewise named once).
+        notes: one line per k and method whose levels (some or all) rest on one seed.
+        one_seed_ks: the ks where every value rests on one seed (named once in `lines`, not per method).
+        two_seed_ks: the ks where some value rests on two seeds.
     """
 
     notes: list[str] = field(default_factory=list)
-    uncovered_ks: list[int] = field(default_factory=list)
-    single_unit_ks: list[int] = field(default_factory=list)
+    one_seed_ks: list[int] = field(default_factory=list)
+    two_seed_ks: list[int] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        """The report's lines: one per reason for all wholly uncovered ks, then the per-method notes."""
+        """The report's lines: the wholly one-seed ks, the two-seed ks, then the per-method notes."""
         head = []
-        for ks, why in ((self.uncovered_ks, NO_UNITS), (self.single_unit_ks, ONE_UNIT)):
-            if ks:
-                head.append(f"k = {', '.join(map(str, ks))}: no value has an interval (no method at any level; means "
-                            f"only, and the curves draw no band), {why}")
+        if self.one_seed_ks:
+            head.append(f"k = {', '.join(map(str, self.one_seed_ks))}: no value has an interval ({st.ONE_SEED}: "
+                        "means only, no p-value, and the curves draw no band); run more seeds (`--seeds 0..4`)")
+        if self.two_seed_ks:
+            head.append(f"k = {', '.join(map(str, self.two_seed_ks))}: some values rest on {st.seed_note(2)}: wide "
+                        "by design")
         return head + self.notes
 
 
@@ -127,73 +126,84 @@ def _unit_codes(sub: pd.DataFrame) -> tuple[np.ndarray, dict[int, str]]:
     return codes, labels
 
 
-def pseudo_levels(frame: pd.DataFrame) -> pd.Series:
-    """(method, split_level) -> True where some seed has only its aggregate (no interval there)."""
+def seed_table(frame: pd.DataFrame, series: str = "method") -> tuple[tuple[str, ...], tuple[int, ...],
+                                                                      tuple[int, ...], np.ndarray]:
+    """(series names, levels, seeds, values (series, level, seed)): each seed's weighted mean of its units in a unit
+    frame (or a `paired_frame`), NaN where a seed has none."""
     if frame.empty:
-        return pd.Series(dtype=bool)
-    return frame.groupby(["method", "split_level"])["pseudo"].any()
+        return (), (), (), np.zeros((0, 0, 0))
+    w = frame["weight"].to_numpy(float)
+    g = pd.DataFrame({"s": frame[series].astype(str).to_numpy(), "l": frame["split_level"].to_numpy(np.int64),
+                      "d": frame["seed"].to_numpy(np.int64), "wv": w * frame["value"].to_numpy(float), "w": w})
+    agg = g.groupby(["s", "l", "d"], sort=True)[["wv", "w"]].sum()
+    names = tuple(sorted(agg.index.get_level_values(0).unique()))
+    levels = tuple(sorted(int(v) for v in agg.index.get_level_values(1).unique()))
+    seeds = tuple(sorted(int(v) for v in agg.index.get_level_values(2).unique()))
+    out = np.full((len(names), len(levels), len(seeds)), np.nan)
+    i = np.searchsorted(names, agg.index.get_level_values(0).to_numpy(str))
+    j = np.searchsorted(levels, agg.index.get_level_values(1).to_numpy(np.int64))
+    d = np.searchsorted(seeds, agg.index.get_level_values(2).to_numpy(np.int64))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out[i, j, d] = np.where(agg["w"].to_numpy() > 0, agg["wv"].to_numpy() / agg["w"].to_numpy(), np.nan)
+    return names, levels, seeds, out
 
 
-def single_unit_levels(frame: pd.DataFrame, series: str = "method") -> pd.Series:
-    """(series, split_level) -> True where the value rests on at most one unit over all seeds (one seed, one
-    episode or class: no interval there) and not on a pseudo-unit (`pseudo_levels` names those)."""
+def seed_counts(frame: pd.DataFrame, series: str = "method") -> pd.Series:
+    """(series, split_level) -> the number of seeds with a value there."""
     if frame.empty:
-        return pd.Series(dtype=bool)
-    g = frame.assign(real=~frame["pseudo"].astype(bool) & (frame["weight"] > 0)).groupby([series, "split_level"])
-    return (g["real"].sum() <= 1) & ~g["pseudo"].any()
+        return pd.Series(dtype=np.int64)
+    return frame.groupby([series, "split_level"])["seed"].nunique()
 
 
 def coverage_notes(frame: pd.DataFrame, k: int, coverage: Coverage) -> None:
-    """Record this k's levels without an interval, per reason (`NO_UNITS`, `ONE_UNIT`): the whole k at once when no
-    method has one anywhere for that reason, else one line per method (`all levels` when it has none)."""
+    """Record this k's values that rest on one seed (no interval) or two (a t(1) interval): the whole k at once when
+    every value rests on one seed, else one line per method and its one-seed levels."""
+    counts = seed_counts(frame)
+    if counts.empty:
+        return
+    if bool((counts <= 1).all()):
+        coverage.one_seed_ks.append(k)
+        return
+    if bool((counts == 2).any()):
+        coverage.two_seed_ks.append(k)
     n_levels = frame["split_level"].nunique()
-    for blocked, whole, why in ((pseudo_levels(frame), coverage.uncovered_ks, NO_UNITS),
-                                (single_unit_levels(frame), coverage.single_unit_ks, ONE_UNIT)):
-        if len(blocked) and bool(blocked.all()):
-            whole.append(k)
-            continue
-        for method, g in blocked[blocked].groupby(level=0):
-            levels = ("all levels" if len(g) == n_levels and n_levels > 1
-                      else ", ".join(f"L{int(lv)}" for lv in g.index.get_level_values(1)))
-            coverage.notes.append(f"k={k} `{method}` {levels}: no interval, {why}")
+    for method, g in counts[counts <= 1].groupby(level=0):
+        levels = ("all levels" if len(g) == n_levels and n_levels > 1
+                  else ", ".join(f"L{int(lv)}" for lv in g.index.get_level_values(1)))
+        coverage.notes.append(f"k={k} `{method}` {levels}: no interval, {st.ONE_SEED}")
 
 
-def level_intervals(frame: pd.DataFrame | None, methods: list[str], fids: Mapping[int, float],
-                    n_boot: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Bootstrap intervals of each method's level values and of its mean and area over levels.
+def level_intervals(frame: pd.DataFrame | None, methods: list[str],
+                    fids: Mapping[int, float]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Seed-level t intervals of each method's level values and of its mean and area over levels.
 
     Returns:
-        (per level: `method, split_level, ci_low, ci_high`; per method: `method, ci_low, ci_high, auc_ci_low,
-        auc_ci_high`). Levels resting on a pseudo-unit get no interval, and neither do that method's mean and auc.
+        (per level: `method, split_level, n_seeds, ci_low, ci_high`; per method: `method, n_seeds, ci_low, ci_high,
+        auc_ci_low, auc_ci_high`): NaN where a value rests on one seed. The mean and area over levels are contrasts of
+        the levels the method has values at, with the seeds as clusters.
     """
-    from oodml.report.leaderboard import area_under_curve
-
-    per_level = pd.DataFrame(columns=["method", "split_level", "ci_low", "ci_high"])
-    over = pd.DataFrame({"method": methods, "ci_low": np.nan, "ci_high": np.nan, "auc_ci_low": np.nan,
+    per_level = pd.DataFrame(columns=["method", "split_level", "n_seeds", "ci_low", "ci_high"])
+    over = pd.DataFrame({"method": methods, "n_seeds": 0, "ci_low": np.nan, "ci_high": np.nan, "auc_ci_low": np.nan,
                          "auc_ci_high": np.nan})
     sub = frame[frame["method"].isin(methods)] if frame is not None else None
-    if sub is None or sub.empty or n_boot <= 0:
+    if sub is None or sub.empty:
         return per_level, over
-    grid = st.unit_grid(sub)
-    reps = st.bootstrap_levels(grid, n_boot)
-    point = st.level_means(grid)
-    pseudo = pseudo_levels(sub) | single_unit_levels(sub)
-    blocked = np.array([[bool(pseudo.get((m, lv), False)) for lv in grid.levels] for m in grid.series], bool)
-    reps[blocked] = np.nan
-    lo, hi = st.percentile_interval(reps)
-    per_level = pd.DataFrame({"method": np.repeat(grid.series, len(grid.levels)),
-                              "split_level": np.tile(grid.levels, len(grid.series)),
-                              "ci_low": lo.ravel(), "ci_high": hi.ravel()})
-    x = np.array([fids.get(lv, np.nan) for lv in grid.levels], float)
-    for i, m in enumerate(grid.series):
-        have = np.isfinite(point[i])
-        if not have.any() or blocked[i][have].any():
+    names, levels, _, y = seed_table(sub)
+    each = st.contrast(y[:, :, None, :], np.ones(1))  # (series, level): every level on its own
+    per_level = pd.DataFrame({"method": np.repeat(names, len(levels)), "split_level": np.tile(levels, len(names)),
+                              "n_seeds": each.n_seeds.ravel().astype(int), "ci_low": each.low.ravel(),
+                              "ci_high": each.high.ravel()})
+    x = np.array([fids.get(lv, np.nan) for lv in levels], float)
+    for i, m in enumerate(names):
+        have = np.isfinite(y[i]).any(axis=-1)
+        if not have.any():
             continue
-        mean_reps = reps[i][have].mean(axis=0)
-        auc_reps = area_under_curve(x[have], reps[i][have].T)
+        mean = st.contrast(y[i][have], np.full(int(have.sum()), 1.0 / have.sum()))
+        auc = st.contrast(y[i][have], st.area_weights(x[have]))
         j = over.index[over["method"] == m]
-        over.loc[j, ["ci_low", "ci_high"]] = st.percentile_interval(mean_reps)
-        over.loc[j, ["auc_ci_low", "auc_ci_high"]] = st.percentile_interval(auc_reps)
+        over.loc[j, ["n_seeds", "ci_low", "ci_high", "auc_ci_low", "auc_ci_high"]] = [
+            int(mean.n_seeds), float(mean.low), float(mean.high), float(auc.low), float(auc.high)]
+    over["n_seeds"] = over["n_seeds"].astype(int)
     return per_level, over
 
 
@@ -220,73 +230,62 @@ def paired_frame(frame: pd.DataFrame, pairs: Mapping[str, tuple[str, str]]) -> p
 
 
 def paired_differences(frame: pd.DataFrame, pairs: Mapping[str, tuple[str, str]], fids: Mapping[int, float],
-                       n_boot: int, *, intervals: bool = True, seeds_only: bool = False) -> pd.DataFrame:
-    """Per pair, per level and over levels: the mean paired difference a - b on shared units, its bootstrap
-    interval, the two-sided sign-flip p-value and (per level) Holm's adjustment over the pair's levels.
+                       n_resamples: int = st.DEFAULT_BOOTSTRAP, *, tests_only: bool = False) -> pd.DataFrame:
+    """Per pair, per level and over levels: the mean paired difference a - b on shared units, its seed-level 95% t
+    interval, the paired t test over seeds, Holm's adjustment over the pair's levels, and (from
+    `stats.SIGN_FLIP_MIN_SEEDS` seeds on) the exact sign-flip p-value over seeds.
 
     Args:
         frame: `unit_frame` of one (k, metric).
         pairs: label -> (method a, method b).
         fids: level -> FID.
-        n_boot: bootstrap replicates, also the Monte Carlo sign patterns (0: no intervals, no p-values).
-        intervals: False: p-values only (no bootstrap).
-        seeds_only: also give intervals and p-values where a seed has only its aggregate (a pseudo-unit): they
-            then rest on the seeds alone.
+        n_resamples: Monte Carlo sign patterns beyond exact enumeration (many seeds only).
+        tests_only: skip the sign-flip test (the t test is always computed).
 
     Returns:
-        `DIFF_COLUMNS`; the row over levels has `split_level` NaN (the mean of the level differences).
+        `DIFF_COLUMNS`; the row over levels has `split_level` NaN (the mean of the level differences, a contrast
+        over the levels both methods have, with the seeds as clusters); `note` says why a value has no interval.
     """
     diffs = paired_frame(frame, pairs)
     if diffs.empty:
         return pd.DataFrame(columns=list(DIFF_COLUMNS))
-    d_grid = st.unit_grid(diffs, series="pair")
-    a_grid = st.unit_grid(diffs.assign(value=diffs["value_a"]), series="pair")
-    b_grid = st.unit_grid(diffs.assign(value=diffs["value_b"]), series="pair")
-    point, mean_a, mean_b = st.level_means(d_grid), st.level_means(a_grid), st.level_means(b_grid)
-    reps = st.bootstrap_levels(d_grid, n_boot if intervals else 0)
-    pseudo = diffs.groupby(["pair", "split_level"])["pseudo"].any()
-    single = single_unit_levels(diffs, series="pair")
-    blocked = np.array([[(bool(pseudo.get((s, lv), False)) and not seeds_only) or bool(single.get((s, lv), False))
-                         for lv in d_grid.levels] for s in d_grid.series], bool)
-    reps[blocked] = np.nan
-    lo, hi = st.percentile_interval(reps)
-    coef_level = st.flip_coefficients(d_grid, over_levels=False)
-    coef_all = st.flip_coefficients(d_grid, over_levels=True)
-    terms = coef_level * d_grid.values
-    p_level = np.stack([st.sign_flip_p(terms[:, j].reshape(len(d_grid.series), -1), n_boot)
-                        for j in range(len(d_grid.levels))], axis=1)
-    p_level[blocked] = np.nan
-    p_all = st.sign_flip_p((coef_all * d_grid.values).reshape(len(d_grid.series), -1), n_boot)
-    n_seeds = d_grid.seed_present.sum(axis=-1)
-    n_units = (d_grid.weights > 0).sum(axis=(2, 3))
+    names, levels, _, d = seed_table(diffs, series="pair")
+    _, _, _, ya = seed_table(diffs.assign(value=diffs["value_a"]), series="pair")
+    _, _, _, yb = seed_table(diffs.assign(value=diffs["value_b"]), series="pair")
+    flip = not tests_only
+    each = st.contrast(d[:, :, None, :], np.ones(1), flip=flip, n_resamples=n_resamples)
+    n_units = diffs.groupby(["pair", "split_level"])["unit"].count()
     rows = []
-    for i, label in enumerate(d_grid.series):
+    for i, label in enumerate(names):
         a, b = pairs[label]
-        have = np.isfinite(point[i])
-        p_holm = st.holm(np.where(have, p_level[i], np.nan))
-        for j, lv in enumerate(d_grid.levels):
+        have = np.isfinite(d[i]).any(axis=-1)
+        p_holm = st.holm(np.where(have, each.p[i], np.nan))
+        for j, lv in enumerate(levels):
             if have[j]:
-                rows.append([label, a, b, lv, fids.get(lv, np.nan), int(n_seeds[i, j]), int(n_units[i, j]),
-                             mean_a[i, j], mean_b[i, j], point[i, j], lo[i, j], hi[i, j], p_level[i, j], p_holm[j]])
+                rows.append([label, a, b, lv, fids.get(lv, np.nan), int(each.n_seeds[i, j]),
+                             int(n_units.get((label, lv), 0)), np.nanmean(ya[i, j]), np.nanmean(yb[i, j]),
+                             each.estimate[i, j], each.se[i, j], each.low[i, j], each.high[i, j], each.p[i, j],
+                             p_holm[j], each.p_flip[i, j], st.seed_note(int(each.n_seeds[i, j]))])
         if have.any():
-            ok = not blocked[i][have].any()
-            m_lo, m_hi = st.percentile_interval(reps[i][have].mean(axis=0)) if ok else (np.nan, np.nan)
-            rows.append([label, a, b, np.nan, np.nan, int(n_seeds[i][have].max()), int(n_units[i][have].sum()),
-                         float(mean_a[i][have].mean()), float(mean_b[i][have].mean()), float(point[i][have].mean()),
-                         float(m_lo), float(m_hi), float(p_all[i]) if ok else np.nan, np.nan])
+            coef = np.full(int(have.sum()), 1.0 / have.sum())
+            over = st.contrast(d[i][have], coef, flip=flip, n_resamples=n_resamples)
+            m_a = st.contrast(ya[i][have], coef).estimate
+            m_b = st.contrast(yb[i][have], coef).estimate
+            rows.append([label, a, b, np.nan, np.nan, int(over.n_seeds),
+                         int(sum(n_units.get((label, lv), 0) for lv, h in zip(levels, have) if h)), float(m_a),
+                         float(m_b), float(over.estimate), float(over.se), float(over.low), float(over.high),
+                         float(over.p), np.nan, float(over.p_flip), st.seed_note(int(over.n_seeds))])
     out = pd.DataFrame(rows, columns=list(DIFF_COLUMNS))
     out["split_level"] = out["split_level"].astype("Int64")
     return out
 
 
-def vs_best(frame: pd.DataFrame, best: str, others: list[str], fids: Mapping[int, float],
-            n_boot: int) -> pd.DataFrame:
-    """`method, vs_best_p, vs_best_p_holm`: the sign-flip p-value of each method's mean over levels against the
-    rank-1 method on their shared units, and Holm's adjustment over the methods."""
+def vs_best(frame: pd.DataFrame, best: str, others: list[str], fids: Mapping[int, float]) -> pd.DataFrame:
+    """`method, vs_best_p, vs_best_p_holm`: the paired seed-level t test of each method's mean over levels against
+    the rank-1 method (their shared levels and seeds), and Holm's adjustment over the methods."""
     pairs = {m: (m, best) for m in others if m != best}
-    diffs = (paired_differences(frame, pairs, fids, n_boot, intervals=False) if pairs
+    diffs = (paired_differences(frame, pairs, fids, tests_only=True) if pairs
              else pd.DataFrame(columns=list(DIFF_COLUMNS)))
     over = diffs[diffs["split_level"].isna()].set_index("pair")["p"]
     p = np.array([float(over.get(m, np.nan)) for m in pairs], float)
-    out = pd.DataFrame({"method": list(pairs), "vs_best_p": p, "vs_best_p_holm": st.holm(p)})
-    return out
+    return pd.DataFrame({"method": list(pairs), "vs_best_p": p, "vs_best_p_holm": st.holm(p)})

@@ -2,7 +2,8 @@
 
 Everything here is a pandas group-by or pivot over the tidy rows; nothing computes a metric. Values are first
 averaged per seed (a seed's row already aggregates its episodes), then over seeds per level, then over levels.
-Intervals and p-values come from the per-unit values (`oodml.report.intervals`).
+Intervals and p-values are seed-level: the seed is the replication unit (`oodml.report.intervals`,
+`oodml.report.stats`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import pandas as pd
 
 from oodml.errors import OodmlError, suggest
 from oodml.progress import log
-from oodml.report import intervals as iv
-from oodml.report.stats import ALPHA
+from oodml.report import intervals as iv, stats as st
+from oodml.report.stats import ALPHA, area_under_curve
 
 #: Default leaderboard metric per k: the first of these that the results hold at that k.
 DEFAULT_METRIC_ORDER: tuple[str, ...] = ("recall@1", "accuracy")
@@ -88,7 +89,7 @@ def seed_values(ok: pd.DataFrame) -> pd.DataFrame:
 
 def level_stats(seeds: pd.DataFrame, level_ci: pd.DataFrame | None = None) -> pd.DataFrame:
     """Mean, std and n over seeds per (metric, k, method, level), with `ci_low`, `ci_high` from `level_ci`
-    (columns metric, k_shot, method, split_level, ci_low, ci_high: the bootstrap intervals; NaN elsewhere)."""
+    (columns metric, k_shot, method, split_level, ci_low, ci_high: the seed-level intervals; NaN elsewhere)."""
     grouped = seeds.groupby(_STAT_KEY, sort=True)
     out = grouped["value"].agg(["mean", "std", "count"]).rename(columns={"count": "n"})
     out["method_family"] = grouped["method_family"].first()
@@ -107,40 +108,19 @@ def error_counts(grid: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def area_under_curve(fids: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Trapezoid area of each row of `values` over `fids` divided by the FID range (NaN cells are left out).
-
-    A row with one finite value has that value as its area; a row with none has NaN.
-    """
-    order = np.argsort(fids)
-    x, y = np.asarray(fids, float)[order], np.atleast_2d(np.asarray(values, float))[:, order]
-    out = np.full(y.shape[0], np.nan)
-    full = ~np.isnan(y).any(axis=1)
-    if full.any() and len(x) > 1 and x[-1] > x[0]:
-        out[full] = np.trapezoid(y[full], x, axis=1) / (x[-1] - x[0])
-    elif full.any() and len(x) == 1:
-        out[full] = y[full, 0]
-    for i in np.flatnonzero(~full):  # rows with missing levels: few
-        keep = ~np.isnan(y[i])
-        if keep.sum() == 1:
-            out[i] = y[i, keep][0]
-        elif keep.sum() > 1 and x[keep][-1] > x[keep][0]:
-            out[i] = np.trapezoid(y[i, keep], x[keep]) / (x[keep][-1] - x[keep][0])
-    return out
-
-
 def leaderboard(stats: pd.DataFrame, seeds: pd.DataFrame, levels: pd.DataFrame, errors: pd.DataFrame, *, k: int,
-                metric: str, methods: Mapping[str, str], frame: pd.DataFrame | None = None,
-                n_boot: int = 0) -> pd.DataFrame:
+                metric: str, methods: Mapping[str, str], frame: pd.DataFrame | None = None) -> pd.DataFrame:
     """The SPEC §4 leaderboard of one k: `rank, method, family, metric, mean, ci_low, ci_high, auc, auc_ci_low,
-    auc_ci_high, n_seeds, vs_best_p, vs_best_p_holm, tied_with_best`, `L..`, `L.._ci_low`, `L.._ci_high`, then
-    `n_errors`, `n_levels` (levels with a value: `mean` and `auc` cover only those) and `n_L..` (seeds per level).
+    auc_ci_high, n_seeds, interval_note, vs_best_p, vs_best_p_holm, tied_with_best`, `L..`, `L.._ci_low`,
+    `L.._ci_high`, then `n_errors`, `n_levels` (levels with a value: `mean` and `auc` cover only those) and `n_L..`
+    (seeds per level).
 
-    `ci_low`/`ci_high` are 95% hierarchical bootstrap intervals (seeds, then episodes or classes) of the mean over
-    levels, `auc_ci_*` of the auc, `L.._ci_*` of each level; `vs_best_p` is the paired sign-flip p-value of the
-    method's mean over levels against the rank-1 method on their shared units, `vs_best_p_holm` its Holm
-    adjustment over the methods, and `tied_with_best` is True for rank 1 and for every method whose adjusted p is
-    at least 0.05 (not distinguishable from rank 1).
+    `ci_low`/`ci_high` are 95% seed-level t intervals of the mean over levels (the seeds are the replication unit,
+    `oodml.report.stats.contrast`), `auc_ci_*` of the auc, `L.._ci_*` of each level; `interval_note` says when a
+    value rests on one seed (no interval) or two; `vs_best_p` is the paired t test over seeds of the method's mean
+    over levels against the rank-1 method, `vs_best_p_holm` its Holm adjustment over the methods, and
+    `tied_with_best` is True for rank 1 and for every method whose adjusted p is at least 0.05 (not distinguishable
+    from rank 1).
 
     Args:
         stats: `level_stats` of one dataset.
@@ -151,7 +131,6 @@ def leaderboard(stats: pd.DataFrame, seeds: pd.DataFrame, levels: pd.DataFrame, 
         metric: the metric to rank by.
         methods: method -> family of every method with a cell at this k (methods with only error cells included).
         frame: `intervals.unit_frame` of this k and metric (None: no intervals or p-values).
-        n_boot: bootstrap replicates and Monte Carlo sign patterns.
 
     Returns:
         One row per method, best mean first; equal means share a rank; methods without values rank last, unranked.
@@ -175,20 +154,20 @@ def leaderboard(stats: pd.DataFrame, seeds: pd.DataFrame, levels: pd.DataFrame, 
         board[f"n_L{lv}"] = counts[lv].fillna(0).astype(int).to_numpy()
     board.insert(0, "rank", board["mean"].round(12).rank(method="min", ascending=False).astype("Int64"))
     board = board.sort_values(["rank", "method"], na_position="last", kind="stable").reset_index(drop=True)
-    return _with_uncertainty(board, levels, level_ids, frame, n_boot)
+    return _with_uncertainty(board, levels, level_ids, frame)
 
 
-def _with_uncertainty(board: pd.DataFrame, levels: pd.DataFrame, level_ids: list[int], frame: pd.DataFrame | None,
-                      n_boot: int) -> pd.DataFrame:
-    """Add the interval and significance columns to a sorted leaderboard (NaN without per-unit values)."""
+def _with_uncertainty(board: pd.DataFrame, levels: pd.DataFrame, level_ids: list[int],
+                      frame: pd.DataFrame | None) -> pd.DataFrame:
+    """Add the interval and significance columns to a sorted leaderboard (NaN where a value rests on one seed)."""
     names = board["method"].tolist()
     fids = {int(lv): float(f) for lv, f in zip(levels["level"], levels["fid"])}
-    per_level, over = iv.level_intervals(frame, names, fids, n_boot)
+    per_level, over = iv.level_intervals(frame, names, fids)
     over = over.set_index("method").reindex(names)
     ranked = board["rank"].notna().to_numpy()
     best = names[0] if len(names) and ranked[0] else None
-    if best is not None and frame is not None and n_boot > 0:
-        tests = iv.vs_best(frame, best, [m for m, r in zip(names, ranked) if r], fids, n_boot).set_index("method")
+    if best is not None and frame is not None:
+        tests = iv.vs_best(frame, best, [m for m, r in zip(names, ranked) if r], fids).set_index("method")
     else:
         tests = pd.DataFrame(columns=["vs_best_p", "vs_best_p_holm"])
     p = tests["vs_best_p"].reindex(names).to_numpy(float)
@@ -205,7 +184,9 @@ def _with_uncertainty(board: pd.DataFrame, levels: pd.DataFrame, level_ids: list
     for i, (col, vals) in enumerate(after_auc.items()):
         out.insert(at + i, col, vals)
     at = out.columns.get_loc("n_seeds") + 1
-    for i, (col, vals) in enumerate({"vs_best_p": p, "vs_best_p_holm": p_holm, "tied_with_best": tied}.items()):
+    notes = [st.seed_note(int(n)) if n < 3 else "" for n in out["n_seeds"]]
+    for i, (col, vals) in enumerate({"interval_note": notes, "vs_best_p": p, "vs_best_p_holm": p_holm,
+                                     "tied_with_best": tied}.items()):
         out.insert(at + i, col, vals)
     ci = per_level.set_index(["method", "split_level"]) if len(per_level) else None
     at = out.columns.get_loc(f"L{level_ids[-1]}") + 1 if level_ids else len(out.columns)
@@ -221,7 +202,7 @@ def _with_uncertainty(board: pd.DataFrame, levels: pd.DataFrame, level_ids: list
 
 #: Columns of `few_shot_gain`.
 GAIN_COLUMNS = ("method", "method_family", "unadapted", "k_shot", "split_level", "fid", "metric", "n_seeds", "n_units",
-                "mean_adapted", "mean_unadapted", "gain", "ci_low", "ci_high", "p", "p_holm")
+                "mean_adapted", "mean_unadapted", "gain", "ci_low", "ci_high", "p", "p_holm", "interval_note")
 
 
 def unadapted_of(method: str, present: set[str]) -> str | None:
@@ -235,17 +216,16 @@ def unadapted_of(method: str, present: set[str]) -> str | None:
 
 
 def few_shot_gain(frames: Mapping[int, pd.DataFrame], families: Mapping[str, str], levels: pd.DataFrame,
-                  metric: str, n_boot: int) -> pd.DataFrame:
+                  metric: str) -> pd.DataFrame:
     """The few-shot gain of every adapted method: per k > 0 and level, the paired difference "adapted minus the same
-    source model unadapted" on the same k-shot queries (same seeds and episodes), with its bootstrap interval, the
-    sign-flip p-value and Holm's adjustment over the levels.
+    source model unadapted" on the same k-shot queries (same seeds and episodes), with its seed-level t interval, the
+    paired t test over seeds and Holm's adjustment over the levels.
 
     Args:
         frames: k -> `intervals.unit_frame` of (k, metric), for every k > 0 that has the metric.
         families: method -> family (adapted methods: family in `ADAPTED_FAMILIES`).
         levels: `levels_table`.
         metric: the metric.
-        n_boot: bootstrap replicates and Monte Carlo sign patterns.
 
     Returns:
         `GAIN_COLUMNS`, one row per (k, adapted method, level); empty without adapted/unadapted pairs.
@@ -258,14 +238,14 @@ def few_shot_gain(frames: Mapping[int, pd.DataFrame], families: Mapping[str, str
                  if families.get(m) in ADAPTED_FAMILIES and (u := unadapted_of(m, present)) is not None}
         if not pairs:
             continue
-        d = iv.paired_differences(frame, pairs, fids, n_boot)
+        d = iv.paired_differences(frame, pairs, fids)
         d = d[d["split_level"].notna()]
         parts.append(pd.DataFrame({
             "method": d["method_a"], "method_family": d["method_a"].map(families), "unadapted": d["method_b"],
             "k_shot": k, "split_level": d["split_level"].astype(np.int64), "fid": d["fid"], "metric": metric,
             "n_seeds": d["n_seeds"], "n_units": d["n_units"], "mean_adapted": d["mean_a"],
             "mean_unadapted": d["mean_b"], "gain": d["diff"], "ci_low": d["ci_low"], "ci_high": d["ci_high"],
-            "p": d["p"], "p_holm": d["p_holm"]}))
+            "p": d["p"], "p_holm": d["p_holm"], "interval_note": d["note"]}))
     if not parts:
         return pd.DataFrame(columns=list(GAIN_COLUMNS))
     out = pd.concat(parts, ignore_index=True)

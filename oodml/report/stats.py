@@ -1,34 +1,254 @@
-"""Uncertainty of the report's numbers (issue 17): a hierarchical percentile bootstrap over seeds and units
-(k-shot episodes or zero-shot test classes), a paired sign-flip permutation test, and Holm's adjustment.
+"""Uncertainty of the report's numbers: seed-level t intervals, paired tests over seeds, Holm's adjustment, and the
+arithmetic of planning a study (how many seeds a difference needs).
 
-Everything works on a `UnitGrid`: per-unit values of several series (methods, or paired differences of two
-methods) laid out on one (series x level x seed x unit) array. A level's value is the mean over seeds of each
-seed's weighted unit mean (weights: a class's query count, 1 for an episode), which is exactly how the stored
-aggregates were formed; the value over levels is the mean of the level values (or the area under them).
+The replication unit of a DML result is the training run, a *seed*: one source fit per seed and level, with the
+split's episodes (k > 0) or test classes (k = 0) evaluated inside it. Every number the report prints is a linear
+contrast of level values, theta = sum_j c_j mu_j, where mu_j is the mean over seeds of component j (a (series,
+level) pair: a method's value at a level, or a paired difference there): the value at a level (c = 1), the mean over
+levels (c = 1/L), the area under the curve (trapezoid weights), a gain or a change between levels (+1/-1). Its
+estimate is sum_j c_j ybar_j over each component's seeds.
 
-The bootstrap resamples seeds with replacement (one draw shared by all levels: a seed is one source fit per level),
-then units with replacement within each (level, seed) — the two-stage resampling of clustered data. The draws come
-from a fixed seed and depend only on the grid's shape, so every series of a grid sees the same resamples and the
-same store gives identical intervals. Intervals are percentile intervals of the replicates.
+The interval treats the seeds as independent clusters: each seed's contribution u_s = sum_j c_j (y_js - ybar_j) /
+n_j, the variance sum_s u_s^2 * G / (G - 1) over the G seeds, and a t quantile with G - 1 degrees of freedom. With
+every seed at every component this is exactly the t interval on the per-seed contrasts (z_s = sum_j c_j y_js); with
+missing seeds it is the cluster-robust (CR1) form of the same. The episodes or classes nested in a seed need no model
+of their own: their noise is part of each seed's value. `benchmarks/coverage.py` simulates data with known truth
+(seed effects, unit noise, unbalanced units, missing seeds) and prints the coverage of these intervals and the
+null rejection rate of the tests: docs/results.md holds its table.
+
+The paired test is the t test of the same contrast (p < 0.05 exactly when the 95% interval excludes 0). From
+`SIGN_FLIP_MIN_SEEDS` seeds on, the exact sign-flip permutation test over seeds (each seed's contribution keeps or
+flips its sign) is given beside it, a check that needs no normality. Nothing is resampled at random below
+`EXACT_FLIP_MAX_SEEDS` seeds, so the same store gives the same numbers whatever any random seed.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import stats as sps
 
-#: The default number of bootstrap replicates (and of Monte Carlo sign flips): `oodml report --bootstrap`.
+#: Monte Carlo sign patterns of the seed-level permutation test beyond `EXACT_FLIP_MAX_SEEDS` seeds
+#: (`oodml report --bootstrap`; the name stays for the option's users).
 DEFAULT_BOOTSTRAP = 2000
-#: The fixed seed of every resampling draw.
+#: The fixed seed of the Monte Carlo sign patterns.
 BOOTSTRAP_SEED = 17
 #: Coverage of the intervals, and the level at which a difference counts as resolved.
 CONFIDENCE = 0.95
 ALPHA = 0.05
-#: Bootstrap replicates are drawn in blocks of at most this many (replicate x level x seed x unit) draws.
-_BLOCK = 4_000_000
+#: The exact sign-flip test over n seeds reaches p <= 0.05 (two-sided) only from 2 / 2^n <= 0.05 on, and holds its
+#: size well (0.047 at n = 7) from here on: below it only the t test is given.
+SIGN_FLIP_MIN_SEEDS = 7
+#: Up to this many seeds all 2^n sign patterns are enumerated (exact and deterministic); beyond, Monte Carlo.
+EXACT_FLIP_MAX_SEEDS = 20
+#: Why a value has no interval, by the number of seeds it rests on.
+ONE_SEED = "1 seed: training variance not estimated"
+NO_SEED = "no seed"
+
+
+def seed_note(n_seeds: int) -> str:
+    """What an interval on `n_seeds` seeds can say: empty for 3 or more, a warning for 2, `ONE_SEED` for 1."""
+    if n_seeds <= 0:
+        return NO_SEED
+    if n_seeds == 1:
+        return ONE_SEED
+    if n_seeds == 2:
+        return (f"2 seeds: t(1) interval, {t_quantile(1):.1f} x its standard error on each side "
+                f"(vs {t_quantile(30):.2f} with many seeds)")
+    return ""
+
+
+def t_quantile(df: float | np.ndarray, confidence: float = CONFIDENCE) -> np.ndarray:
+    """The two-sided t quantile for `confidence` at `df` degrees of freedom (NaN where df < 1)."""
+    df = np.asarray(df, float)
+    with np.errstate(invalid="ignore"):
+        return np.where(df >= 1, sps.t.ppf(0.5 + confidence / 2, np.maximum(df, 1)), np.nan)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A seed-level estimate of one contrast per series (arrays over the series axis).
+
+    Attributes:
+        estimate: the contrast of the level values.
+        se: its standard error over seeds (NaN with fewer than 2 seeds).
+        df: degrees of freedom (seeds - 1).
+        n_seeds: seeds that contribute.
+        low: lower end of the 95% t interval.
+        high: upper end.
+        p: two-sided p-value of the t test of estimate = 0.
+        p_flip: exact sign-flip p-value over seeds (NaN below `SIGN_FLIP_MIN_SEEDS` seeds).
+    """
+
+    estimate: np.ndarray
+    se: np.ndarray
+    df: np.ndarray
+    n_seeds: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    p: np.ndarray
+    p_flip: np.ndarray
+
+
+def contrast(values: np.ndarray, coef: np.ndarray, *, flip: bool = False,
+             n_resamples: int = DEFAULT_BOOTSTRAP) -> Estimate:
+    """Seed-level estimate, t interval and t test of sum_j coef_j * mean_s values[..., j, s].
+
+    Args:
+        values: (..., component, seed) per-seed values; NaN where a seed has no value for the component.
+        coef: (component,) or broadcastable to (..., component) coefficients; a component with coefficient 0 may be
+            all NaN.
+        flip: also compute the sign-flip p-value over seeds (`SIGN_FLIP_MIN_SEEDS` seeds or more).
+        n_resamples: Monte Carlo sign patterns beyond `EXACT_FLIP_MAX_SEEDS` seeds.
+
+    Returns:
+        One `Estimate` over the leading axes; NaN estimate where a component with a nonzero coefficient has no seed.
+    """
+    y = np.asarray(values, float)
+    c = np.broadcast_to(np.asarray(coef, float), y.shape[:-1])
+    present = np.isfinite(y)
+    n_j = present.sum(axis=-1)  # (..., component)
+    used = c != 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ybar = np.where(n_j > 0, np.where(present, y, 0.0).sum(axis=-1) / np.maximum(n_j, 1), np.nan)
+        est = np.where(used, c * ybar, 0.0).sum(axis=-1)
+        est = np.where((used & (n_j == 0)).any(axis=-1), np.nan, est)
+        w = np.where(used, c / np.maximum(n_j, 1), 0.0)[..., None]  # (..., component, 1)
+        u = np.where(present & used[..., None], w * (y - ybar[..., None]), 0.0).sum(axis=-2)  # (..., seed)
+        total = np.where(present & used[..., None], w * y, 0.0).sum(axis=-2)  # each seed's contribution to est
+    seed_used = (present & used[..., None]).any(axis=-2)  # (..., seed)
+    g = seed_used.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = np.where(g >= 2, (u ** 2).sum(axis=-1) * g / np.maximum(g - 1, 1), np.nan)
+    se = np.sqrt(var)
+    df = np.where(g >= 2, g - 1, np.nan).astype(float)
+    q = t_quantile(df)
+    est = np.where(g >= 1, est, np.nan)
+    low, high = est - q * se, est + q * se
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tstat = np.abs(est) / se
+        p = np.where(np.isfinite(est) & (g >= 2), 2 * sps.t.sf(tstat, np.maximum(df, 1)), np.nan)
+    zero_se = np.isfinite(est) & (g >= 2) & (se <= 1e-12 * np.maximum(1.0, np.abs(est)))
+    p = np.where(zero_se, np.where(np.abs(est) <= 1e-12, 1.0, 0.0), p)  # seeds that agree exactly
+    p_flip = np.full(est.shape, np.nan)
+    if flip:
+        flat_t = np.where(seed_used, total, 0.0).reshape(-1, y.shape[-1])
+        flat_g = g.reshape(-1)
+        out = p_flip.reshape(-1)
+        for i in np.flatnonzero(flat_g >= SIGN_FLIP_MIN_SEEDS):
+            out[i] = sign_flip_p(flat_t[i][None, :], n_resamples)[0]
+        p_flip = out.reshape(est.shape)
+    return Estimate(est, se, df, g, low, high, p, p_flip)
+
+
+def sign_flip_p(terms: np.ndarray, n_resamples: int = DEFAULT_BOOTSTRAP, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """Two-sided sign-flip permutation p-values of statistics that are sums of independent terms (one per seed).
+
+    Under the null hypothesis each seed's term is symmetric about 0, so it keeps or flips its sign with probability
+    1/2. With n nonzero terms all 2^n patterns are enumerated when n <= `EXACT_FLIP_MAX_SEEDS` (p = the share of
+    patterns whose |sum| is at least the observed one), else `n_resamples` random patterns with a fixed seed
+    (p = (1 + patterns at least as extreme) / (1 + n_resamples)).
+
+    Args:
+        terms: (series, n) terms; the statistic of a series is their sum (zero terms do not matter).
+        n_resamples: Monte Carlo sign patterns beyond exact enumeration.
+        seed: seed of the Monte Carlo patterns.
+
+    Returns:
+        (series,) p-values; 1 where every term is 0; NaN for a series without terms.
+    """
+    terms = np.atleast_2d(np.asarray(terms, float))
+    out = np.full(terms.shape[0], np.nan)
+    if terms.shape[1] == 0:
+        return out
+    keep = (terms != 0).any(axis=0)
+    x = terms[:, keep].T  # (n, series)
+    n = x.shape[0]
+    observed = np.abs(x.sum(axis=0))
+    tol = 1e-9 * np.maximum(np.abs(x).sum(axis=0), 1e-300)  # sums equal up to rounding count as equal
+    exact = n <= EXACT_FLIP_MAX_SEEDS
+    if not exact and n_resamples <= 0:
+        return out
+    total = 2 ** n if exact else n_resamples
+    extreme = np.zeros(terms.shape[0])
+    rng = np.random.default_rng(seed)
+    per_block = max(1, 2_000_000 // max(1, n))
+    for start in range(0, total, per_block):
+        m = min(per_block, total - start)
+        if exact:
+            codes = np.arange(start, start + m)[:, None] >> np.arange(n)[None, :]
+            signs = 1.0 - 2.0 * (codes & 1)
+        else:
+            signs = 1.0 - 2.0 * rng.integers(0, 2, size=(m, n))
+        extreme += (np.abs(signs @ x) >= observed - tol).sum(axis=0)
+    out[:] = extreme / total if exact else (1.0 + extreme) / (1.0 + total)
+    out[observed <= tol] = 1.0
+    return np.minimum(out, 1.0)
+
+
+def holm(pvalues: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error); NaN entries are left out and stay NaN."""
+    p = np.asarray(pvalues, float)
+    out = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    if finite.size == 0:
+        return out
+    order = finite[np.argsort(p[finite], kind="stable")]
+    m = order.size
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out[order] = adjusted
+    return out
+
+
+def area_weights(fids: np.ndarray) -> np.ndarray:
+    """Coefficients a with sum_j a_j y_j = the trapezoid area of y over `fids` divided by the FID range (so the area
+    is a contrast of the level values); one level: weight 1; no range: NaN."""
+    x = np.asarray(fids, float)
+    if len(x) == 1:
+        return np.ones(1)
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    span = xs[-1] - xs[0]
+    if not span > 0:
+        return np.full(len(x), np.nan)
+    gaps = np.diff(xs)
+    w = np.zeros(len(x))
+    w[:-1] += gaps / 2
+    w[1:] += gaps / 2
+    out = np.empty(len(x))
+    out[order] = w / span
+    return out
+
+
+def area_under_curve(fids: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Trapezoid area of each row of `values` over `fids` divided by the FID range (NaN cells are left out).
+
+    A row with one finite value has that value as its area; a row with none has NaN.
+    """
+    x = np.asarray(fids, float)
+    y = np.atleast_2d(np.asarray(values, float))
+    out = np.full(y.shape[0], np.nan)
+    for i in range(y.shape[0]):
+        keep = np.isfinite(y[i])
+        if keep.any():
+            w = area_weights(x[keep])
+            out[i] = float(w @ y[i, keep]) if np.isfinite(w).all() else np.nan
+    return out
+
+
+def level_contrasts(n_levels: int, fids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Named coefficient vectors over `n_levels` levels: `mean` (1/L each) and, with `fids`, `auc`."""
+    out = {"mean": np.full(n_levels, 1.0 / max(n_levels, 1))}
+    if fids is not None:
+        out["auc"] = area_weights(np.asarray(fids, float))
+    return out
+
+
+# --- per-unit values (the planner's within-seed variance, and the values behind each seed's mean) ---------------
 
 
 @dataclass(frozen=True)
@@ -60,8 +280,7 @@ def unit_grid(units: pd.DataFrame, *, series: str = "method", unit: str = "unit"
 
     Args:
         units: columns `series`, `split_level`, `seed`, `unit` (an integer code, or any label: sorted as text),
-            `value`, `weight` (> 0). Units are matched across series by (level, seed-independent label): the same
-            label at the same level is the same unit for every series and seed.
+            `value`, `weight` (> 0). The same label at the same level is the same unit for every series and seed.
         series: the column naming the series.
         unit: the column naming the unit.
 
@@ -74,7 +293,7 @@ def unit_grid(units: pd.DataFrame, *, series: str = "method", unit: str = "unit"
     s_idx = pd.Categorical(units[series].astype(str), categories=names).codes
     l_idx = np.searchsorted(levels, units["split_level"].to_numpy(np.int64))
     d_idx = np.searchsorted(seeds, units["seed"].to_numpy(np.int64))
-    labels = units[unit]  # integer codes (`intervals.unit_frame`) keep their order; other labels sort as text
+    labels = units[unit]
     code, uniques = pd.factorize(labels.to_numpy() if pd.api.types.is_integer_dtype(labels) else labels.astype(str),
                                  sort=True)
     keys, inverse = np.unique(l_idx * max(len(uniques), 1) + code, return_inverse=True)
@@ -93,163 +312,84 @@ def unit_grid(units: pd.DataFrame, *, series: str = "method", unit: str = "unit"
     return UnitGrid(names, levels, seeds, values, weights)
 
 
-def _seed_means(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """(..., seed, unit) -> (..., seed): weighted unit means, NaN where a seed has no unit."""
-    total = weights.sum(axis=-1)
+def seed_means(grid: UnitGrid) -> np.ndarray:
+    """(series, level, seed): each seed's weighted unit mean, NaN where the seed has no unit."""
+    total = grid.weights.sum(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, (weights * values).sum(axis=-1) / total, np.nan)
+        return np.where(total > 0, (grid.weights * grid.values).sum(axis=-1) / total, np.nan)
 
 
 def level_means(grid: UnitGrid) -> np.ndarray:
     """(series, level): the mean over seeds of each seed's weighted unit mean; NaN where a level has no unit."""
-    per_seed = _seed_means(grid.values, grid.weights)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN levels stay NaN
-        return np.nanmean(per_seed, axis=-1)
+        return np.nanmean(seed_means(grid), axis=-1)
 
 
-def bootstrap_levels(grid: UnitGrid, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
-    """Hierarchical bootstrap replicates of every level value.
-
-    Each replicate draws len(seeds) seed slots with replacement (shared by all levels and series: a seed is one
-    source fit per level), then, for each level and slot, as many units with replacement as the slot's seed has
-    there (shared by all series; a seed drawn twice gets two independent unit draws); the replicate of a level
-    value is the mean over the slots of their weighted means over the drawn units. A slot whose seed a series lacks
-    at a level is left out of that series' mean.
-
-    Args:
-        grid: the per-unit values.
-        n_boot: replicates.
-        seed: seed of the draws (fixed, so equal stores give equal replicates).
-
-    Returns:
-        (series, level, n_boot) replicates; NaN where a replicate drew no seed the series has at that level.
-    """
-    n_ser, n_lev, n_seed, n_unit = grid.values.shape
-    out = np.full((n_ser, n_lev, n_boot), np.nan)
-    if n_boot <= 0 or min(n_ser, n_lev, n_seed, n_unit) == 0:
-        return out
-    rng = np.random.default_rng(seed)
-    any_unit = grid.weights.sum(axis=0) > 0  # (level, seed, unit): drawable units
-    n_draw = any_unit.sum(axis=-1)  # (level, seed)
-    # the drawable units' positions first, so that a draw r < n_draw maps to a drawable unit
-    order = np.argsort(~any_unit, axis=-1, kind="stable")
-    wv = np.moveaxis(grid.weights * grid.values, 0, -1)  # (level, seed, unit, series)
-    ww = np.moveaxis(grid.weights, 0, -1)
-    present = grid.seed_present  # (series, level, seed)
-    block = max(1, _BLOCK // max(1, n_lev * n_seed * max(n_unit, n_ser)))
-    slots = n_lev * n_seed * n_unit
-    base = (np.arange(n_lev * n_seed) * n_unit).reshape(n_lev, n_seed)
-    units = np.arange(n_unit)
-    for start in range(0, n_boot, block):
-        b = min(block, n_boot - start)
-        pick = rng.integers(0, n_seed, size=(b, n_seed))  # (b, slot) -> seed
-        n_slot = np.moveaxis(n_draw[:, pick], 0, 1)  # (b, level, slot)
-        r = (rng.random((b, n_lev, n_seed, n_unit)) * n_slot[..., None]).astype(np.int64)
-        order_slot = np.moveaxis(order[:, pick], 0, 1)  # (b, level, slot, unit)
-        pos = np.take_along_axis(order_slot, np.minimum(r, n_unit - 1), axis=-1)
-        valid = units[None, None, None, :] < n_slot[..., None]
-        flat = (np.arange(b)[:, None, None, None] * slots + base[None, :, :, None] + pos)[valid]
-        counts = np.bincount(flat, minlength=b * slots).reshape(b, n_lev, n_seed * n_unit).astype(float)
-        # one matmul per seed over every (replicate, slot) row that drew it: (level, rows, unit) @ (level, unit, series)
-        rows = np.moveaxis(counts.reshape(b, n_lev, n_seed, n_unit), 1, 0).reshape(n_lev, b * n_seed, n_unit)
-        seed_of_row = pick.ravel()
-        num = np.zeros((n_lev, b * n_seed, n_ser))
-        den = np.zeros((n_lev, b * n_seed, n_ser))
-        for s in np.unique(seed_of_row):
-            at = np.flatnonzero(seed_of_row == s)
-            num[:, at] = np.matmul(rows[:, at], wv[:, s])
-            den[:, at] = np.matmul(rows[:, at], ww[:, s])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            stat = (num / den).reshape(n_lev, b, n_seed, n_ser)
-        pres = np.moveaxis(present[:, :, pick], 0, -1)  # (level, b, slot, series)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            rep = np.where(pres, stat, 0.0).sum(axis=2) / pres.sum(axis=2)  # (level, b, series)
-        out[:, :, start:start + b] = np.moveaxis(rep, (0, 1, 2), (1, 2, 0))
-    return out
-
-
-def percentile_interval(replicates: np.ndarray, confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
-    """The percentile interval along the last axis (NaN replicates left out; NaN where none is finite)."""
-    reps = np.asarray(replicates, float)
-    tail = 100 * (1 - confidence) / 2
-    finite = np.isfinite(reps).any(axis=-1)
-    lo = np.full(reps.shape[:-1], np.nan)
-    hi = np.full(reps.shape[:-1], np.nan)
-    if finite.any():
-        q = np.nanpercentile(reps[finite], [tail, 100 - tail], axis=-1)
-        lo[finite], hi[finite] = q[0], q[1]
-    return lo, hi
-
-
-def flip_coefficients(grid: UnitGrid, over_levels: bool) -> np.ndarray:
-    """(series, level, seed, unit): each unit's coefficient in the level value (or, with `over_levels`, in the mean
-    over the series' levels), so that a value = sum(coefficient * unit value)."""
-    total = grid.weights.sum(axis=-1, keepdims=True)
-    n_seeds = grid.seed_present.sum(axis=-1)[..., None, None]
+def within_seed_variance(grid: UnitGrid) -> np.ndarray:
+    """(series, level, seed): the squared standard error of each seed's weighted unit mean from its own units
+    (weighted variance of the units x sum(w^2) / sum(w)^2, with the n/(n-1) correction); NaN below 2 units."""
+    w = grid.weights
+    sw = w.sum(axis=-1)
+    n = (w > 0).sum(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        coef = np.where(grid.weights > 0, grid.weights / total / n_seeds, 0.0)
-    if over_levels:
-        n_levels = (grid.seed_present.any(axis=-1)).sum(axis=-1)[:, None, None, None]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            coef = np.where(n_levels > 0, coef / n_levels, 0.0)
-    return coef
+        mean = (w * grid.values).sum(axis=-1) / sw
+        var = (w * (grid.values - mean[..., None]) ** 2).sum(axis=-1) / sw * n / (n - 1)
+        out = var * (w ** 2).sum(axis=-1) / sw ** 2
+    return np.where(n >= 2, out, np.nan)
 
 
-def sign_flip_p(terms: np.ndarray, n_resamples: int = DEFAULT_BOOTSTRAP, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
-    """Two-sided paired sign-flip permutation p-values of statistics that are sums of per-unit terms.
+# --- planning -------------------------------------------------------------------------------------------------
 
-    Under the null hypothesis the two methods of a pair are exchangeable on every unit, so each unit's term
-    (coefficient x paired difference) keeps or flips its sign with probability 1/2. With n units that are nonzero
-    for some series, all 2^n sign patterns are enumerated when 2^n <= `n_resamples` (p = the share of patterns
-    whose |sum| is at least the observed |sum|), else `n_resamples` random patterns with a fixed seed, shared by
-    the series (p = (1 + patterns at least as extreme) / (1 + n_resamples)). One matrix product per block of
-    patterns (scipy.stats.permutation_test gives the same p-values, but took 15 s for one 14-method leaderboard).
+
+def power(delta: float, between: float, within: float, n_seeds: int, *, alpha: float = ALPHA) -> float:
+    """Power of the two-sided seed-level t test to resolve a contrast of size `delta`.
 
     Args:
-        terms: (series, n) per-unit terms; the statistic of a series is their sum (zero terms do not matter).
-        n_resamples: Monte Carlo sign patterns (also the bound for exact enumeration).
-        seed: seed of the Monte Carlo patterns.
+        delta: the true contrast.
+        between: its seed-to-seed variance component (the variance of a seed's contrast beyond its units' noise).
+        within: the squared standard error one seed's contrast has from its episodes or classes.
+        n_seeds: seeds.
+        alpha: two-sided level.
 
     Returns:
-        (series,) p-values; 1 where every term is 0; NaN for a series without terms or when n_resamples <= 0.
+        P(reject) under a noncentral t with n_seeds - 1 degrees of freedom; NaN below 2 seeds.
     """
-    terms = np.atleast_2d(np.asarray(terms, float))
-    out = np.full(terms.shape[0], np.nan)
-    if n_resamples <= 0 or terms.shape[1] == 0:
-        return out
-    keep = (terms != 0).any(axis=0)  # units that are zero for every series cannot change any statistic
-    x = terms[:, keep].T  # (n, series)
-    n = x.shape[0]
-    observed = np.abs(x.sum(axis=0))
-    tol = 1e-9 * np.maximum(np.abs(x).sum(axis=0), 1e-300)  # sums equal up to rounding count as equal
-    exact = n <= 30 and 2 ** n <= n_resamples
-    total = 2 ** n if exact else n_resamples
-    extreme = np.zeros(terms.shape[0])
-    rng = np.random.default_rng(seed)
-    per_block = max(1, 2_000_000 // max(1, n))
-    for start in range(0, total, per_block):
-        m = min(per_block, total - start)
-        if exact:
-            codes = np.arange(start, start + m)[:, None] >> np.arange(n)[None, :]
-            signs = 1.0 - 2.0 * (codes & 1)
+    if n_seeds < 2:
+        return float("nan")
+    sd = math.sqrt(max(between + within, 0.0))
+    if sd == 0:
+        return 1.0 if delta != 0 else alpha
+    df = n_seeds - 1
+    ncp = abs(delta) / (sd / math.sqrt(n_seeds))
+    q = float(sps.t.ppf(1 - alpha / 2, df))
+    return float(sps.nct.sf(q, df, ncp) + sps.nct.cdf(-q, df, ncp))
+
+
+def seeds_needed(delta: float, between: float, within: float, *, target: float = 0.8, alpha: float = ALPHA,
+                 most: int = 10_000) -> int | None:
+    """The fewest seeds (>= 2) whose t test reaches `target` power for `delta`; None beyond `most`."""
+    if not np.isfinite(delta) or delta == 0 or not np.isfinite(between + within):
+        return None
+    lo, hi = 2, 2
+    while power(delta, between, within, hi, alpha=alpha) < target:
+        lo, hi = hi, hi * 2
+        if hi > most:
+            return None
+    while lo < hi:  # power grows with the seeds: bisect for the first that reaches the target
+        mid = (lo + hi) // 2
+        if power(delta, between, within, mid, alpha=alpha) >= target:
+            hi = mid
         else:
-            signs = 1.0 - 2.0 * rng.integers(0, 2, size=(m, n))
-        extreme += (np.abs(signs @ x) >= observed - tol).sum(axis=0)
-    out[:] = extreme / total if exact else (1.0 + extreme) / (1.0 + total)
-    out[observed <= tol] = 1.0
-    return np.minimum(out, 1.0)
+            lo = mid + 1
+    return hi
 
 
-def holm(pvalues: np.ndarray) -> np.ndarray:
-    """Holm's step-down adjusted p-values (family-wise error); NaN entries are left out and stay NaN."""
-    p = np.asarray(pvalues, float)
-    out = np.full(p.shape, np.nan)
-    finite = np.flatnonzero(np.isfinite(p))
-    if finite.size == 0:
-        return out
-    order = finite[np.argsort(p[finite], kind="stable")]
-    m = order.size
-    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
-    out[order] = adjusted
-    return out
+def expected_half_width(between: float, within: float, n_seeds: int, confidence: float = CONFIDENCE) -> float:
+    """The expected half-width of the 95% t interval on `n_seeds` seeds: t quantile x E[s] / sqrt(n), with E[s] =
+    c4(n) x sigma (the bias of the sample standard deviation); NaN below 2 seeds."""
+    if n_seeds < 2:
+        return float("nan")
+    sigma = math.sqrt(max(between + within, 0.0))
+    c4 = math.exp(math.lgamma(n_seeds / 2) - math.lgamma((n_seeds - 1) / 2)) * math.sqrt(2 / (n_seeds - 1))
+    return float(t_quantile(n_seeds - 1, confidence)) * c4 * sigma / math.sqrt(n_seeds)

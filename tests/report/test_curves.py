@@ -58,9 +58,11 @@ def test_golden_plotted_data(tmp_path: Path) -> None:
     assert np.asarray(lines0["m2"].get_ydata()) == pytest.approx([0.8, 0.6])
     lines2 = {ln.get_label(): ln for ln in _data_lines(axes[1])}
     assert np.asarray(lines2["m2"].get_ydata()) == pytest.approx([0.95, 0.65])
-    # cell files without per-unit values: no band (and the report says why)
-    assert len(axes[0].collections) == 0 and len(axes[1].collections) == 0
-    assert any("no interval" in note or "no value has an interval" in note for note in t.coverage.lines())
+    # two seeds at k = 0: a (wide) t(1) band per method; one seed at k = 2: no band, and the report says why
+    assert len(axes[0].collections) == 2 and len(axes[1].collections) == 0
+    lines = t.coverage.lines()
+    assert any(line.startswith("k = 2: no value has an interval (1 seed") for line in lines)
+    assert any(line.startswith("k = 0: some values rest on 2 seeds") for line in lines)
     # families by colour, methods by marker; the legend lists every method
     styles = method_styles(fams)
     assert lines0["m1"].get_color() == styles["m1"][0] != styles["m2"][0]
@@ -90,11 +92,12 @@ def test_bands_are_the_bootstrap_intervals(tmp_path: Path) -> None:
 
 
 def test_gain_plot_data(tmp_path: Path) -> None:
-    """The gain is adapted minus unadapted on the same episodes: +0.25 on every episode -> 0.25 [0.25, 0.25]."""
-    for lv in (1, 2):
-        base = [0.4 + 0.1 * lv, 0.5, 0.3]
-        write_unit_cell(tmp_path, method="m", level=lv, seed=0, k=5, values=base, dataset="g")
-        write_unit_cell(tmp_path, method="adapted_m", family="adapted", level=lv, seed=0, k=5,
+    """The gain is adapted minus unadapted on the same episodes: +0.25 on every episode of both seeds -> 0.25 [0.25,
+    0.25]."""
+    for lv, seed in ((1, 0), (1, 1), (2, 0), (2, 1)):
+        base = [0.4 + 0.1 * lv, 0.5 - 0.1 * seed, 0.3]
+        write_unit_cell(tmp_path, method="m", level=lv, seed=seed, k=5, values=base, dataset="g")
+        write_unit_cell(tmp_path, method="adapted_m", family="adapted", level=lv, seed=seed, k=5,
                         values=[v + 0.25 for v in base], dataset="g")
     t = aggregate(read_store(tmp_path), "g", None)
     assert t.gain["gain"].to_numpy(float) == pytest.approx([0.25, 0.25])

@@ -38,11 +38,12 @@ def test_every_leaderboard_cell_is_the_mean_of_the_stored_values(grid_report: tu
     truth = _independent_means(grid_store, "recall@1")
     for k in (0, 2, 5):
         board = _read_csv(grid_store / "synthetic" / f"leaderboard_k{k}.csv")
-        assert list(board[0])[:18] == ["rank", "method", "family", "metric", "mean", "ci_low", "ci_high", "auc",
-                                       "auc_ci_low", "auc_ci_high", "n_seeds", "vs_best_p", "vs_best_p_holm",
-                                       "tied_with_best", "L1", "L2", "L3", "L4"]
-        # cell files without per-unit values: no intervals, no p-values, but every mean
-        assert all(row["ci_low"] == "" and row["L1_ci_low"] == "" and row["vs_best_p"] == "" for row in board)
+        assert list(board[0])[:19] == ["rank", "method", "family", "metric", "mean", "ci_low", "ci_high", "auc",
+                                       "auc_ci_low", "auc_ci_high", "n_seeds", "interval_note", "vs_best_p",
+                                       "vs_best_p_holm", "tied_with_best", "L1", "L2", "L3", "L4"]
+        # cell files without per-unit values: the seed-level intervals need only each seed's value
+        assert all(row["ci_low"] != "" and row["L1_ci_low"] != "" and row["interval_note"] == "" for row in board)
+        assert all((row["vs_best_p"] == "") == (row["rank"] == "1") for row in board)
         assert len(board) == 5
         for row in board:
             assert row["metric"] == "recall@1" and row["n_seeds"] == "3" and row["n_errors"] == "0"

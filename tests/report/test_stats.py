@@ -1,123 +1,133 @@
-"""The hierarchical bootstrap, the sign-flip permutation test and Holm's adjustment on hand-made unit tables with
-known answers."""
+"""Seed-level inference (`oodml.report.stats`): hand-computed t intervals and p-values, missing seeds, one and two
+seeds, the sign-flip test over seeds, Holm, the area as a contrast, and the planner's arithmetic."""
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from oodml.report import stats as st
 
-
-def _table(cells: dict[tuple[str, int, int], list[float]],
-           weights: dict[tuple[str, int, int], list[float]] | None = None) -> pd.DataFrame:
-    rows = []
-    for (m, lv, s), vals in cells.items():
-        w = (weights or {}).get((m, lv, s), [1.0] * len(vals))
-        rows += [(m, lv, s, f"u{i}", v, wi) for i, (v, wi) in enumerate(zip(vals, w))]
-    return pd.DataFrame(rows, columns=["method", "split_level", "seed", "unit", "value", "weight"])
+# t quantile 0.975 at 2 degrees of freedom, and the two-sided p of t = 2 sqrt(3) at 2 df, from tables:
+# t_{2, 0.975} = 4.302653; P(|T_2| > 3.4641) = 1 - 3.4641 / sqrt(2 + 3.4641^2) = 1 - 3.4641 / 3.7417 = 0.074180
+T2 = 4.302653
+P_2SQRT3 = 1 - 2 * math.sqrt(3) / math.sqrt(2 + 12)
 
 
-def test_all_units_equal_give_a_zero_width_interval() -> None:
-    cells = {("m", lv, s): [0.7] * 10 for lv in (1, 2, 3) for s in range(3)}
-    grid = st.unit_grid(_table(cells))
-    reps = st.bootstrap_levels(grid, 500)
-    lo, hi = st.percentile_interval(reps)
-    assert lo == pytest.approx(np.full((1, 3), 0.7)) and hi == pytest.approx(np.full((1, 3), 0.7))
-    assert np.ptp(reps) == pytest.approx(0.0, abs=1e-12)
+def test_t_interval_on_three_seeds_by_hand() -> None:
+    e = st.contrast(np.array([[0.1, 0.2, 0.3]]), np.ones(1))  # one component, three seeds
+    # mean 0.2, sd 0.1, se 0.1 / sqrt(3)
+    se = 0.1 / math.sqrt(3)
+    assert float(e.estimate) == pytest.approx(0.2)
+    assert float(e.se) == pytest.approx(se)
+    assert float(e.df) == 2 and int(e.n_seeds) == 3
+    assert float(e.low) == pytest.approx(0.2 - T2 * se, abs=1e-6)
+    assert float(e.high) == pytest.approx(0.2 + T2 * se, abs=1e-6)
+    assert float(e.p) == pytest.approx(P_2SQRT3, abs=1e-6)  # t = 0.2 / se = 2 sqrt(3)
 
 
-def _exact_distribution(seed_units: list[list[float]]) -> list[float]:
-    """Every equally likely outcome of the two-stage resample: draw len(seeds) seeds with replacement, then within
-    each drawn seed as many units with replacement; the statistic is the mean over drawn seeds of the unit means."""
-    n_s = len(seed_units)
-    out = []
-    for seeds in itertools.product(range(n_s), repeat=n_s):
-        per_seed = [[float(np.mean(d)) for d in itertools.product(seed_units[s], repeat=len(seed_units[s]))]
-                    for s in seeds]
-        out += [float(np.mean(combo)) for combo in itertools.product(*per_seed)]
-    return out
+def test_the_interval_excludes_zero_exactly_when_p_is_below_alpha() -> None:
+    rng = np.random.default_rng(1)
+    y = rng.normal(0.3, 1.0, size=(200, 1, 4))
+    e = st.contrast(y, np.ones(1))
+    assert ((e.p < st.ALPHA) == ((e.low > 0) | (e.high < 0))).all()
 
 
-def test_small_table_matches_the_enumerated_percentiles() -> None:
-    """2 seeds x 2 units: all 4 x 4 x 4 = 64 resamples enumerated; their 2.5% and 97.5% percentiles (inverted CDF)
-    are the interval, since the bootstrap's replicates land on the same discrete values."""
-    seed_units = [[0.0, 0.4], [0.6, 1.0]]
-    cells = {("m", 1, s): u for s, u in enumerate(seed_units)}
-    dist = np.sort(_exact_distribution(seed_units))
-    assert len(dist) == 64
-    n = len(dist)
-    exact_lo, exact_hi = dist[math.ceil(0.025 * n) - 1], dist[math.ceil(0.975 * n) - 1]
-    # the exact CDF is flat around 2.5% and 97.5% (steps at least 1.5 points away), so 2,000 Monte Carlo
-    # replicates cannot fall on another value
-    below_lo, upto_lo = np.mean(dist < exact_lo), np.mean(dist <= exact_lo)
-    assert below_lo <= 0.025 - 0.009 and upto_lo >= 0.025 + 0.015
-    below_hi, upto_hi = np.mean(dist < exact_hi), np.mean(dist <= exact_hi)
-    assert below_hi <= 0.975 - 0.015 and upto_hi >= 0.975 + 0.009
-    grid = st.unit_grid(_table(cells))
-    reps = st.bootstrap_levels(grid, 2000)
-    lo, hi = st.percentile_interval(reps)
-    assert float(lo[0, 0]) == pytest.approx(exact_lo) and float(hi[0, 0]) == pytest.approx(exact_hi)
-    assert set(np.round(reps.ravel(), 12)) <= set(np.round(dist, 12))  # every replicate is a possible resample
-    assert float(np.mean(reps)) == pytest.approx(float(np.mean(dist)), abs=0.01)
+def test_balanced_contrast_is_the_t_interval_on_per_seed_contrasts() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(5, 4))  # 5 levels x 4 seeds
+    c = np.array([0.1, 0.3, 0.2, 0.25, 0.15])
+    z = c @ y  # each seed's contrast
+    e = st.contrast(y, c)
+    half = float(st.t_quantile(3)) * z.std(ddof=1) / 2
+    assert float(e.estimate) == pytest.approx(z.mean())
+    assert (float(e.low), float(e.high)) == pytest.approx((z.mean() - half, z.mean() + half))
 
 
-def test_class_units_are_weighted_by_their_query_counts() -> None:
-    cells = {("m", 1, 0): [1.0, 0.0, 0.5]}
-    weights = {("m", 1, 0): [3.0, 1.0, 4.0]}
-    grid = st.unit_grid(_table(cells, weights))
-    assert st.level_means(grid)[0, 0] == pytest.approx((3 * 1.0 + 0 + 4 * 0.5) / 8)
+def test_missing_seeds_by_hand() -> None:
+    # level 1: seeds 0, 1, 2 = 1, 2, 3; level 2: seeds 0, 1 = 2, 4 (seed 2 missing); mean over the two levels
+    y = np.array([[1.0, 2.0, 3.0], [2.0, 4.0, np.nan]])
+    e = st.contrast(y, np.array([0.5, 0.5]))
+    # u_0 = .5(1-2)/3 + .5(2-3)/2 = -5/12, u_1 = 0 + .5(4-3)/2 = 1/4, u_2 = .5(3-2)/3 = 1/6
+    var = (25 / 144 + 9 / 144 + 4 / 144) * 3 / 2
+    assert float(e.estimate) == pytest.approx(2.5)
+    assert float(e.se) == pytest.approx(math.sqrt(var))
+    assert int(e.n_seeds) == 3 and float(e.df) == 2
 
 
-def test_seeds_are_drawn_once_for_all_levels_and_series() -> None:
-    """Two series with the same units see the same resamples: their replicates are identical."""
-    rng = np.random.default_rng(3)
-    vals = {(lv, s): list(rng.uniform(size=6)) for lv in (1, 2) for s in range(4)}
-    cells = {(m, lv, s): v for m in ("a", "b") for (lv, s), v in vals.items()}
-    reps = st.bootstrap_levels(st.unit_grid(_table(cells)), 300)
-    assert np.array_equal(reps[0], reps[1])
-    again = st.bootstrap_levels(st.unit_grid(_table(cells)), 300)
-    assert np.array_equal(reps, again)  # fixed seed
+def test_one_seed_has_no_interval_and_says_why() -> None:
+    e = st.contrast(np.array([[0.4]]), np.ones(1), flip=True)
+    assert float(e.estimate) == pytest.approx(0.4)
+    assert np.isnan(e.low) and np.isnan(e.high) and np.isnan(e.p) and np.isnan(e.p_flip)
+    assert st.seed_note(1) == "1 seed: training variance not estimated"
 
 
-def _enumerated_p(terms: np.ndarray) -> float:
-    t_obs = abs(terms.sum())
-    flips = np.array(list(itertools.product((1.0, -1.0), repeat=len(terms))))
-    t = np.abs(flips @ terms)
-    return float(np.mean(t >= t_obs - 1e-12))
+def test_two_seeds_say_how_wide_t1_is() -> None:
+    e = st.contrast(np.array([[0.1, 0.3]]), np.ones(1))
+    assert float(e.high - e.low) == pytest.approx(2 * 12.706205 * 0.1, rel=1e-6)  # se = sd / sqrt(2) = 0.1
+    assert "12.7" in st.seed_note(2) and st.seed_note(3) == ""
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_sign_flip_p_is_exact_for_small_tables(seed: int) -> None:
-    terms = np.random.default_rng(seed).normal(0.3, 1.0, size=9)
-    p = st.sign_flip_p(terms[None, :], n_resamples=2000)
-    assert p[0] == pytest.approx(_enumerated_p(terms))
+def test_identical_seeds_give_a_point_interval() -> None:
+    e = st.contrast(np.array([[[0.5, 0.5, 0.5]], [[0.0, 0.0, 0.0]]]), np.ones(1))  # two series, one component
+    assert e.low.tolist() == pytest.approx(e.high.tolist())
+    assert e.p.tolist() == [0.0, 1.0]
 
 
-def test_sign_flip_p_all_positive_and_zero() -> None:
-    terms = np.full(8, 0.1)
-    assert st.sign_flip_p(terms[None, :])[0] == pytest.approx(2 / 2**8)  # only all-plus and all-minus are as extreme
-    assert st.sign_flip_p(np.zeros((1, 40)))[0] == 1.0
-    big = st.sign_flip_p(np.full((1, 40), 0.1), n_resamples=999)  # Monte Carlo: (1 + 0) / (1 + 999)
-    assert big[0] == pytest.approx(1 / 1000)
+def test_a_component_without_seeds_gives_no_estimate() -> None:
+    y = np.array([[0.1, 0.2], [np.nan, np.nan]])
+    assert np.isnan(st.contrast(y, np.array([0.5, 0.5])).estimate)
+    assert float(st.contrast(y, np.array([1.0, 0.0])).estimate) == pytest.approx(0.15)
 
 
-def test_flip_coefficients_reproduce_the_level_and_overall_means() -> None:
-    rng = np.random.default_rng(5)
-    cells = {("m", lv, s): list(rng.uniform(size=4)) for lv in (1, 2, 3) for s in range(2)}
-    cells[("m", 3, 2)] = [0.5, 0.5]  # a level with an extra seed holding fewer units
-    grid = st.unit_grid(_table(cells))
-    per_level = (st.flip_coefficients(grid, False) * grid.values).sum(axis=(2, 3))
-    assert per_level == pytest.approx(st.level_means(grid))
-    overall = (st.flip_coefficients(grid, True) * grid.values).sum()
-    assert overall == pytest.approx(st.level_means(grid).mean())
+def test_sign_flip_over_seeds_is_exact() -> None:
+    p = st.sign_flip_p(np.array([[1.0, 2, 3, 4, 5, 6, 7]]))
+    assert p[0] == pytest.approx(2 / 128)  # only all-plus and all-minus are as extreme
+    p = st.sign_flip_p(np.array([[1.0, -1.0, 2.0]]))  # |sum| = 2; patterns with |sum| >= 2: 6 of 8
+    assert p[0] == pytest.approx(6 / 8)
+    assert st.sign_flip_p(np.zeros((1, 5)))[0] == 1.0
+
+
+def test_sign_flip_is_given_from_seven_seeds_on() -> None:
+    y = np.arange(1.0, 8.0)[None, :]  # one component, seven seeds
+    assert float(st.contrast(y, np.ones(1), flip=True).p_flip) == pytest.approx(2 / 128)
+    assert np.isnan(st.contrast(y[..., :6], np.ones(1), flip=True).p_flip)
 
 
 def test_holm_by_hand() -> None:
-    p = np.array([0.01, 0.04, np.nan, 0.03, 0.5])
-    # sorted 0.01, 0.03, 0.04, 0.5 with m = 4: 0.04, 0.09, max(0.09, 0.08) = 0.09, max(0.09, 0.5) = 0.5
-    assert st.holm(p) == pytest.approx(np.array([0.04, 0.09, np.nan, 0.09, 0.5]), nan_ok=True)
+    p = np.array([0.01, 0.04, 0.03, np.nan])
+    assert st.holm(p)[:3].tolist() == pytest.approx([0.03, 0.06, 0.06])
+    assert np.isnan(st.holm(p)[3])
+
+
+def test_area_weights_are_the_trapezoid_over_the_fid_range() -> None:
+    fids = np.array([10.0, 30.0, 20.0])
+    w = st.area_weights(fids)
+    y = np.array([0.9, 0.5, 0.7])
+    trapezoid = ((0.9 + 0.7) / 2 * 10 + (0.7 + 0.5) / 2 * 10) / 20
+    assert float(w @ y) == pytest.approx(trapezoid)
+    assert st.area_under_curve(fids, y[None, :])[0] == pytest.approx(trapezoid)
+    assert st.area_under_curve(fids, np.array([[0.9, np.nan, 0.7]]))[0] == pytest.approx(0.8)
+
+
+def test_power_and_seeds_needed_known_answer() -> None:
+    # one-sample t test, effect size 1, two-sided 0.05: n = 10 gives power 0.803 (standard power tables)
+    assert st.power(1.0, 1.0, 0.0, 10) == pytest.approx(0.8031, abs=5e-4)
+    assert st.seeds_needed(1.0, 1.0, 0.0) == 10
+    assert st.seeds_needed(1.0, 0.5, 0.5) == 10  # only the sum of the components matters for a fixed unit count
+    assert st.seeds_needed(0.0, 1.0, 0.0) is None
+
+
+def test_expected_half_width() -> None:
+    # c4(2) = sqrt(2 / pi); t(1) = 12.7062
+    assert st.expected_half_width(1.0, 0.0, 2) == pytest.approx(12.7062 * math.sqrt(2 / math.pi) / math.sqrt(2),
+                                                                rel=1e-4)
+    assert np.isnan(st.expected_half_width(1.0, 0.0, 1))
+
+
+def test_within_seed_variance_of_equal_weights_is_the_squared_standard_error() -> None:
+    values = np.array([0.2, 0.4, 0.9])
+    grid = st.UnitGrid(("a",), (1,), (0,), values[None, None, None, :], np.ones((1, 1, 1, 3)))
+    assert st.within_seed_variance(grid)[0, 0, 0] == pytest.approx(values.var(ddof=1) / 3)

@@ -37,25 +37,6 @@ def test_classes_and_episodes_are_read(tmp_path: Path) -> None:
     assert t.leaderboards[0].set_index("method").loc["m", "L1"] == pytest.approx((3 + 0 + 2) / 8)
 
 
-def test_old_cell_files_without_units_still_load_and_say_why(tmp_path: Path) -> None:
-    for s, v in ((0, 0.5), (1, 0.7)):
-        write_cell(tmp_path, [make_row(dataset="o", method="old", family="dml", level=1, k=0, seed=s,
-                                       metric="recall@1", value=v)])
-    for s in (0, 1):
-        write_unit_cell(tmp_path, dataset="o", method="new", level=1, seed=s, k=0, values=[0.2, 0.4, 0.9],
-                        n_queries=[2, 2, 2])
-    build_report(results=tmp_path, metric=None)
-    board = pd.read_csv(tmp_path / "o" / "leaderboard_k0.csv").set_index("method")
-    assert board.loc["old", "mean"] == pytest.approx(0.6) and np.isnan(board.loc["old", "ci_low"])
-    assert np.isnan(board.loc["old", "L1_ci_low"]) and np.isnan(board.loc["old", "vs_best_p"])
-    assert board.loc["new", "ci_low"] <= board.loc["new", "mean"] <= board.loc["new", "ci_high"]
-    assert board.loc["new", "ci_high"] > board.loc["new", "ci_low"]
-    md = (tmp_path / "o" / "report.md").read_text()
-    assert "`old` L1: no interval, cell files without per-unit values" in md
-    assert "0.500 \\[" in md  # new: mean [low, high] (brackets escaped in Markdown)
-    assert "0.500 [" in (tmp_path / "o" / "report.html").read_text()
-
-
 def test_all_csv_has_unit_rows(tmp_path: Path) -> None:
     write_unit_cell(tmp_path, method="m", level=1, seed=0, k=0, values=[1.0, 0.0], n_queries=[3, 1],
                     classes=["a", "b"])
@@ -110,14 +91,6 @@ def test_leaderboard_significance_against_rank_1(tmp_path: Path) -> None:
     assert "close ≈" in md and "worse ≈" not in md
 
 
-def test_bootstrap_zero_gives_no_intervals(tmp_path: Path) -> None:
-    for s in (0, 1):
-        write_unit_cell(tmp_path, method="m", level=1, seed=s, k=5, values=[0.2, 0.4, 0.6])
-    build_report(results=tmp_path, metric=None, bootstrap=0)
-    board = pd.read_csv(tmp_path / "u" / "leaderboard_k5.csv")
-    assert board["ci_low"].isna().all() and board["mean"].to_numpy() == pytest.approx([0.4])
-
-
 def test_same_store_same_intervals(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     vals = {(lv, s): list(rng.uniform(size=5)) for lv in (1, 2) for s in (0, 1)}
@@ -151,11 +124,39 @@ def test_chunked_reading_gives_the_same_store(tmp_path: Path, monkeypatch: pytes
     assert sorted(u.loc[u["k_shot"] == 2, "split_level"]) == [1, 1, 1, 2, 2, 2, 3, 3, 3]
 
 
-def test_integer_unit_codes_draw_as_their_labels(tmp_path: Path) -> None:
+def test_old_cell_files_without_units_get_the_same_seed_level_intervals(tmp_path: Path) -> None:
+    """A cell file without per-unit values holds its seed's value, which is all a seed-level interval needs."""
+    for s, v in ((0, 0.5), (1, 0.7), (2, 0.6)):
+        write_cell(tmp_path, [make_row(dataset="o", method="old", family="dml", level=1, k=0, seed=s,
+                                       metric="recall@1", value=v)])
+        write_unit_cell(tmp_path, dataset="o", method="new", level=1, seed=s, k=0, values=[v - 0.1, v + 0.1],
+                        n_queries=[2, 2])
+    build_report(results=tmp_path, metric=None)
+    board = pd.read_csv(tmp_path / "o" / "leaderboard_k0.csv").set_index("method")
+    half = 4.302653 * 0.1 / np.sqrt(3)  # seeds 0.5, 0.7, 0.6: sd 0.1, t(2)
+    for m in ("old", "new"):
+        assert board.loc[m, "mean"] == pytest.approx(0.6)
+        assert (board.loc[m, "ci_low"], board.loc[m, "ci_high"]) == pytest.approx((0.6 - half, 0.6 + half), abs=1e-6)
+    assert "0.600 \\[" in (tmp_path / "o" / "report.md").read_text()  # mean [low, high], brackets escaped
+
+
+def test_intervals_do_not_depend_on_the_resampling_option(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    for s in (0, 1, 2):
+        for m in ("a", "b"):
+            write_unit_cell(tmp_path / "x", method=m, level=1, seed=s, k=5, values=list(rng.uniform(size=4)))
+    out = {}
+    for n in (0, 50, 2000):
+        build_report(results=tmp_path / "x", metric=None, bootstrap=n)
+        out[n] = (tmp_path / "x" / "u" / "leaderboard_k5.csv").read_bytes()
+    assert out[0] == out[50] == out[2000]
+    assert not pd.read_csv(tmp_path / "x" / "u" / "leaderboard_k5.csv")["ci_low"].isna().any()
+
+
+def test_integer_unit_codes_sort_as_their_labels(tmp_path: Path) -> None:
     """With 12 episodes, the labels `e:10`, `e:11` sort before `e:2` as text; the integer unit codes of
-    `unit_frame` keep that order, so the bootstrap replicates equal those of a grid built from the labels."""
+    `unit_frame` keep that order."""
     from oodml.report import intervals as iv
-    from oodml.report import stats as st
     from oodml.report.leaderboard import ok_rows, seed_values
 
     rng = np.random.default_rng(3)
@@ -165,43 +166,34 @@ def test_integer_unit_codes_draw_as_their_labels(tmp_path: Path) -> None:
     frame = iv.unit_frame(store.units, seed_values(ok_rows(store.rows)), k=5, metric="recall@1")
     labels = iv.unit_labels(store.units, k=5, metric="recall@1")
     assert [labels[c] for c in sorted(set(frame["unit"]))] == sorted(f"e:{i}" for i in range(12))
-    by_code = st.bootstrap_levels(st.unit_grid(frame), 200)
-    by_label = st.bootstrap_levels(st.unit_grid(frame.assign(unit=frame["unit"].map(labels))), 200)
-    np.testing.assert_array_equal(by_code, by_label)
-    shuffled = frame.assign(unit=frame["unit"].map(lambda c: (c * 7) % 12))  # another order: other draws
-    assert not np.array_equal(st.bootstrap_levels(st.unit_grid(shuffled), 200), by_code)
 
 
-def test_a_store_without_any_unit_values_says_so_once_per_report(tmp_path: Path) -> None:
-    """Only aggregates (as the committed Omniglot study's cells): one line names every k without an interval, the
-    per-method notes stay out, and the curves' caption and title say that they draw no band and why."""
+def test_a_one_seed_store_says_so_once_per_report(tmp_path: Path) -> None:
+    """One seed (with or without units): one line names every k without an interval and why, the per-method notes
+    stay out, and the curves' caption and title say that they draw no band and why."""
     for method in ("a", "b"):
         for lv in (1, 2):
-            for s in (0, 1):
-                for k in (0, 5):
-                    write_cell(tmp_path, [make_row(dataset="o", method=method, family="dml", level=lv, k=k, seed=s,
-                                                   metric="recall@1", value=0.5 + 0.1 * s)])
+            write_cell(tmp_path, [make_row(dataset="o", method=method, family="dml", level=lv, k=0, seed=0,
+                                           metric="recall@1", value=0.5)])
+            write_unit_cell(tmp_path, dataset="o", method=method, level=lv, seed=0, k=5, values=[0.4, 0.6, 0.8])
     t = aggregate(read_store(tmp_path), "o", None)
-    assert t.coverage.uncovered_ks == [0, 5] and t.coverage.notes == []
+    assert t.coverage.one_seed_ks == [0, 5] and t.coverage.notes == []
     build_report(results=tmp_path, metric=None)
     md = (tmp_path / "o" / "report.md").read_text()
-    assert "k = 0, 5: no value has an interval" in md and "`a` L1" not in md
-    assert "no band: no per-unit values in the cell files" in md
+    assert "k = 0, 5: no value has an interval (1 seed: training variance not estimated" in md
+    assert "`a` L1" not in md and "no band: one seed: training variance not estimated" in md
+    board = pd.read_csv(tmp_path / "o" / "leaderboard_k5.csv")
+    assert board[["ci_low", "ci_high", "vs_best_p"]].isna().all().all()
+    assert (board["interval_note"] == "1 seed: training variance not estimated").all()
 
 
-def test_a_value_on_a_single_unit_has_no_interval(tmp_path: Path) -> None:
-    """One seed x one episode: every bootstrap resample is the value itself, so a [v, v] interval would claim a
-    certainty nothing measured; the value gets no interval (nor a paired p), and the report says why."""
-    for method, v in (("a", 0.9), ("b", 0.6)):
-        write_unit_cell(tmp_path, method=method, level=1, seed=0, k=5, values=[v])  # one episode
-        write_unit_cell(tmp_path, method=method, level=1, seed=0, k=2, values=[v, v - 0.2])  # two episodes
+def test_some_one_seed_levels_are_named(tmp_path: Path) -> None:
+    for s in (0, 1, 2):
+        write_unit_cell(tmp_path, method="a", level=1, seed=s, k=5, values=[0.4, 0.6 + 0.01 * s])
+    write_unit_cell(tmp_path, method="a", level=2, seed=0, k=5, values=[0.4, 0.6])
     t = aggregate(read_store(tmp_path), "u", None)
-    one, two = t.leaderboards[5].set_index("method"), t.leaderboards[2].set_index("method")
-    assert one.loc["a", "mean"] == pytest.approx(0.9)
-    assert one[["ci_low", "ci_high", "L1_ci_low", "L1_ci_high"]].isna().all().all()
-    assert one["vs_best_p"].isna().all()
-    assert two.loc["a", "ci_low"] == pytest.approx(0.7) and two.loc["a", "ci_high"] == pytest.approx(0.9)
-    assert t.coverage.single_unit_ks == [5]
-    build_report(results=tmp_path, metric=None)
-    md = (tmp_path / "u" / "report.md").read_text()
-    assert "k = 5: no value has an interval" in md and "single unit" in md
+    assert t.coverage.notes == ["k=5 `a` L2: no interval, 1 seed: training variance not estimated"]
+    board = t.leaderboards[5].set_index("method")
+    assert np.isfinite(board.loc["a", "L1_ci_low"]) and np.isnan(board.loc["a", "L2_ci_low"])
+    assert np.isfinite(board.loc["a", "ci_low"])  # the mean over levels has 3 seeds at level 1 (cluster-robust)
+
