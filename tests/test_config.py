@@ -132,6 +132,7 @@ SHIPPED_HASHES = {
 PROTOCOL_HASHES = {
     "baselines/oodml_cars196.yaml": "d8852bcf2cd5e91f3c617c19b9416b592c25aefa",
     "baselines/oodml_cub200.yaml": "fe9b166397c6bfb274e1aae70d75d72ae3abd18c",
+    "baselines/oodml_cub200_decisive.yaml": "ad1e9f1e9cfe1e838a3f5ff740b46708fecc80c1",  # issue 29, when added
     "baselines/oodml_cub200_lite0.yaml": "020930fde0a5f1a4bba1f959b694e996f00838e6",
     "baselines/oodml_cub200_subset.yaml": "e5501a76955cbf6dd5f3b34d4408f0175e723c04",
     "baselines/oodml_omniglot.yaml": "8db39280a415620ff3c00aeecb2ca959c42d4fd7",

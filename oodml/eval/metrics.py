@@ -71,6 +71,27 @@ def map_at_r(knn_labels: np.ndarray, query_labels: np.ndarray, r: np.ndarray) ->
     return float(np.mean(map_at_r_per_query(knn_labels, query_labels, r)))
 
 
+def map_at_k_per_query(knn_labels: np.ndarray, query_labels: np.ndarray, r: np.ndarray, *, k: int) -> np.ndarray:
+    """ooDML's mAP@k per query (their `mAP_1000` at k = 1000, Milbich et al. 2021's selection score).
+
+    AP@k = (1/(R+1)) sum_{j=1..k} P(j) * rel(j) over the first k neighbours (all of them if fewer), where R + 1 is
+    the size of the query's class, the query included: ooDML divides by the class count although the query itself
+    is never among its neighbours, so a perfect ranking scores R / (R + 1).
+
+    Args:
+        knn_labels: (n, K) neighbour labels.
+        query_labels: (n,) query labels.
+        r: (n,) number of other items of each query's class.
+        k: neighbours read.
+    """
+    if k < 1:
+        raise OodmlError(f"mAP@k needs k >= 1, got {k}")
+    hit = matches(knn_labels, query_labels)[:, :k]
+    ranks = np.arange(1, hit.shape[1] + 1)
+    precision = np.cumsum(hit, axis=1) / ranks[None, :]
+    return np.where(hit, precision, 0.0).sum(axis=1) / (np.asarray(r, dtype=np.float64) + 1)
+
+
 # --- the registry ------------------------------------------------------------------------------------------------
 
 ZERO_SHOT = "zero_shot"
@@ -132,6 +153,13 @@ def recall_metric(k: int) -> Entry[MetricInfo]:
         return METRICS.get(name)
     return Entry(MetricInfo(name, f"recall at {k}", "retrieval", (ZERO_SHOT, FEW_SHOT), _first(k)),
                  functools.partial(_recall_fn, k=k))
+
+
+def map_at_k_metric(k: int) -> Entry[MetricInfo]:
+    """An unregistered `map@<k>` entry (ooDML's mAP@k, `map_at_k_per_query`): read by `select_metric`, not
+    reported in cells."""
+    return Entry(MetricInfo(f"map@{k}", f"ooDML's mean average precision over the first {k} neighbours", "retrieval",
+                            (ZERO_SHOT, FEW_SHOT), _first(k)), functools.partial(map_at_k_per_query, k=k))
 
 
 def _recall_fn(knn_labels: np.ndarray, query_labels: np.ndarray, r: np.ndarray, *, k: int) -> np.ndarray:

@@ -2,11 +2,15 @@
 
 - `+sec` (Zhang et al. 2020), an embedding regularizer added to the method's objective;
 - `+dmml` (Park et al. 2020), a cohort of models trained together with a relational mutual loss;
+- `+dmmlctl`, the control for `+dmml`'s mutual term: the very same cohort (models, initialisations, batches, input
+  views, noise, dropout, update schedule) with the mutual term off, so `X+dmml` - `X+dmmlctl` is the mutual term's own
+  effect (alias `+dmml_nomutual`);
 - `+ens`, the control for `+dmml`: a cohort of independently initialised, independently trained models whose
   L2-normalised embeddings are concatenated (and normalised again), so `X+dmml` - `X+ens` is mutual learning's own
   effect.
 
-A method spec is `<registered name>[+<add-on>...]`, e.g. `triplet+sec`, `adapted_proto+sec`, `margin+ens`.
+A method spec is `<registered name>[+<add-on>...]`, e.g. `triplet+sec`, `adapted_proto+sec`, `margin+ens`; add-on
+aliases resolve to their canonical name, so a cell's spec (and id) never holds an alias.
 Regularizers apply before cohorts whatever their order in the spec.
 """
 
@@ -24,7 +28,7 @@ from oodml.methods.cohort import EnsembleMethod, MutualCohort, MutualTerm
 from oodml.methods.embedding import EmbeddingMethod
 from oodml.methods.hooks import Outputs, Regularizer
 from oodml.methods.losses import sec_loss
-from oodml.methods.params import DmmlParams, EnsParams, SecParams
+from oodml.methods.params import DmmlCohortParams, DmmlParams, EnsParams, SecParams
 from oodml.registry import Registry
 
 ADDON_KINDS = ("regularizer", "cohort")  # in the order they apply
@@ -70,14 +74,30 @@ def _sec(method: Method, params: SecParams) -> Method:
     return m
 
 
+def _mutual_cohort(method: Method, params: DmmlCohortParams, addon: str) -> EmbeddingMethod:
+    """`method` trained as `+dmml`'s cohort (models, views, noise, dropout, update schedule), no mutual term yet."""
+    m = _embedding(method, addon)
+    m.set_cohort(MutualCohort(params))
+    return m
+
+
 @ADDONS.register(AddonInfo("dmml", "cohort", DmmlParams,
                            "diversified mutual metric learning: a cohort of models with a relational mutual loss; "
                            "evaluates model 1 and the ensemble (Park 2020)"))
 def _dmml(method: Method, params: DmmlParams) -> Method:
-    m = _embedding(method, "dmml")
-    m.set_cohort(MutualCohort(params))
+    m = _mutual_cohort(method, params, "dmml")
     m.add_regularizer(MutualTerm(params.dmml_weight))
     return m
+
+
+@ADDONS.register(AddonInfo("dmmlctl", "cohort", DmmlCohortParams,
+                           "control for +dmml's mutual term: +dmml's cohort, views, noise, dropout and update schedule "
+                           "with the mutual loss off (equals +dmml at dmml_weight 0)"))
+def _dmmlctl(method: Method, params: DmmlCohortParams) -> Method:
+    return _mutual_cohort(method, params, "dmmlctl")
+
+
+ADDONS.alias("dmml_nomutual", "dmmlctl")
 
 
 @ADDONS.register(AddonInfo("ens", "cohort", EnsParams,
@@ -94,16 +114,18 @@ def parse_spec(spec: str) -> tuple[str, tuple[str, ...]]:
     Raises OodmlError for an unknown method or add-on, a repeated add-on, two cohorts, or a method that takes no
     add-ons.
     """
-    base, *addons = [p.strip() for p in spec.split("+")]
+    base, *given = [p.strip() for p in spec.split("+")]
     name = METHODS.resolve(base)
-    for a in addons:
+    for a in given:
         if a not in ADDONS:
             raise OodmlError(f"unknown add-on {'+' + a!r} in {spec!r}{suggest(a, ADDONS.names())}; "
                              f"add-ons: {', '.join('+' + n for n in ADDONS.names())}")
+    addons = [ADDONS.resolve(a) for a in given]
     if len(set(addons)) != len(addons):
         raise OodmlError(f"method {spec!r} repeats an add-on; give each add-on once")
     if sum(ADDONS.info(a).kind == "cohort" for a in addons) > 1:
-        raise OodmlError(f"method {spec!r} has two cohort add-ons; use one of +dmml, +ens")
+        cohorts = ", ".join("+" + n for n in ADDONS.names() if ADDONS.info(n).kind == "cohort")
+        raise OodmlError(f"method {spec!r} has two cohort add-ons; use one of {cohorts}")
     if addons and not METHODS.info(name).addons:
         raise OodmlError(f"method {name!r} trains no embedding, so it takes no add-on ({spec!r}); "
                          "use add-ons with DML, protonet, adapted_* or weight_transfer methods")

@@ -24,7 +24,7 @@ from oodml.methods.base import Inputs, Method
 from oodml.methods.embedding import EmbeddingMethod
 from oodml.methods.hooks import Cohort, Outputs, Regularizer
 from oodml.methods.losses import relational_mutual_loss
-from oodml.methods.params import DmmlParams
+from oodml.methods.params import DmmlCohortParams
 
 
 def concat_normalized(parts: Sequence[np.ndarray]) -> np.ndarray:
@@ -35,9 +35,10 @@ def concat_normalized(parts: Sequence[np.ndarray]) -> np.ndarray:
 
 
 class MutualCohort(Cohort):
-    """`+dmml`'s cohort: `dmml_models` models, per-model update frequency and head-regime input views."""
+    """`+dmml`'s (and `+dmmlctl`'s) cohort: `dmml_models` models, per-model update frequency and head-regime input
+    views."""
 
-    def __init__(self, params: DmmlParams) -> None:
+    def __init__(self, params: DmmlCohortParams) -> None:
         self.params = params
         self.size = params.dmml_models
 

@@ -168,10 +168,18 @@ class EmbeddingMethod(Method):
         self._trainer(stage).run(x, y, iterations, rng, groups, watchers)
 
     def val_score(self, x: Inputs, y: np.ndarray) -> float:
-        """Recall@1 of model 1's embeddings of the validation classes (`select=val`), as the evaluation computes it."""
+        """`select_metric` of model 1's embeddings of the validation classes (`select=val`), as the evaluation computes
+        it: recall@1, or recall@1 + ooDML's mAP@1000."""
         from oodml.eval import retrieval_metrics
+        from oodml.eval.metrics import map_at_k_metric, recall_metric
+        from oodml.eval.retrieval import retrieval_per_query
 
-        return float(retrieval_metrics(self._embed_net(0, x), np.asarray(y), (1,))["recall@1"])
+        if self.params.select_metric == "recall@1":
+            return float(retrieval_metrics(self._embed_net(0, x), np.asarray(y), (1,))["recall@1"])
+        parts = self.params.select_metric.split("+")
+        entries = [recall_metric(1) if n == "recall@1" else map_at_k_metric(int(n.removeprefix("map@"))) for n in parts]
+        summary = retrieval_per_query(self._embed_net(0, x), np.asarray(y), metrics=entries).summary()
+        return float(sum(summary[n] for n in parts))
 
     def support_score(self, x: Inputs, y: np.ndarray) -> float | None:
         """How well model 1 fits the support `x` (labels 0..C-1), for the `plateau` adaptation stop: leave-one-out

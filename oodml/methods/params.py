@@ -21,6 +21,8 @@ ADAPT_STOPS = ("fixed", "plateau")
 ADAPT_BN = ("train", "frozen")
 ADAPT_PROTOCOLS = ("own_loss", "oodml")
 SELECTS = ("last", "val")
+#: `select_metric` values: the score `select: val` keeps the best checkpoint by (ooDML's: recall@1 + mAP@1000)
+SELECT_METRICS = ("recall@1", "recall@1+map@1000")
 ADAPT_SCORES = ("loo_nn", "episodes")
 
 #: what `adapt_protocol: oodml` sets unless the same fields are given explicitly (Milbich et al. 2021, few-shot
@@ -49,9 +51,11 @@ class TrainParams:
         epochs: when > 0, the source training length in epochs instead: iterations = ceil(epochs x the level's
             training images / batch_size) (ooDML counts epochs; its sampler is batch_size=112, samples_per_class=2).
         select: `last`: keep the source model as training leaves it; `val`: hold the level's `val_classes` out of
-            training, score them with recall@1 (`oodml.eval`) every `select_every` iterations and at the end, and keep
-            the best-scoring weights (ooDML's checkpoint selection); the cell records the kept iteration and the
-            validation curve.
+            training, score them with `select_metric` (`oodml.eval`) every `select_every` iterations and at the end,
+            and keep the best-scoring weights (ooDML's checkpoint selection); the cell records the kept iteration and
+            the validation curve.
+        select_metric: `select: val`'s score: `recall@1`, or `recall@1+map@1000` (ooDML's: recall@1 plus their
+            mAP@1000, `oodml.eval.metrics.map_at_k_per_query`), both of model 1 on the validation classes.
         select_every: `val`: iterations between two validation scorings.
         select_patience: `val`: stop the source training once this many scorings in a row brought no new best
             (Scott et al.'s early stopping; 0: train the whole length and keep the best, as ooDML does).
@@ -108,6 +112,7 @@ class TrainParams:
     select: str = field(default="last", metadata=LATER)
     select_every: int = field(default=100, metadata=LATER)
     select_patience: int = field(default=0, metadata=LATER)
+    select_metric: str = field(default="recall@1", metadata=LATER)
 
     @staticmethod
     def preset(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -128,6 +133,8 @@ class TrainParams:
         """Raise OodmlError for out-of-range values."""
         if self.select not in SELECTS:
             raise OodmlError(f"select={self.select!r} is not one of {', '.join(SELECTS)}")
+        if self.select_metric not in SELECT_METRICS:
+            raise OodmlError(f"select_metric={self.select_metric!r} is not one of {', '.join(SELECT_METRICS)}")
         if self.select_every < 1 or self.epochs < 0 or self.select_patience < 0:
             raise OodmlError(f"need select_every >= 1, epochs >= 0 and select_patience >= 0, got {self.select_every},"
                              f" {self.epochs} and {self.select_patience}")
@@ -317,19 +324,17 @@ class SecParams:
 
 
 @dataclass(frozen=True)
-class DmmlParams:
-    """Diversified mutual metric learning (Park et al. 2020).
+class DmmlCohortParams:
+    """`+dmml`'s cohort without its mutual term: the control `+dmmlctl` (Park et al. 2020's cohort, views and schedule).
 
     Attributes:
         dmml_models: cohort size M (model 1 is evaluated alone and in the ensemble).
-        dmml_weight: weight of the relational mutual loss.
         dmml_update_every: per model, update every n-th iteration (temporal diversity); cycled when shorter than M.
         dmml_noise: head regime: Gaussian feature noise (times the batch's per-dimension std) on views >= 1.
         dmml_dropout: head regime: feature dropout probability on views >= 1.
     """
 
     dmml_models: int = 3
-    dmml_weight: float = 1.0
     dmml_update_every: tuple[int, ...] = (1, 1, 2)
     dmml_noise: float = 0.1
     dmml_dropout: float = 0.1
@@ -342,8 +347,22 @@ class DmmlParams:
             raise OodmlError("dmml_update_every must be a list of integers >= 1, e.g. [1,1,2]")
         if not 0 <= self.dmml_dropout < 1:
             raise OodmlError(f"dmml_dropout must be in [0, 1), got {self.dmml_dropout}")
-        if self.dmml_noise < 0 or self.dmml_weight < 0:
-            raise OodmlError("dmml_noise and dmml_weight must be >= 0")
+        if self.dmml_noise < 0:
+            raise OodmlError("dmml_noise must be >= 0")
+
+
+@dataclass(frozen=True)
+class DmmlParams(DmmlCohortParams):
+    """Diversified mutual metric learning (Park et al. 2020): the cohort (`DmmlCohortParams`) plus `dmml_weight`,
+    the weight of the relational mutual loss."""
+
+    dmml_weight: float = 1.0
+
+    def validate(self) -> None:
+        """Raise OodmlError for out-of-range values."""
+        super().validate()
+        if self.dmml_weight < 0:
+            raise OodmlError("dmml_weight must be >= 0")
 
 
 @dataclass(frozen=True)

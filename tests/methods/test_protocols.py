@@ -284,7 +284,7 @@ def test_addon_registry_lists_and_rejects_two_cohorts() -> None:
     from oodml.cli import _registry_listing
     from oodml.methods import ADDONS
 
-    assert ADDONS.names() == ["dmml", "ens", "sec"] and ADDONS.info("ens").kind == "cohort"
+    assert ADDONS.names() == ["dmml", "dmmlctl", "ens", "sec"] and ADDONS.info("ens").kind == "cohort"
     names = [n for n, _ in _registry_listing("methods")]
     assert {"+sec", "+dmml", "+ens", "adapted_hist"} <= set(names)
     with pytest.raises(OodmlError, match="two cohort add-ons"):
