@@ -162,6 +162,7 @@ def build_plan(cfg: RunCfg, methods: MethodPlan, spec: SplitSpec, splits_path: P
     """Expand a validated grid into cells: `spec` and `fs` are the loaded split file and its features."""
     levels = select_levels(spec, cfg.shifts)
     check_shots(levels, cfg.ks, splits_path)
+    check_train_sides(levels, methods.names, splits_path)
     backbone = _backbone(cfg, spec.backbone or fs.backbone)
     index = ImageIndex(fs)
     # every k of the file, not just the requested ones: a resumed cell may extend a stored cell's k
@@ -219,6 +220,24 @@ def check_shots(levels: Sequence[Level], shots: Sequence[int], splits_path: Path
             raise OodmlError(f"--k {k}: split file {str(splits_path)!r} has no {k}-shot episodes at level(s) "
                              f"{format_int_list(tuple(lacking))}; available k: "
                              f"{', '.join(['0', *map(str, have)])} (rebuild with `oodml make-splits --k ...`)")
+        narrow = [(lv.level, e) for lv in levels for e, ep in enumerate(lv.episodes[str(k)]) if len(ep) < 2]
+        if narrow:  # a 1-way episode scores 1.0 whatever the embedding, and would enter the mean
+            raise OodmlError(f"--k {k}: split file {str(splits_path)!r} level {narrow[0][0]}, episode {narrow[0][1]} "
+                             "has fewer than 2 classes; an episode needs at least 2 (rebuild with `oodml make-splits`)")
+
+
+def check_train_sides(levels: Sequence[Level], methods: Sequence[str], splits_path: Path) -> None:
+    """A method that trains needs at least 2 train classes at every chosen level (an empty source side would fit
+    on nothing, or crash deep inside a loss)."""
+    from oodml.methods import METHODS, parse_spec
+
+    training = [m for m in methods if METHODS.info(parse_spec(m)[0]).trains]
+    thin = [lv for lv in levels if len(lv.train_classes) < 2]
+    if training and thin:
+        lv = thin[0]
+        raise OodmlError(f"split file {str(splits_path)!r}: level {lv.level} has {len(lv.train_classes)} train "
+                         f"class(es), and {training[0]} trains on them (it needs at least 2); use a method that "
+                         "does not train, or other levels (--shifts)")
 
 
 def describe(plan: Plan, todo: int, skipped: int) -> str:

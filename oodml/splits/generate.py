@@ -38,6 +38,10 @@ from oodml.splits.spec import Level, SplitSpec
 TRAIN, TEST, REMOVED = 0, 1, 2
 
 
+#: most episodes per k and level (`--episodes`): a split file holds each episode's support ids (see LadderCfg)
+MAX_EPISODES = 100_000
+
+
 @dataclass(frozen=True)
 class LadderCfg:
     """Knobs of the ladder search (the defaults follow the ooDML procedure).
@@ -80,6 +84,13 @@ class LadderCfg:
             raise OodmlError(f"--levels must be at least 2, got {self.levels}")
         if not self.ks or min(self.ks) < 1:
             raise OodmlError(f"--k values must be >= 1, got {self.ks}")
+        if not 1 <= self.episodes <= MAX_EPISODES:
+            raise OodmlError(f"--episodes must be in 1..{MAX_EPISODES:,}, got {self.episodes:,} (a split file lists "
+                             "the support ids of every episode: 100,000 episodes of 100 classes at k = 5 already "
+                             "take about 1.2 GB per k and level, in memory and on disk)")
+        if self.ways is not None and self.ways < 2:
+            raise OodmlError(f"--ways must be at least 2, got {self.ways} (a 1-way episode scores 1.0 whatever the "
+                             "embedding)")
         if not 0.0 <= self.val_fraction < 1.0 or not 0.0 < self.floor_fraction <= 1.0:
             raise OodmlError("val_fraction must be in [0, 1) and floor_fraction in (0, 1]")
         if self.swaps_per_step is not None and self.swaps_per_step < 1 or min(self.max_steps, self.tabu) < 0 \
@@ -332,6 +343,10 @@ def build_ladder(fs: FeatureSet, cfg: LadderCfg | None = None, *,
         for k in cfg.ks:
             eps, excluded = sample_episodes({c: class_ids[c] for c in test}, k, cfg.episodes,
                                             key=(dataset, number, seed), ways=cfg.ways)
+            if len(test) - len(excluded) < 2:
+                raise OodmlError(f"--k {k} leaves {len(test) - len(excluded)} test class(es) of level {number} with "
+                                 f"a query (a class needs k + 1 images; {len(excluded)} of {len(test)} have fewer); "
+                                 "lower --k")
             level.episodes[str(k)] = eps
             if excluded:
                 level.episode_excluded[str(k)] = excluded
@@ -413,6 +428,7 @@ def make_splits_command(*, dataset: str | None, backbone: str, data_root: str | 
     """`oodml make-splits`: build the ladder from a features file or from the dataset's (cached) features, computed
     on `runtime` when absent (`auto`, `onnx`, `torch`); write the split file and its plot (`<out>.png`). Returns the
     split file path."""
+    cfg = LadderCfg(levels=levels, ks=tuple(ks), episodes=episodes, seed=seed, ways=ways)  # bounds before any work
     if features is not None:
         fs = FeatureSet.load(features)
         if not fs.dataset and not dataset:
@@ -435,8 +451,7 @@ def make_splits_command(*, dataset: str | None, backbone: str, data_root: str | 
     names = [str(c) for c in fs.class_names]
     classes_from |= {"first_class": min(names), "last_class": max(names)}
     classes_from |= {k: fs.meta[k] for k in ("dataset_hash", "transform", "runtime") if k in fs.meta}
-    spec = build_ladder(fs, LadderCfg(levels=levels, ks=tuple(ks), episodes=episodes, seed=seed, ways=ways),
-                        classes_from=classes_from)
+    spec = build_ladder(fs, cfg, classes_from=classes_from)
     path = Path(out) if out is not None else Path("splits") / f"{spec.dataset}.json"
     spec.save(path)
     plot_ladder(spec, path.with_suffix(".png"))

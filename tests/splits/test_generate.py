@@ -114,7 +114,7 @@ def test_ways_samples_n_classes_per_episode(fs: FeatureSet) -> None:
 
 
 def test_small_classes_excluded_from_large_k() -> None:
-    full = make_blobs(n_classes=16, per_class=6, dim=6)
+    full = make_blobs(n_classes=32, per_class=6, dim=6)
     image_no = np.array([int(p[-7:-4]) for p in full.paths])
     keep = ~((full.labels % 2 == 1) & (image_no >= 3))
     fs = FeatureSet(full.features[keep], full.labels[keep], full.class_names, full.paths[keep], full.meta,
