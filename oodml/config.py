@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -159,7 +160,11 @@ def _scalar(text: str, yaml: Any) -> Any:
             return cast(text)
         except ValueError:
             pass
-    value = yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:  # a tag (`!!python/...`) or broken YAML: never constructed, one line
+        raise OodmlError(f"value {text[:40]!r} is not a plain value ({str(e).splitlines()[0]}); give a number, "
+                         "true/false or a name") from None
     return text if isinstance(value, int) and ":" in text else value  # '2:30' is a schedule, not YAML 1.1 base 60
 
 
@@ -242,10 +247,15 @@ def _read_mapping(key: str, value: Any, option: str, example: str) -> dict[str, 
 
 
 def _param_map(value: Any, key: str = "method_params") -> dict[str, Any]:
-    """Method hyperparameters from a YAML mapping or `--method-param NAME=VALUE` items ({} for none)."""
+    """Method hyperparameters from a YAML mapping or `--method-param NAME=VALUE` items ({} for none); a
+    non-finite number (`inf`, `.nan`) is refused here, before a cell could compute with it."""
     if value is None:
         return {}
-    return _read_mapping(key, value, "--method-param", "margin=0.2 or triplet.margin=0.2")
+    out = _read_mapping(key, value, "--method-param", "margin=0.2 or triplet.margin=0.2")
+    for name, v in out.items():
+        if any(isinstance(x, float) and not math.isfinite(x) for x in (v if isinstance(v, (list, tuple)) else [v])):
+            raise OodmlError(f"{key}: {name} = {v!r} is not a finite number; hyperparameters must be finite")
+    return out
 
 
 def dataset_options(value: Any, key: str = "dataset_options") -> dict[str, Any]:
@@ -264,6 +274,27 @@ _READERS: dict[str, Callable[..., Any]] = {
 _INT_LISTS = ("levels", "shots", "seeds")
 
 
+class _DuplicateKey(Exception):
+    """A mapping in a study config repeats a key: args (key, line)."""
+
+
+def _unique_keys_loader(yaml: Any) -> Any:
+    """`yaml.SafeLoader` (no tags that build objects) that raises `_DuplicateKey` for a key given twice in one
+    mapping, which PyYAML would otherwise resolve silently to the last value."""
+
+    class UniqueKeys(yaml.SafeLoader):  # type: ignore[misc,name-defined]
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[str] = set()
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.value != "<<":
+                    if key_node.value in seen:
+                        raise _DuplicateKey(key_node.value, key_node.start_mark.line + 1)
+                    seen.add(key_node.value)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeys
+
+
 def load_yaml_config(path: str | Path) -> dict[str, Any]:
     """Read a study config; returns raw option values keyed like the CLI options. Unknown keys are an error, and so
     is a file over MAX_CONFIG_BYTES or one whose aliases expand beyond a study config's size."""
@@ -276,7 +307,10 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
         raise OodmlError(f"config file {str(p)!r} is {p.stat().st_size:,} bytes; a study config is at most "
                          f"{MAX_CONFIG_BYTES:,}")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_unique_keys_loader(yaml)) or {}
+    except _DuplicateKey as e:
+        raise OodmlError(f"config file {str(p)!r} gives key {e.args[0]!r} twice (line {e.args[1]}); keep one "
+                         "(YAML would silently use the last)") from None
     except yaml.YAMLError as e:
         raise OodmlError(f"config file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
     except (RecursionError, UnicodeDecodeError) as e:
