@@ -327,16 +327,26 @@ def level_means(grid: UnitGrid) -> np.ndarray:
 
 
 def within_seed_variance(grid: UnitGrid) -> np.ndarray:
-    """(series, level, seed): the squared standard error of each seed's weighted unit mean from its own units
-    (weighted variance of the units x sum(w^2) / sum(w)^2, with the n/(n-1) correction); NaN below 2 units."""
-    w = grid.weights
-    sw = w.sum(axis=-1)
-    n = (w > 0).sum(axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = (w * grid.values).sum(axis=-1) / sw
-        var = (w * (grid.values - mean[..., None]) ** 2).sum(axis=-1) / sw * n / (n - 1)
-        out = var * (w ** 2).sum(axis=-1) / sw ** 2
-    return np.where(n >= 2, out, np.nan)
+    """(series, level): the squared standard error a seed's weighted unit mean has from the seed x unit interaction,
+    the only unit noise that differs between seeds. The split's units (test classes, episodes) are the same for
+    every seed, so a unit's own effect is shared by all seeds and cancels in their spread; the interaction is the
+    two-way residual x_su - xbar_s - xbar_u + xbar over the units every seed of the level has (variance with
+    (S - 1)(U - 1) degrees of freedom), scaled by sum(w^2) / sum(w)^2 of the units' weights. NaN below 2 seeds or
+    2 shared units."""
+    out = np.full(grid.values.shape[:2], np.nan)
+    for i, j in np.ndindex(*out.shape):
+        have = grid.seed_present[i, j]
+        w = grid.weights[i, j][have]  # (seed, unit)
+        shared = (w > 0).all(axis=0)
+        n_s, n_u = int(have.sum()), int(shared.sum())
+        if n_s < 2 or n_u < 2:
+            continue
+        x = grid.values[i, j][have][:, shared]
+        r = x - x.mean(axis=1, keepdims=True) - x.mean(axis=0, keepdims=True) + x.mean()
+        sigma2 = float((r ** 2).sum()) / ((n_s - 1) * (n_u - 1))
+        ww = w[:, shared].mean(axis=0)
+        out[i, j] = sigma2 * float((ww ** 2).sum()) / float(ww.sum()) ** 2
+    return out
 
 
 # --- planning -------------------------------------------------------------------------------------------------

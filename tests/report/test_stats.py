@@ -127,7 +127,14 @@ def test_expected_half_width() -> None:
     assert np.isnan(st.expected_half_width(1.0, 0.0, 1))
 
 
-def test_within_seed_variance_of_equal_weights_is_the_squared_standard_error() -> None:
-    values = np.array([0.2, 0.4, 0.9])
-    grid = st.UnitGrid(("a",), (1,), (0,), values[None, None, None, :], np.ones((1, 1, 1, 3)))
-    assert st.within_seed_variance(grid)[0, 0, 0] == pytest.approx(values.var(ddof=1) / 3)
+def test_within_seed_variance_is_the_seed_by_unit_interaction() -> None:
+    # a unit effect shared by every seed and a seed effect add nothing; only the interaction counts
+    unit = np.array([0.0, 0.5, -0.3, 0.2])
+    seed = np.array([0.1, -0.2, 0.05])
+    inter = np.array([[0.01, -0.02, 0.03, -0.02], [-0.01, 0.0, 0.02, -0.01], [0.0, 0.02, -0.05, 0.03]])
+    x = seed[:, None] + unit[None, :] + inter
+    grid = st.UnitGrid(("a",), (1,), (0, 1, 2), x[None, None], np.ones((1, 1, 3, 4)))
+    r = inter - inter.mean(1, keepdims=True) - inter.mean(0, keepdims=True) + inter.mean()
+    assert st.within_seed_variance(grid)[0, 0] == pytest.approx((r ** 2).sum() / (2 * 3) / 4)
+    shared = st.UnitGrid(("a",), (1,), (0, 1, 2), (seed[:, None] + unit[None, :])[None, None], np.ones((1, 1, 3, 4)))
+    assert st.within_seed_variance(shared)[0, 0] == pytest.approx(0.0, abs=1e-15)
