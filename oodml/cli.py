@@ -1,4 +1,4 @@
-"""The `oodml` command line (SPEC §1): a thin typed layer over library functions (GUIDE §1.13).
+"""The `oodml` command line (README.md, "Commands"): a thin typed layer over library functions.
 
 Every command forwards to one library function with keyword arguments. Bad input raises `OodmlError`, which becomes
 one `error:` line on stderr and exit code 2 (a traceback only with OODML_DEBUG=1).
@@ -86,6 +86,25 @@ def _default_backbone() -> str:
     return DEFAULT_BACKBONE
 
 
+#: the defaults `--help` prints for options whose value comes from a library read when the command runs (the CLI
+#: imports no library at start-up); tests/test_help_text.py checks them against DEFAULT_BACKBONE and LadderCfg()
+SHOWN_DEFAULTS = {"backbone": "efficientnet_lite0", "levels": "8", "ks": "2,5,10", "episodes": "10", "seed": "0"}
+
+
+def _shown(name: str) -> str:
+    return f"(default: {SHOWN_DEFAULTS[name]})"
+
+
+def _plugin_option() -> Any:
+    return typer.Option("--plugin", help="register more methods: a module name (my_pkg.methods) or a .py file path "
+                                         "(docs/plugins.md); repeatable")
+
+
+def _weights_option() -> Any:
+    return typer.Option(metavar="FILE", help="local weights (state dict: .pth, .bin, .safetensors) for --backbone, "
+                                             "e.g. timm:resnet18; its sha256 goes into the features' meta")
+
+
 def _ladder_default(name: str) -> Callable[[], Any]:
     """The default of a `LadderCfg` field, read when the command runs (the CLI imports no library at start-up)."""
 
@@ -122,7 +141,7 @@ class ListKind(str, Enum):
 @user_errors
 def list_cmd(
     kind: Annotated[ListKind, typer.Argument(help="datasets, backbones or methods")],
-    plugin: Annotated[list[str], typer.Option("--plugin", help="import this module to register more methods")] = [],
+    plugin: Annotated[list[str], _plugin_option()] = [],
 ) -> None:
     """List registered names, one per line, with a one-line description."""
     for name, desc in _registry_listing(kind.value, plugins=tuple(plugin)):
@@ -149,8 +168,8 @@ def _registry_listing(kind: str, *, plugins: tuple[str, ...] = ()) -> list[tuple
 @user_errors
 def embed(
     dataset: Annotated[str, typer.Argument(help="registered dataset name (oodml list datasets)")],
-    backbone: Annotated[str, typer.Option(default_factory=_default_backbone,
-                                          help="registered backbone, or timm:<name> (default: DEFAULT_BACKBONE)")],
+    backbone: Annotated[str, typer.Option(default_factory=_default_backbone, show_default=False,
+                                          help=f"registered backbone, or timm:<name> {_shown('backbone')}")],
     data_root: Annotated[Path | None, typer.Option(help="dataset folder or archive location")] = None,
     classes: Annotated[list[str], typer.Option(help="only classes matching these fnmatch patterns")] = [],
     out: Annotated[Path | None, typer.Option(help="features file to write (.npz)")] = None,
@@ -161,15 +180,19 @@ def embed(
         help="dataset loader option NAME=VALUE, e.g. rotations=true for omniglot (oodml list datasets)")] = [],
     runtime: Annotated[str, typer.Option(
         help="where the backbone runs: onnx (ONNX Runtime), torch, or auto (onnx when it works, else torch)")] = "auto",
+    backbone_weights: Annotated[Path | None, _weights_option()] = None,
+    name: Annotated[str | None, typer.Option(
+        help="name of a folder dataset (default: its folder's name); it names splits/<name>.json and results")] = None,
 ) -> None:
-    """Embed every image of a dataset with a pretrained backbone into a features file (SPEC §2)."""
+    """Embed every image of a dataset with a backbone into a features file (format: docs/formats.md)."""
     from oodml.config import dataset_options
     from oodml.features.extract import embed_dataset
 
     _check_destinations(*([(Path(out).parent, "--out")] if out else []), cache=True)
     path = embed_dataset(dataset=dataset, backbone=backbone, data_root=data_root, classes=tuple(classes),
-                         out=out, batch_size=batch_size, workers=workers, options=dataset_options(dataset_option),
-                         runtime=runtime)
+                         out=out, batch_size=batch_size, workers=workers,
+                         options=_with_name(dataset_options(dataset_option), name), runtime=runtime,
+                         weights=backbone_weights)
     typer.echo(str(path))
 
 
@@ -178,27 +201,32 @@ def embed(
 def make_splits(
     *,
     dataset: Annotated[str | None, typer.Argument(help="dataset name (optional with --features)")] = None,
-    backbone: Annotated[str, typer.Option(default_factory=_default_backbone,
-                                          help="backbone whose features define the FID (default: DEFAULT_BACKBONE)")],
+    backbone: Annotated[str, typer.Option(default_factory=_default_backbone, show_default=False,
+                                          help=f"backbone whose features define the FID {_shown('backbone')}")],
     data_root: Annotated[Path | None, typer.Option(help="dataset folder or archive location")] = None,
     features: Annotated[Path | None, typer.Option(help="build from this features file, no images needed")] = None,
-    levels: Annotated[int, typer.Option(min=2, default_factory=_ladder_default("levels"),
-                                        help="number of levels in the ladder (default: LadderCfg.levels)")],
-    k: Annotated[str, typer.Option("--k", default_factory=_ladder_default("ks"),
-                                   help="shots for the episodes, e.g. 2,5,10 (default: LadderCfg.ks)")],
-    episodes: Annotated[int, typer.Option(min=1, default_factory=_ladder_default("episodes"),
-                                          help="episodes per k and level (default: LadderCfg.episodes)")],
+    levels: Annotated[int, typer.Option(min=2, default_factory=_ladder_default("levels"), show_default=False,
+                                        help=f"number of levels in the ladder {_shown('levels')}")],
+    k: Annotated[str, typer.Option("--k", default_factory=_ladder_default("ks"), show_default=False,
+                                   help=f"shots for the episodes, e.g. 2,5,10 {_shown('ks')}")],
+    episodes: Annotated[int, typer.Option(min=1, default_factory=_ladder_default("episodes"), show_default=False,
+                                          help=f"episodes per k and level {_shown('episodes')}")],
     ways: Annotated[int | None, typer.Option(min=2, help="classes per episode (n-way); default: all test classes")]
     = None,
-    seed: Annotated[int, typer.Option(min=0, default_factory=_ladder_default("seed"),
-                                      help="seed for val classes and episodes (default: LadderCfg.seed)")],
+    seed: Annotated[int, typer.Option(min=0, default_factory=_ladder_default("seed"), show_default=False,
+                                      help=f"seed for val classes and episodes {_shown('seed')}")],
     out: Annotated[Path | None, typer.Option(help="split file (default splits/<dataset>.json)")] = None,
     dataset_option: Annotated[list[str], typer.Option(
         help="dataset loader option NAME=VALUE, e.g. rotations=true for omniglot (oodml list datasets)")] = [],
     runtime: Annotated[str, typer.Option(
         help="where the backbone runs: onnx (ONNX Runtime), torch, or auto (onnx when it works, else torch)")] = "auto",
+    backbone_weights: Annotated[Path | None, _weights_option()] = None,
+    allow_random_weights: Annotated[bool, typer.Option(
+        "--allow-random-weights", help="build the ladder even on a backbone with random weights (conv4, ...); refused otherwise")] = False,
+    name: Annotated[str | None, typer.Option(
+        help="name of a folder dataset (default: its folder's name); it names splits/<name>.json and results")] = None,
 ) -> None:
-    """Build a ladder of train/test class splits with rising FID, plus k-shot episodes (SPEC §3)."""
+    """Build a ladder of train/test class splits with rising FID, plus k-shot episodes (format: docs/formats.md)."""
     from oodml.config import dataset_options
     from oodml.ranges import parse_int_list
     from oodml.splits.generate import make_splits_command
@@ -208,7 +236,8 @@ def make_splits(
     _check_destinations((Path(out).parent if out else Path("splits"), "--out"), cache=features is None)
     path = make_splits_command(dataset=dataset, backbone=backbone, data_root=data_root, features=features,
                                levels=levels, ks=ks, episodes=episodes, ways=ways, seed=seed, out=out,
-                               dataset_options=dataset_options(dataset_option), runtime=runtime)
+                               dataset_options=_with_name(dataset_options(dataset_option), name), runtime=runtime,
+                               weights=backbone_weights, allow_random_weights=allow_random_weights)
     typer.echo(str(path))
 
 
@@ -244,13 +273,16 @@ def run(
         help=f"head (frozen backbone, cached features) or full {_default('regime')}")] = None,
     executor: Annotated[str | None, typer.Option(help=f"local or ray {_default('executor')}")] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster address HOST:PORT")] = None,
+    ray_resources: Annotated[str | None, typer.Option(
+        metavar="NAME=AMOUNT,...", help="Ray resources per cell, e.g. GPU=0.5 or CPU=4,fast=1 (default: CPU=1; "
+                                        "full regime on CUDA: GPU=1); docs/cluster.md")] = None,
     workers: Annotated[int | None, typer.Option(
         help="parallel cells, one thread each, so no number depends on it (default: CPU count)")] = None,
     results: Annotated[str | None, typer.Option(metavar="DIR", help=f"results folder {_default('results')}")] = None,
     config: Annotated[Path | None, typer.Option(help="study config YAML with the same option names")] = None,
     method_param: Annotated[list[str], typer.Option(help="override a hyperparameter: name=value or m.name=value")]
     = [],
-    plugin: Annotated[list[str], typer.Option(help="import this module to register more methods")] = [],
+    plugin: Annotated[list[str], _plugin_option()] = [],
     force: Annotated[bool | None, typer.Option("--force/--no-force", help="recompute finished cells")] = None,
     device: Annotated[str | None, typer.Option(help=f"auto, cpu, cuda or cuda:N {_default('device')}")] = None,
     data_root: Annotated[str | None, typer.Option(metavar="DIR", help="dataset root (full regime)")] = None,
@@ -276,7 +308,7 @@ def run(
         regime=regime, executor=executor, address=address, workers=workers, results=results, force=force,
         device=device, method_params=parse_param_overrides(method_param), plugins=tuple(plugin),
         data_root=data_root, dataset_options=list(dataset_option), backbone=backbone, max_cells=max_cells,
-        runtime=runtime, queries=queries,
+        runtime=runtime, queries=queries, ray_resources=ray_resources,
     )
     cfg = build_run_cfg(options, config)
     _check_destinations((cfg.results, "--results"))
@@ -289,12 +321,14 @@ def run(
 @user_errors
 def report(
     results: Annotated[Path, typer.Option(help="results folder written by `oodml run`")] = Path("results"),
-    metric: Annotated[str | None, typer.Option(help="leaderboard metric (default recall@1; accuracy for k>0)")]
-    = None,
-    bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples per 95% interval and p-value (0: none)")]
+    metric: Annotated[str | None, typer.Option(help="leaderboard metric (default: recall@1 at every k that stores "
+                                                    "it, else accuracy)")] = None,
+    bootstrap: Annotated[int, typer.Option(min=0, help="Monte Carlo sign patterns of the seed-level permutation test "
+                                                       "beyond 20 seeds (intervals are seed-level t intervals)")]
     = 2000,
 ) -> None:
-    """Write leaderboards, degradation curves and report.md/html per dataset from a results folder (SPEC §4)."""
+    """Write leaderboards, degradation curves and report.md/html per dataset from a results folder (docs/formats.md,
+    docs/results.md)."""
     from oodml.report import build_report
 
     for path in build_report(results=results, metric=metric, bootstrap=bootstrap):
@@ -310,9 +344,11 @@ def compare(
     k: Annotated[str | None, typer.Option("--k", help="shots: 0, 10 or 2,5 (default: every k both have)")] = None,
     metric: Annotated[str | None, typer.Option(help="metric (default recall@1, else accuracy)")] = None,
     levels: Annotated[str | None, typer.Option(help="split levels: 3, 1..8 (default: all)")] = None,
-    bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples and Monte Carlo sign flips")] = 2000,
+    bootstrap: Annotated[int, typer.Option(min=0, help="Monte Carlo sign patterns of the seed-level permutation test "
+                                                       "beyond 20 seeds")] = 2000,
 ) -> None:
-    """Paired difference A - B per level and over levels: 95% bootstrap interval, permutation p, Holm over levels."""
+    """Paired difference A - B per level and over levels: 95% seed-level t interval, paired t test over seeds, Holm
+    over levels, and a verdict line."""
     from oodml.ranges import parse_int_list
     from oodml.report.compare import compare_command, render
 
@@ -321,7 +357,34 @@ def compare(
                             bootstrap=bootstrap)
     for c in found:
         typer.echo(render(c))
+        typer.echo(c.verdict)
         typer.echo(f"written: {c.path}")
+
+
+def _with_name(options: dict[str, Any], name: str | None) -> dict[str, Any]:
+    """Loader options plus `name` (a folder dataset's `--name`)."""
+    return {**options, "name": name} if name is not None else options
+
+
+@app.command()
+@user_errors
+def plan(
+    a: Annotated[str, typer.Argument(metavar="A", help="method (the difference is A minus B)")],
+    b: Annotated[str, typer.Argument(metavar="B", help="method to compare with")],
+    results: Annotated[Path, typer.Option(help="pilot results folder (2 or more seeds; 3 or more recommended)")]
+    = Path("results"),
+    k: Annotated[int, typer.Option("--k", min=0, help="shots (0: zero-shot)")] = 0,
+    metric: Annotated[str | None, typer.Option(help="metric (default recall@1, else accuracy)")] = None,
+    delta: Annotated[float | None, typer.Option(help="difference to resolve (default: the pilot's estimate)")] = None,
+    level: Annotated[int | None, typer.Option(min=1, help="plan one split level (default: the mean over levels)")]
+    = None,
+    power: Annotated[float, typer.Option(min=0.5, max=0.99, help="target power of the two-sided 0.05 test")] = 0.8,
+) -> None:
+    """How many seeds (and episodes) resolve A - B: variance components from a pilot, seeds needed, interval widths."""
+    from oodml.report.plan import plan_command, render
+
+    for p in plan_command(results=results, a=a, b=b, k=k, metric=metric, delta=delta, level=level, power=power):
+        typer.echo(render(p, a, b, power))
 
 
 def main(argv: list[str] | None = None) -> None:
