@@ -57,12 +57,20 @@ _IO_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDI
               errno.ENAMETOOLONG, errno.ELOOP}
 
 
+#: most bootstrap replicates / sign patterns `report` and `compare` take (10**5 already takes minutes on a study)
+MAX_BOOTSTRAP = 100_000
+
+
 def _user_message(e: Exception) -> str | None:
     """The one-line message for a user error, or None for an error that is a bug (shown as a traceback)."""
     if isinstance(e, OodmlError):
         return str(e)
     if isinstance(e, FileNotFoundError):
         return f"file not found: {e.filename or e}"
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        from oodml.io import disk_error
+
+        return str(disk_error(e, e.filename or "the destination"))
     if isinstance(e, OSError) and e.errno in _IO_ERRNOS:
         where = f" {e.filename!r}" if e.filename else ""
         return f"cannot access{where}: {e.strerror}; check the path and its permissions"
@@ -323,8 +331,9 @@ def report(
     results: Annotated[Path, typer.Option(help="results folder written by `oodml run`")] = Path("results"),
     metric: Annotated[str | None, typer.Option(help="leaderboard metric (default: recall@1 at every k that stores "
                                                     "it, else accuracy)")] = None,
-    bootstrap: Annotated[int, typer.Option(min=0, help="Monte Carlo sign patterns of the seed-level permutation test "
-                                                       "beyond 20 seeds (intervals are seed-level t intervals)")]
+    bootstrap: Annotated[int, typer.Option(min=0, max=MAX_BOOTSTRAP, help="Monte Carlo sign patterns of the seed-level "
+                                                       "permutation test beyond 20 seeds "
+                                                       "(intervals are seed-level t intervals)")]
     = 2000,
 ) -> None:
     """Write leaderboards, degradation curves and report.md/html per dataset from a results folder (docs/formats.md,
@@ -344,8 +353,8 @@ def compare(
     k: Annotated[str | None, typer.Option("--k", help="shots: 0, 10 or 2,5 (default: every k both have)")] = None,
     metric: Annotated[str | None, typer.Option(help="metric (default recall@1, else accuracy)")] = None,
     levels: Annotated[str | None, typer.Option(help="split levels: 3, 1..8 (default: all)")] = None,
-    bootstrap: Annotated[int, typer.Option(min=0, help="Monte Carlo sign patterns of the seed-level permutation test "
-                                                       "beyond 20 seeds")] = 2000,
+    bootstrap: Annotated[int, typer.Option(min=0, max=MAX_BOOTSTRAP, help="Monte Carlo sign patterns of the seed-level "
+                                                       "permutation test beyond 20 seeds")] = 2000,
 ) -> None:
     """Paired difference A - B per level and over levels: 95% seed-level t interval, paired t test over seeds, Holm
     over levels, and a verdict line."""

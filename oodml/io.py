@@ -1,7 +1,8 @@
 """Files on disk: one atomic-write helper (temp file in the same folder, fsync, rename; the temp file is removed on
 error; a destination that is a symbolic link is refused), paths inside a folder that refuse names from data that are
-not one path component and links on the way (`safe_name`, `safe_path`), a lock on a folder (`folder_lock`), the cleanup of temp files a killed process left behind, the oodml cache (`cache_dir`, memoised checksums,
-one-time tar extraction) and the network helpers (reachability, verified downloads).
+not one path component and links on the way (`safe_name`, `safe_path`), a lock on a folder (`folder_lock`), the
+cleanup of temp files a killed process left behind, the oodml cache (`cache_dir`, memoised checksums, one-time tar
+extraction) and the network helpers (reachability, verified downloads).
 
 Temp files are named `.<name>.<pid>.<random>.tmp`, so a later run can tell a dead writer's leftovers from a live
 writer's file in progress.

@@ -498,7 +498,8 @@ def _parse_one(path: str, blob: bytes) -> Any:
     except ValueError as e:
         raise OodmlError(f"cell file {path!r} is not valid JSON ({e}); delete it and rerun `oodml run`") from None
     except RecursionError:
-        raise OodmlError(f"cell file {path!r} nests too deeply to be a cell file; delete it and rerun `oodml run`") from None
+        raise OodmlError(f"cell file {path!r} nests too deeply to be a cell file; delete it and rerun `oodml run`") \
+            from None
 
 
 def _bad_columns(flat: list[Any], row_cell: np.ndarray, files: list[str]) -> str:
