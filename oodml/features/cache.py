@@ -10,7 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from oodml.errors import OodmlError
+from oodml.features.io import check_npz
 from oodml.io import cache_dir
+from oodml.progress import log
 
 #: Bump when the extraction procedure changes in a way that changes features (2: chunked forward pass).
 EXTRACT_VERSION = 2
@@ -38,7 +41,13 @@ def cache_path(dataset: str, backbone: str, key: str) -> Path:
 
 
 def read_meta(path: Path) -> dict[str, object]:
-    """The `meta` JSON of a features file without loading its arrays ({} when unreadable)."""
+    """The `meta` JSON of a features file without loading its arrays ({} when unreadable: a file that is no .npz or
+    whose array headers claim more than it holds is skipped with a note, and computed again where it is needed)."""
+    try:
+        check_npz(path, "cached features file")
+    except OodmlError as e:
+        log(f"note: {e}; skipped")
+        return {}
     try:
         with np.load(path, allow_pickle=False) as z:
             return dict(json.loads(str(z["meta"])))

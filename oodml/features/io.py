@@ -53,6 +53,9 @@ class FeatureSet:
             raise OodmlError("features file is inconsistent: labels must index class_names")
         if self.class_split is not None:
             self.class_split = np.asarray(self.class_split, dtype=str)
+            if self.class_split.shape != self.class_names.shape:
+                raise OodmlError(f"features file is inconsistent: class_split has shape {self.class_split.shape}, "
+                                 f"class_names {self.class_names.shape}; they must agree (one entry per class)")
         self._check_finite()
 
     def _check_finite(self) -> None:
@@ -135,6 +138,7 @@ class FeatureSet:
         p = Path(path)
         if not p.is_file():
             raise OodmlError(f"features file {str(p)!r} does not exist; create it with `oodml embed DATASET --out FILE`")
+        check_npz(p, "features file")
         try:
             with np.load(p, allow_pickle=False) as z:
                 missing = [k for k in REQUIRED_KEYS if k not in z.files]
@@ -162,6 +166,28 @@ class FeatureSet:
                        data.get("class_split"))
         except OodmlError as e:
             raise OodmlError(f"{str(p)!r}: {e}") from None
+
+
+def check_npz(path: Path, what: str) -> None:
+    """Refuse, before numpy allocates anything, a file that is not a zip of arrays (e.g. a plain `.npy` renamed) and
+    a member whose `.npy` header claims more bytes than the member holds (a planted header claiming terabytes)."""
+    if not zipfile.is_zipfile(path):
+        raise OodmlError(f"{what} {str(path)!r} is not an .npz (a zip of .npy arrays); re-create it with `oodml embed`")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                with zf.open(info) as f:
+                    major, _ = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f, max_header_size=1 << 16)
+                    header = f.tell()
+                need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if need > info.file_size - header:
+                    raise OodmlError(f"{what} {str(path)!r}: array {info.filename!r} claims shape {tuple(shape)} "
+                                     f"({need:,} bytes) but holds {info.file_size - header:,} bytes; the file is "
+                                     "damaged or forged: re-create it with `oodml embed`")
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise OodmlError(f"{what} {str(path)!r} is corrupt or not an .npz: {e}") from None
 
 
 def _version() -> str:

@@ -47,6 +47,7 @@ def load_inputs(cfg: RunCfg, levels: Sequence[Level] | None = None) -> GridInput
         _check_equivalent_features(spec, fs, chosen, splits_path, features_path)
     elif spec.feature_hash:
         check_level_fids(chosen, fs, str(splits_path))
+    check_coverage(fs, chosen, splits_path, features_path)
     return GridInputs(spec=spec, splits_path=splits_path, features=fs, features_path=features_path)
 
 
@@ -74,7 +75,10 @@ def _load_features(cfg: RunCfg, spec: SplitSpec, splits_path: Path) -> tuple[Fea
 
     cached = find_cached_features(spec.feature_hash) if spec.feature_hash else None
     if cached is not None:
-        return FeatureSet.load(cached), Path(cached)
+        try:
+            return FeatureSet.load(cached), Path(cached)
+        except OodmlError as e:  # a damaged or planted cache entry must not fail every later run
+            log(f"note: cached features {str(cached)!r} cannot be used ({e}); skipped, computing them again")
     from oodml.features.backbones import DEFAULT_BACKBONE, canonical_backbone
 
     backbone = spec.backbone or DEFAULT_BACKBONE
@@ -95,6 +99,29 @@ def _load_features(cfg: RunCfg, spec: SplitSpec, splits_path: Path) -> tuple[Fea
         raise OodmlError(f"features for split file {str(splits_path)!r} could not be cached; "
                          f"run `oodml embed {spec.dataset} --out F.npz` and pass --features F.npz")
     return fs, Path(path)
+
+
+def check_coverage(fs: FeatureSet, levels: Sequence[Level], splits_path: Path, features_path: Path) -> None:
+    """Every image id the chosen levels' episodes and validation images name must be an image of its class in the
+    features (renamed or foreign image ids are an error that says how many are missing, not a run on other
+    images)."""
+    from oodml.splits.levels import ImageIndex
+
+    index = ImageIndex(fs)
+    wanted = {(c, str(i)) for lv in levels for eps in lv.episodes.values() for ep in eps for c, ids in ep.items()
+              for i in ids} | {(c, str(i)) for lv in levels for c, ids in lv.val_images.items() for i in ids}
+    missing = []
+    for c, i in sorted(wanted):
+        try:
+            index.row(i, c, "")
+        except OodmlError:
+            missing.append((c, i))
+    if missing:
+        c, i = missing[0]
+        raise OodmlError(f"features file {str(features_path)!r} lacks {len(missing):,} of the {len(wanted):,} image "
+                         f"ids that split file {str(splits_path)!r} uses at the chosen levels (e.g. {i!r} of class "
+                         f"{c!r}): they are other images; pass the features the split file was built on, or rebuild "
+                         "the splits on these (`oodml make-splits --features ...`)")
 
 
 def _check_equivalent_features(spec: SplitSpec, fs: FeatureSet, levels: Sequence[Level], splits_path: Path,

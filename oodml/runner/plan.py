@@ -43,6 +43,9 @@ class Cell:
     queries: int | None = None  # most queries per k-shot episode (RunCfg.queries); None: all
     #: what the source fit depends on besides data and seed (`oodml.methods.fit_identity`); "" = the method itself
     fit_json: str = ""
+    #: the content hash of the features used when they are not the split file's own (`feature_hash`), e.g. the same
+    #: images embedded on another kind of CPU; "" = the split file's features
+    features_used: str = ""
 
     def _data_key(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "backbone": self.backbone, "feature_hash": self.feature_hash,
@@ -50,15 +53,19 @@ class Cell:
 
     def key(self) -> dict[str, Any]:
         """The identity of the cell (everything but `shots`): what its fit and its results depend on. `queries`
-        enters only when set, so cells that score every query keep the ids they had before it existed."""
+        and `features_used` enter only when set, so cells that score every query on the split file's own features
+        keep the ids they had before these existed, and results on other features never share their identity."""
         return (self._data_key() | {"method": self.method, "method_params": self.params_json}
-                | ({"queries": self.queries} if self.queries is not None else {}))
+                | ({"queries": self.queries} if self.queries is not None else {}) | self._used())
+
+    def _used(self) -> dict[str, Any]:
+        return {"features_used": self.features_used} if self.features_used else {}
 
     def fit_key(self) -> dict[str, Any]:
         """What the cell's source fit depends on: the data, the seed and the method's fit identity; cells that
         differ only in adaptation settings, in `queries`, or as `adapted_X` and `X`, share it."""
         fit = self.fit_json or canonical_json({"method": self.method, "params": self.params_json})
-        return self._data_key() | {"fit": fit}
+        return self._data_key() | {"fit": fit} | self._used()
 
     def seed_key(self) -> dict[str, Any]:
         """What the cell's seeds derive from: its key without the method and its parameters, so that every method
@@ -170,11 +177,12 @@ def build_plan(cfg: RunCfg, methods: MethodPlan, spec: SplitSpec, splits_path: P
     # the cells' identity (ids, seeds) names the split file's features, so that the same features recomputed on
     # another kind of CPU (see runner.inputs) give the same cells, fitted from the same seeds
     identity = spec.feature_hash or fs.hash
+    used = fs.hash if fs.hash != identity else ""  # ...but the cells' ids and fits tell the two apart
     cells = [
         Cell(dataset=spec.dataset, backbone=backbone, feature_hash=identity, regime=cfg.regime, method=m,
              params_json=canonical_json(methods.params[m]), level=lv, split_hash=resolved[lv].split_hash, seed=s,
              shots=tuple(cfg.ks), queries=cfg.queries,
-             fit_json=canonical_json(methods.fits[m]))
+             fit_json=canonical_json(methods.fits[m]), features_used=used)
         for m in methods.names for lv in resolved for s in cfg.seeds
     ]
     return Plan(cfg=cfg, dataset=spec.dataset, backbone=backbone, spec=spec, splits_path=splits_path, features=fs,

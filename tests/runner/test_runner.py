@@ -222,7 +222,7 @@ def test_unknown_episode_id_is_a_clear_error(fakes: None, files: tuple[Path, Pat
     first = sorted(ep)[0]
     ep[first][0] = "nowhere/missing.png"
     files[1].write_text(json.dumps(doc))
-    with pytest.raises(OodmlError, match="'nowhere/missing.png' of class .* matches no image"):
+    with pytest.raises(OodmlError, match="lacks 1 of the .* image ids .* 'nowhere/missing.png' of class"):
         run_grid(cfg(files, tmp_path / "r"))
     assert not (tmp_path / "r").exists()
 
