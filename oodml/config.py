@@ -80,6 +80,8 @@ class RunCfg:
     #: most queries per k-shot episode: an episode with more is scored on a random draw of this many, the same for
     #: every method and seed (Scott et al. test each task on a random 10,000 images); None: all of them (SPEC 3)
     queries: int | None = _opt(kind="count", omit_at_default=True)
+    #: Ray resources per cell beyond the defaults (`oodml.runner.executors.cell_resources`), e.g. {"GPU": 0.5}
+    ray_resources: Mapping[str, float] = _opt(kind="resources", hashed=False, factory=dict)
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -101,6 +103,8 @@ class RunCfg:
         if self.address and self.executor == "local":
             raise OodmlError(f"--address {self.address} is for --executor ray; the local executor runs on this "
                              "machine only: drop --address or add --executor ray")
+        if self.ray_resources and self.executor != "ray":
+            raise OodmlError("--ray-resources is for --executor ray; drop it or add --executor ray")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field that can change a number (not `max_cells`)."""
@@ -265,11 +269,25 @@ def dataset_options(value: Any, key: str = "dataset_options") -> dict[str, Any]:
     return _read_mapping(key, value, "--dataset-option", "rotations=true")
 
 
+def _read_resources(key: str, value: Any) -> dict[str, float]:
+    """Ray resources per cell from `NAME=AMOUNT,...` (one string or a list) or a YAML mapping: amounts >= 0."""
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    out = _read_mapping(key, value, "--ray-resources", "GPU=0.5,CPU=2 or a custom resource: fast_disk=1")
+    for name, amount in out.items():
+        if not re.fullmatch(r"[A-Za-z_][\w.\-]*", name):
+            raise _bad(key, "NAME=AMOUNT items with a resource name (letters, digits, _ . -)", name)
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0 <= amount < float("inf"):
+            raise _bad(key, f"a finite amount >= 0 for {name!r}", amount)
+    return {name: float(amount) for name, amount in out.items()}
+
+
 #: how each field kind reads a YAML / command-line value (int lists also take the cap on their length)
 _READERS: dict[str, Callable[..., Any]] = {
     "text": _read_text, "name": _read_name, "path": _read_path, "names": _read_names, "count": _read_count,
     "flag": _read_flag, "params": lambda key, v: _param_map(v, key), "options": lambda key, v: dataset_options(v, key),
-    "levels": _int_reader(1, allow_all=True), "shots": _int_reader(0), "seeds": _int_reader(0),
+    "resources": _read_resources, "levels": _int_reader(1, allow_all=True), "shots": _int_reader(0),
+    "seeds": _int_reader(0),
 }
 _INT_LISTS = ("levels", "shots", "seeds")
 
@@ -382,7 +400,8 @@ def build_run_cfg(options: Mapping[str, Any], config_file: str | Path | None = N
     _check_dataset(cfg)
     _check_grid_bound(cfg)
     _check_cli_method_params(cfg, _param_map(options.get("method_params")))
-    require_device(cfg.device)
+    if cfg.executor != "ray":  # Ray cells run where Ray puts them (docs/cluster.md): the driver may have no GPU
+        require_device(cfg.device)
     return cfg
 
 

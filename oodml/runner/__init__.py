@@ -88,7 +88,9 @@ def _headline(payload: dict[str, object]) -> str:
 
 def run_grid(cfg: RunCfg) -> int:
     """Run the grid described by `cfg`; returns 0 when every cell ended ok (or skipped), else 1."""
-    EXECUTORS.resolve(cfg.executor)  # an unknown executor: OodmlError with the closest names, before any work
+    executor = EXECUTORS.get(cfg.executor)  # an unknown executor: OodmlError with the closest names, before any work
+    if executor.info.check is not None:
+        executor.info.check(cfg.address)
     plan = plan_grid(cfg)
     check_grid_size(len(plan.cells), cfg)
     store = CellStore(cfg.results)
@@ -100,11 +102,11 @@ def run_grid(cfg: RunCfg) -> int:
         return 0
     workers = min(cfg.workers or cpu_count(), len(tasks))
     opts = ExecOptions(workers=workers, threads=tasks[0].threads, features_path=str(plan.features_path),
-                       address=cfg.address, plugins=tuple(cfg.plugins))
+                       address=cfg.address, plugins=tuple(cfg.plugins), resources=dict(cfg.ray_resources))
     view = GridProgress(len(tasks), workers)
     sink = _StoreSink(plan, store, view)
     try:
-        EXECUTORS.get(cfg.executor).factory(tasks, plan.features, opts, sink)
+        executor.factory(tasks, plan.features, opts, sink)
     finally:
         view.close()
     log(view.summary())

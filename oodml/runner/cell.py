@@ -2,12 +2,17 @@
 zero-shot retrieval on all test images (k = 0) and k-shot episodes (k > 0).
 
 This is what a worker process or a Ray task executes; it writes nothing but the fit cache and returns a
-`CellResult` (numbers, no provenance) that the parent turns into the cell file.
+`CellResult` (numbers, where it ran, no other provenance) that the parent turns into the cell file. A Ray task
+writes no file at all: it gets its source fit as bytes with the task (`CellTask.fit_blob`) and returns a fit it
+computed with its result (`CellResult.fit_blob`), which the driver checks like a cache file and stores
+(`store_fit_blob`), so `adapted_X` on one node reuses `X` fitted on another (docs/cluster.md).
 """
 
 from __future__ import annotations
 
+import io
 import resource
+import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -40,6 +45,10 @@ class CellTask:
     refit: bool = False
     data_root: str | None = None
     dataset_options: dict[str, Any] = field(default_factory=dict)
+    #: the source fit as `torch.save` bytes (a Ray task on another node: the driver's cache entry travels with it)
+    fit_blob: bytes | None = None
+    #: return a fit computed here with the result (`CellResult.fit_blob`) instead of writing it to `fit_cache`
+    return_fit: bool = False
 
 
 @dataclass
@@ -59,6 +68,14 @@ class CellResult:
     peak_mem_mb: float | None = None
     fit_cached: bool = False
     training: dict[str, Any] = field(default_factory=dict)  # e.g. the adaptation settings per k
+    #: where it ran: the machine, the Ray node (None outside Ray), how often it was resubmitted after losing its
+    #: node or worker process, and the torch device it used (None: the plan's)
+    hostname: str | None = None
+    node_id: str | None = None
+    retries: int = 0
+    device: str | None = None
+    #: a source fit computed by a task with `return_fit`, as `torch.save` bytes (the driver stores it, then drops it)
+    fit_blob: bytes | None = None
 
 
 def execute(task: CellTask, features: Any) -> CellResult:
@@ -66,17 +83,18 @@ def execute(task: CellTask, features: Any) -> CellResult:
     t0, c0 = time.perf_counter(), time.process_time()
     _reset_peak_rss()
     try:
-        metrics, episodes, classes, cached, training = _evaluate(task, features)
+        metrics, episodes, classes, cached, training, blob = _evaluate(task, features)
         statuses = {m.status for m in metrics}
         status = "skipped" if statuses == {"skipped"} else "ok"
         result = CellResult(task.cell.cell_id, status, metrics=metrics, episodes=episodes, classes=classes,
-                            fit_cached=cached, training=training)
+                            fit_cached=cached, training=training, fit_blob=blob)
     except Exception as e:  # one failing cell must not stop the grid (GUIDE §1.11)
         msg = " ".join(f"{type(e).__name__}: {e}".split())
         result = CellResult(task.cell.cell_id, "error", error=msg, traceback=traceback.format_exc())
     result.wall_time_s = round(time.perf_counter() - t0, 3)
     result.cpu_time_s = round(time.process_time() - c0, 3)
     result.peak_mem_mb = _peak_rss_mb()
+    result.hostname, result.device = socket.gethostname(), task.device
     return result
 
 
@@ -113,7 +131,7 @@ def set_threads(n: int) -> None:
 
 
 def _evaluate(task: CellTask, fs: Any) -> tuple[list[MetricRow], list[EpisodeValue], list[ClassValue], bool,
-                                                dict[str, Any]]:
+                                                dict[str, Any], bytes | None]:
     from oodml import methods as api
     from oodml.eval.protocol import EvalData, EvalSeeds, contiguous, evaluate
     from oodml.methods.base import MethodContext
@@ -138,40 +156,41 @@ def _evaluate(task: CellTask, fs: Any) -> tuple[list[MetricRow], list[EpisodeVal
         seed_everything(fit_seed)
         return api.build_method(cell.method, ctx, task.overrides)
 
-    method, cached = _fitted(build, inputs, lv, fs.labels, task)
+    method, cached, blob = _fitted(build, inputs, lv, fs.labels, task)
     data = EvalData(labels=fs.labels, test_rows=lv.test_rows, supports=lv.supports, class_names=fs.class_names,
                     max_queries=cell.queries, query_key=f"{cell.split_hash}:L{cell.level}")
     seeds = EvalSeeds(metric_key=seed_key, adapt_key=cell.cell_id)
     metrics, episodes, classes = evaluate(method, inputs, data, cell.shots, seeds)
     adaptation = {str(k): r for k in cell.shots if k > 0 and (r := method.adaptation_record(k))}
     training = {"fit": method.fit_record()} if method.fit_record() else {}
-    return metrics, episodes, classes, cached, ({**training, "adaptation": adaptation} if adaptation else training)
+    return (metrics, episodes, classes, cached, ({**training, "adaptation": adaptation} if adaptation else training),
+            blob)
 
 
 def _fitted(build: Callable[[], Any], inputs: Callable[[np.ndarray], Any], lv: LevelData, labels: np.ndarray,
-            task: CellTask) -> tuple[Any, bool]:
-    """A freshly built method fitted on the level's source rows, or restored from the fit cache (True when it was).
-    A method that selects its checkpoint on validation classes (`select=val`) fits without the level's validation
-    rows and scores them while it trains.
+            task: CellTask) -> tuple[Any, bool, bytes | None]:
+    """A freshly built method fitted on the level's source rows, or restored from the fit cache (True when it was),
+    and the fit's bytes when the task returns its fit (`return_fit`). A method that selects its checkpoint on
+    validation classes (`select=val`) fits without the level's validation rows and scores them while it trains.
 
     The cache holds tensors and plain values only and is read with `torch.load(weights_only=True)`, so a planted
     file cannot run code; an unreadable, foreign or stale entry is refitted (from a freshly built method, as
-    without a cache) with a one-line note, and overwritten.
+    without a cache) with a one-line note, and overwritten. A fit that came with the task (`fit_blob`) is read
+    the same way.
     """
     import torch
 
     method = build()
     path = Path(task.fit_cache) / f"{task.cell.fit_id}.pt" if task.fit_cache else None
-    if path is not None and path.is_file() and not task.refit:
+    source: Any = io.BytesIO(task.fit_blob) if task.fit_blob is not None else path
+    where = "sent with the task" if task.fit_blob is not None else str(path)
+    if source is not None and (task.fit_blob is not None or source.is_file()) and not task.refit:
         try:
-            state = torch.load(path, map_location=task.device, weights_only=True)
-            if not isinstance(state, dict) or not state:
-                raise ValueError("not a state dict")
-            method.load_state_dict(state)
-            return method, True
+            method.load_state_dict(_load_state(source, task.device))
+            return method, True, None
         except Exception as e:  # noqa: BLE001 -- any unusable entry is refitted
             why = " ".join(f"{type(e).__name__}: {e}".split())[:200]
-            log(f"note: fit cache {path} is unreadable or stale ({why}); fitting again")
+            log(f"note: fit cache {where} is unreadable or stale ({why}); fitting again")
             method = build()
     # the source inputs are built only when fitting (a cached fit needs none of them)
     rows = lv.train_rows
@@ -180,13 +199,44 @@ def _fitted(build: Callable[[], Any], inputs: Callable[[np.ndarray], Any], lv: L
         method.fit(inputs(rows), contiguous(labels[rows]), val=(inputs(lv.val_rows), labels[lv.val_rows]))
     else:
         method.fit(inputs(rows), contiguous(labels[rows]))
-    if path is not None:
-        state = method.state_dict()
-        if state:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_write(path, "wb") as f:
-                torch.save(state, f)
-    return method, False
+    state = method.state_dict() if path is not None or task.return_fit else None
+    if not state:
+        return method, False, None
+    if task.return_fit:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        return method, False, buf.getvalue()
+    assert path is not None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
+    return method, False, None
+
+
+def _load_state(source: Any, device: str) -> dict[str, Any]:
+    """A fit's state dict from a path or a file object, read with `weights_only=True` (tensors and plain values,
+    no code); ValueError when it is not a non-empty dict."""
+    import torch
+
+    state = torch.load(source, map_location=device, weights_only=True)
+    if not isinstance(state, dict) or not state:
+        raise ValueError("not a state dict")
+    return state
+
+
+def store_fit_blob(blob: bytes, path: Path) -> bool:
+    """Store a fit that a Ray task returned as the fit-cache entry `path`, after the checks a cache entry gets when
+    it is read (`weights_only` load, a non-empty dict); returns False (and stores nothing) when it fails them."""
+    try:
+        _load_state(io.BytesIO(blob), "cpu")
+    except Exception as e:  # noqa: BLE001 -- a bad fit is not stored; the cell's numbers are still stored
+        log(f"note: the fit returned for {path.name} failed the fit-cache checks "
+            f"({' '.join(f'{type(e).__name__}: {e}'.split())[:200]}); not stored")
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "wb") as f:
+        f.write(blob)
+    return True
 
 
 def _reset_peak_rss() -> None:

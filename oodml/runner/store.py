@@ -254,7 +254,7 @@ def cell_payload(plan: Plan, cell: Cell, result: CellResult) -> dict[str, Any]:
         "method_params": cell.params_json, "split_level": cell.level, "split_fid": lv.fid,
         "n_train_classes": lv.n_train_classes, "n_test_classes": lv.n_test_classes, "split_hash": cell.split_hash,
         "seed": cell.seed, "wall_time_s": result.wall_time_s, "peak_mem_mb": result.peak_mem_mb,
-        "device": plan.device, "config_hash": config_hash, "config_json": config_json,
+        "device": result.device or plan.device, "config_hash": config_hash, "config_json": config_json,
     }
     # an error cell: one row per shots value, without a metric
     metrics = ([MetricRow("", k, None, None, status="error") for k in cell.shots] if result.status == "error"
@@ -272,6 +272,7 @@ def cell_payload(plan: Plan, cell: Cell, result: CellResult) -> dict[str, Any]:
         "cell_id": cell.cell_id, "status": result.status, "error": result.error, "config": config,
         "config_hash": config_hash, "provenance": prov, "wall_time_s": result.wall_time_s,
         "cpu_time_s": result.cpu_time_s, "peak_mem_mb": result.peak_mem_mb, "fit_cached": result.fit_cached,
+        "node": {"hostname": result.hostname, "ray_node_id": result.node_id, "retries": result.retries},
         "rows": rows, "episodes": unit_table(episodes, EPISODE_UNIT_COLUMNS),
         "classes": unit_table([c.to_dict() for c in result.classes], CLASS_UNIT_COLUMNS),
     }
