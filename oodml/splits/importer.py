@@ -215,6 +215,7 @@ def _as_split_dict(obj: Any, path: Path) -> dict[int, dict[str, Any]]:
         for key in ("train", "test", "split_val"):
             if key in split and not _is_names(split[key]):
                 raise OodmlError(f"{where}: `{key}` must be a list of class names, got {type(split[key]).__name__}")
+            _not_paths(split.get(key, ()), f"{where}: `{key}`")
         fid = split["fid"]
         if isinstance(fid, bool) or not isinstance(fid, (int, float)) or not math.isfinite(fid):
             raise OodmlError(f"{where}: `fid` must be a finite number, got {str(fid)[:30]!r}")
@@ -241,6 +242,20 @@ def _check_episodes(episodes: dict[int, Any], where: str) -> None:
             if not all(isinstance(c, str) and _is_names(files) for c, files in episode.items()):
                 raise OodmlError(f"{where}: episode {str(e)[:20]!r} at {shots} shots must map class names to lists "
                                  "of file names")
+            _not_paths(episode, f"{where}: episode {str(e)[:20]!r} class")
+            for files in episode.values():
+                _not_paths(files, f"{where}: episode {str(e)[:20]!r} file")
+
+
+def _not_paths(names: Any, what: str) -> None:
+    """Class names and file names from a pickle become parts of image ids: no path separators, NUL or control
+    characters, no `.`/`..` and no leading `.` (`../../../etc/passwd` is refused, `AM General Hummer SUV 2000` is
+    fine)."""
+    for name in names:
+        if (not name or name.startswith(".") or any(ch in name for ch in "/\\\0") or ".." in name
+                or not name.isprintable()):
+            raise OodmlError(f"{what} {str(name)[:60]!r} looks like a path, not a name; an ooDML split pickle names "
+                             "classes and image files without folders")
 
 
 def convert_splits(raw: dict[int, dict[str, Any]], *,
