@@ -201,7 +201,10 @@ class RotatedSource(ImageSource):
         return self.base.location(image_id.partition("@rot")[0])
 
 
-_READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, zlib.error, zipfile.BadZipFile, KeyError)
+#: what decoding an image may raise for a bad file; PIL's DecompressionBombError (an image of more than twice
+#: `Image.MAX_IMAGE_PIXELS` pixels, e.g. a few KB of PNG that claims 10^10 pixels) is one of them
+_READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, zlib.error, zipfile.BadZipFile, KeyError,
+                Image.DecompressionBombError)
 
 
 @dataclass
