@@ -11,7 +11,7 @@ import os
 import zipfile
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -302,7 +302,14 @@ def load_dataset(name: str, root: str | Path | None = None, **options: Any) -> I
     canonical = DATASETS.resolve(name)
     entry = DATASETS.get(canonical)
     path = resolve_root(canonical, root)
-    params = {n: p for n, p in inspect.signature(entry.factory).parameters.items() if n != "root"}
+    check_loader_options(canonical, options)
+    return entry.factory(path, **options)  # type: ignore[no-any-return]
+
+
+def check_loader_options(canonical: str, options: Mapping[str, Any]) -> None:
+    """OodmlError unless every option is one the loader of registered dataset `canonical` declares, of the type of
+    its default (`rotations=false`, not `"no"`); run before any work, also where no image is read."""
+    params = {n: p for n, p in inspect.signature(DATASETS.get(canonical).factory).parameters.items() if n != "root"}
     accepted = list(params)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
@@ -312,7 +319,6 @@ def load_dataset(name: str, root: str | Path | None = None, **options: Any) -> I
         if default is not inspect.Parameter.empty and default is not None and type(value) is not type(default):
             raise OodmlError(f"dataset {canonical} option {n}={value!r} must be a {type(default).__name__} like its "
                              f"default ({n}={default!r})")
-    return entry.factory(path, **options)  # type: ignore[no-any-return]
 
 
 def list_images(base: Path) -> list[str]:

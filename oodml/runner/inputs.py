@@ -41,6 +41,12 @@ def load_inputs(cfg: RunCfg, levels: Sequence[Level] | None = None) -> GridInput
     if cfg.dataset and spec.dataset != cfg.dataset:
         raise OodmlError(f"split file {str(splits_path)!r} is for dataset {spec.dataset!r}, not --dataset "
                          f"{cfg.dataset!r}; pass the matching --splits")
+    if cfg.dataset_options:  # checked here too: a run on features reads no image, and would ignore them silently
+        from oodml.data import DATASETS
+        from oodml.data.base import check_loader_options
+
+        known = spec.dataset in DATASETS.names(include_aliases=True)
+        check_loader_options(DATASETS.resolve(spec.dataset if known else "folder"), cfg.dataset_options)
     fs, features_path = _load_features(cfg, spec, splits_path)
     chosen = select_levels(spec, cfg.shifts) if levels is None else list(levels)
     if spec.feature_hash and spec.feature_hash != fs.hash:
