@@ -318,6 +318,11 @@ def build_ladder(fs: FeatureSet, cfg: LadderCfg | None = None, *,
     cfg = cfg or LadderCfg()
     seed = cfg.seed
     dataset = fs.dataset or "unknown"
+    sizes = np.bincount(fs.labels, minlength=len(fs.class_names))
+    for k in cfg.ks:  # before the walk: a k no class (or only one) has a query for fails at every level
+        if int((sizes > k).sum()) < 2:
+            raise OodmlError(f"--k {k} leaves {int((sizes > k).sum())} class(es) with a query (a class needs k + 1 "
+                             f"images; the largest has {int(sizes.max(initial=0))}); lower --k")
     raw = fs.class_means()
     present = np.isfinite(raw).all(axis=1)
     conv_side, conv_how = _conventional_sides(fs, present, seed)
