@@ -8,10 +8,11 @@ level) pair: a method's value at a level, or a paired difference there): the val
 levels (c = 1/L), the area under the curve (trapezoid weights), a gain or a change between levels (+1/-1). Its
 estimate is sum_j c_j ybar_j over each component's seeds.
 
-The interval treats the seeds as independent clusters: each seed's contribution u_s = sum_j c_j (y_js - ybar_j) /
-n_j, the variance sum_s u_s^2 * G / (G - 1) over the G seeds, and a t quantile with G - 1 degrees of freedom. With
-every seed at every component this is exactly the t interval on the per-seed contrasts (z_s = sum_j c_j y_js); with
-missing seeds it is the cluster-robust (CR1) form of the same. The episodes or classes nested in a seed need no model
+The interval treats the seeds as independent replications: with every seed at every component it is exactly the t
+interval on the per-seed contrasts z_s = sum_j c_j y_js (n - 1 degrees of freedom). Where some seed lacks some
+component (a failed or missing cell), the variance is the sum over component pairs of c_j c_k cov_jk n_jk /
+(n_j n_k), each covariance estimated on the seeds the two components share, with Welch-Satterthwaite degrees of
+freedom capped at the seeds' count minus 1. The episodes or classes nested in a seed need no model
 of their own: their noise is part of each seed's value. `benchmarks/coverage.py` simulates data with known truth
 (seed effects, unit noise, unbalanced units, missing seeds) and prints the coverage of these intervals and the
 null rejection rate of the tests: docs/results.md holds its table.
@@ -124,8 +125,12 @@ def contrast(values: np.ndarray, coef: np.ndarray, *, flip: bool = False,
     g = seed_used.sum(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         var = np.where(g >= 2, (u ** 2).sum(axis=-1) * g / np.maximum(g - 1, 1), np.nan)
-    se = np.sqrt(var)
     df = np.where(g >= 2, g - 1, np.nan).astype(float)
+    same = ((present == seed_used[..., None, :]) | ~used[..., None]).all(axis=(-2, -1))
+    if not bool(np.all(same)):  # some seed lacks some component: the unbalanced form below
+        var_u, df_u = _unbalanced_variance(y, c, present, used, n_j, g)
+        var, df = np.where(same, var, var_u), np.where(same, df, df_u)
+    se = np.sqrt(var)
     q = t_quantile(df)
     est = np.where(g >= 1, est, np.nan)
     low, high = est - q * se, est + q * se
@@ -143,6 +148,46 @@ def contrast(values: np.ndarray, coef: np.ndarray, *, flip: bool = False,
             out[i] = sign_flip_p(flat_t[i][None, :], n_resamples)[0]
         p_flip = out.reshape(est.shape)
     return Estimate(est, se, df, g, low, high, p, p_flip)
+
+
+def _unbalanced_variance(y: np.ndarray, c: np.ndarray, present: np.ndarray, used: np.ndarray, n_j: np.ndarray,
+                         n_seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Variance of sum_j c_j ybar_j when components have different seeds: sum over component pairs of
+    c_j c_k cov_jk n_jk / (n_j n_k), each covariance estimated (ddof 1) on the seeds the two share (0 when they
+    share fewer than 2), which is unbiased term by term and equals the t interval's variance when every component
+    has every seed. Degrees of freedom: Welch-Satterthwaite's over the components' own variance terms, at most the
+    number of distinct seeds minus 1 (what the balanced t interval would have). NaN where a used component has
+    fewer than 2 seeds.
+    """
+    n_comp = y.shape[-2]
+    var = np.zeros(y.shape[:-2])
+    diag = np.zeros(y.shape[:-2])  # sum of the diagonal terms, and of their squares over their df (Satterthwaite)
+    diag_sq = np.zeros(y.shape[:-2])
+    for j in range(n_comp):
+        for k in range(j, n_comp):
+            cc = c[..., j] * c[..., k] * (1.0 if j == k else 2.0)
+            if not np.any(cc):
+                continue
+            both = present[..., j, :] & present[..., k, :]
+            n_jk = both.sum(axis=-1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mj = np.where(both, y[..., j, :], 0.0).sum(axis=-1) / np.maximum(n_jk, 1)
+                mk = np.where(both, y[..., k, :], 0.0).sum(axis=-1) / np.maximum(n_jk, 1)
+                cov = np.where(both, (y[..., j, :] - mj[..., None]) * (y[..., k, :] - mk[..., None]), 0.0)
+                cov = cov.sum(axis=-1) / np.maximum(n_jk - 1, 1)
+                term = np.where(n_jk >= 2, cc * cov * n_jk / (np.maximum(n_j[..., j], 1) * np.maximum(n_j[..., k], 1)),
+                                0.0)
+            var = var + np.where(cc != 0, term, 0.0)
+            if j == k:
+                diag = diag + np.where(cc != 0, term, 0.0)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    diag_sq = diag_sq + np.where((cc != 0) & (n_jk >= 2), term ** 2 / np.maximum(n_jk - 1, 1), 0.0)
+    n_min = np.where(used, n_j, np.iinfo(np.int64).max).min(axis=-1)
+    ok = n_min >= 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        satterthwaite = np.where(diag_sq > 0, diag ** 2 / diag_sq, np.inf)
+    df = np.minimum(satterthwaite, n_seeds - 1)
+    return np.where(ok, var, np.nan), np.where(ok, np.maximum(df, 1.0), np.nan).astype(float)
 
 
 def sign_flip_p(terms: np.ndarray, n_resamples: int = DEFAULT_BOOTSTRAP, seed: int = BOOTSTRAP_SEED) -> np.ndarray:

@@ -50,11 +50,12 @@ def test_missing_seeds_by_hand() -> None:
     # level 1: seeds 0, 1, 2 = 1, 2, 3; level 2: seeds 0, 1 = 2, 4 (seed 2 missing); mean over the two levels
     y = np.array([[1.0, 2.0, 3.0], [2.0, 4.0, np.nan]])
     e = st.contrast(y, np.array([0.5, 0.5]))
-    # u_0 = .5(1-2)/3 + .5(2-3)/2 = -5/12, u_1 = 0 + .5(4-3)/2 = 1/4, u_2 = .5(3-2)/3 = 1/6
-    var = (25 / 144 + 9 / 144 + 4 / 144) * 3 / 2
+    # var 1 = 1 (3 seeds), var 2 = 2 (2 seeds), covariance on the shared seeds 0, 1: ((-.5)(-1) + (.5)(1)) / 1 = 1
+    var = 0.25 * 1 / 3 + 0.25 * 2 / 2 + 2 * 0.25 * 1 * 2 / (3 * 2)
     assert float(e.estimate) == pytest.approx(2.5)
     assert float(e.se) == pytest.approx(math.sqrt(var))
-    assert int(e.n_seeds) == 3 and float(e.df) == 2
+    # Satterthwaite over the two variance terms 1/12 and 1/4 (2 and 1 df): (1/3)^2 / ((1/12)^2 / 2 + (1/4)^2 / 1)
+    assert int(e.n_seeds) == 3 and float(e.df) == pytest.approx((1 / 3) ** 2 / ((1 / 12) ** 2 / 2 + (1 / 4) ** 2))
 
 
 def test_one_seed_has_no_interval_and_says_why() -> None:
