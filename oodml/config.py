@@ -335,6 +335,10 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
         raise OodmlError(f"config file {str(p)!r} cannot be read as YAML ({type(e).__name__})") from None
     if not isinstance(data, dict):
         raise OodmlError(f"config file {str(p)!r} must be a mapping of option names to values")
+    if "plugin" in data:  # the flag's own name (--plugin) is accepted as well as `plugins:`
+        if "plugins" in data:
+            raise OodmlError(f"config file {str(p)!r} has both `plugin:` and `plugins:`; keep one (they are the same)")
+        data["plugins"] = data.pop("plugin")
     keys = config_keys()
     unknown = sorted(str(k) for k in set(data) - set(keys))
     if unknown:

@@ -35,7 +35,8 @@ def test_embed_forwards_every_option(monkeypatch: pytest.MonkeyPatch, tmp_path: 
                                  "--workers", "2", "--dataset-option", "rotations=true", "--runtime", "torch"])
     assert r.exit_code == 0, r.output
     assert seen == [dict(dataset="cub200", backbone="resnet50", data_root=Path("/d"), classes=("00[1-3].*", "01*"),
-                         out=Path("f.npz"), batch_size=8, workers=2, options={"rotations": True}, runtime="torch")]
+                         out=Path("f.npz"), batch_size=8, workers=2, options={"rotations": True}, runtime="torch",
+                         weights=None)]
     assert r.output.strip() == str(tmp_path / "x.npz")
 
 

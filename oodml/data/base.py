@@ -209,7 +209,7 @@ _READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, zlib.error, zipfile.
 
 @dataclass
 class ImageDataset:
-    """A labelled image dataset: image ids sorted, `labels` index `class_names` (SPEC §2 naming)."""
+    """A labelled image dataset: image ids sorted, `labels` index `class_names` (named as docs/formats.md describes)."""
 
     name: str
     root: Path
@@ -297,13 +297,45 @@ def resolve_root(name: str, data_root: str | Path | None) -> Path:
     return Path.home() / ".cache" / "oodml" / "data" / name
 
 
-def load_dataset(name: str, root: str | Path | None = None, **options: Any) -> ImageDataset:
-    """Load a registered dataset from its root (see `resolve_root`); loader options as keyword arguments."""
-    canonical = DATASETS.resolve(name)
+#: the loader of datasets named after their folder (`oodml/data/folder.py`)
+FOLDER_LOADER = "folder"
+
+
+def load_dataset(name: str, root: str | Path | None = None, /, **options: Any) -> ImageDataset:
+    """Load a registered dataset from its root (see `resolve_root`); loader options as keyword arguments.
+
+    A name that is not registered is a folder dataset of that name when its root (`root`, else
+    `$OODML_DATA/<name>` or `~/.cache/oodml/data/<name>`) is a folder; otherwise OodmlError with the closest names.
+    """
+    canonical = _loader_of(name, root, options)
     entry = DATASETS.get(canonical)
-    path = resolve_root(canonical, root)
+    path = resolve_root(canonical if name in DATASETS.names(include_aliases=True) else name, root)
     check_loader_options(canonical, options)
     return entry.factory(path, **options)  # type: ignore[no-any-return]
+
+
+def _loader_of(name: str, root: str | Path | None, options: dict[str, Any]) -> str:
+    """The registered loader for dataset `name`; an unregistered name whose root is a folder is loaded by `folder`
+    with `name` as its name (written into `options`)."""
+    if name in DATASETS.names(include_aliases=True):
+        canonical = DATASETS.resolve(name)
+        if "name" in options and canonical != FOLDER_LOADER:
+            raise OodmlError(f"--name is for folder datasets; {canonical} is a registered dataset with its own name")
+        return canonical
+    if resolve_root(name, root).is_dir() and options.get("name", name) == name:
+        from oodml.progress import log
+
+        log(f"dataset {name!r} is not a registered name: reading {resolve_root(name, root)} as a folder of class "
+            f"sub-folders named {name!r}")
+        options["name"] = name
+        return FOLDER_LOADER
+    try:
+        DATASETS.resolve(name)
+    except OodmlError as e:
+        where = resolve_root(name, root)
+        raise OodmlError(f"{e}; or, for a folder of class sub-folders named {name!r}, pass --data-root DIR "
+                         f"({str(where)!r} is not a folder)") from None
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def check_loader_options(canonical: str, options: Mapping[str, Any]) -> None:

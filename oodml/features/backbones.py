@@ -1,4 +1,4 @@
-"""Backbone registry (GUIDE §2): pretrained ImageNet networks and a small conv net, each with its preprocessing.
+"""Backbone registry: pretrained ImageNet networks, any timm model, and small conv nets, each with its preprocessing.
 
 A `Backbone` maps a (B, 3, H, W) batch to pooled pre-classifier features (B, feature_dim). Grayscale images become
 3-channel in the transforms. timm and torchvision are imported only through `oodml.compat`.
@@ -49,7 +49,10 @@ class ToRGB:
 
 
 class Backbone(nn.Module):
-    """A feature extractor with its preprocessing. `forward` returns pooled, pre-classifier features."""
+    """A feature extractor with its preprocessing. `forward` returns pooled, pre-classifier features.
+
+    `pretrained`: whether it holds trained weights (ImageNet, or a `--backbone-weights` file); False for random
+    initialisation. `weights_sha256`: the checksum of the local weights file it was loaded from, if any."""
 
     def __init__(self, name: str, body: nn.Module, features: Callable[[torch.Tensor], torch.Tensor],
                  feature_dim: int, eval_transform: Callable[[Image.Image], torch.Tensor],
@@ -63,6 +66,7 @@ class Backbone(nn.Module):
         self.train_transform = train_transform
         self.pretrained = pretrained
         self.input_size = input_size
+        self.weights_sha256: str | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, feature_dim)."""
@@ -73,8 +77,17 @@ class Backbone(nn.Module):
         return " ".join(repr(self.eval_transform).split())
 
 
-def create_backbone(name: str, pretrained: bool = True) -> Backbone:
-    """Build a registered backbone (or `timm:<model>`) in eval mode; pretrained weights where the backbone has any."""
+def create_backbone(name: str, pretrained: bool = True, weights: str | Path | None = None) -> Backbone:
+    """Build a registered backbone (or `timm:<model>`) in eval mode; pretrained weights where the backbone has any.
+
+    Args:
+        name: registered backbone name or `timm:<model id>`.
+        pretrained: load the backbone's published weights (ignored by backbones that have none).
+        weights: a local weights file (a state dict, `.pth`/`.bin`/`.safetensors`) loaded instead of the published
+            weights; its sha256 is kept in `Backbone.weights_sha256`.
+    """
+    if weights is not None:
+        return _with_weights_file(name, Path(weights))
     if name.startswith(TIMM_PREFIX):
         model = name[len(TIMM_PREFIX):]
         if not model:
@@ -83,11 +96,60 @@ def create_backbone(name: str, pretrained: bool = True) -> Backbone:
     return BACKBONES.get(name).factory(pretrained).eval()  # type: ignore[no-any-return]
 
 
-def backbone_weights_id(name: str) -> str:
-    """The weights identity of a backbone name (for cache keys)."""
+def weights_sha256(path: str | Path) -> str:
+    """sha256 of a weights file (memoised by size and modification time, like the dataset files)."""
+    from oodml.io import file_digests
+
+    p = Path(path)
+    if not p.is_file():
+        raise OodmlError(f"--backbone-weights {str(p)!r} is not a file; pass a saved state dict (.pth, .bin or "
+                         ".safetensors)")
+    return str(file_digests(p)["sha256"])
+
+
+def _with_weights_file(name: str, path: Path) -> Backbone:
+    """The backbone `name` with the state dict of `path` loaded: for `timm:<model>` through timm's own loader
+    (`pretrained_cfg_overlay={"file": ...}`, which drops a classifier of another size), otherwise strictly into the
+    backbone's network."""
+    digest = weights_sha256(path)
+    if name.startswith(TIMM_PREFIX):
+        bb = timm_model(name[len(TIMM_PREFIX):], pretrained=True, weights_file=path)
+    else:
+        bb = BACKBONES.get(name).factory(False)
+        timm = import_timm()
+        try:
+            state = timm.models.load_state_dict(str(path), weights_only=True)
+            bb.body.load_state_dict(state, strict=True)
+        except (OSError, RuntimeError, ValueError, KeyError) as e:
+            raise OodmlError(f"--backbone-weights {str(path)!r} does not fit backbone {name} "
+                             f"({_first_line(e)}); pass a state dict saved from that network") from None
+        bb.pretrained = True
+    bb.weights_sha256 = digest
+    return bb.eval()  # type: ignore[no-any-return]
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+
+
+def backbone_weights_id(name: str, weights: str | Path | None = None) -> str:
+    """The weights identity of a backbone name (for cache keys): `file:sha256:<hex>` for a local weights file."""
+    if weights is not None:
+        return f"file:sha256:{weights_sha256(weights)}"
     if name.startswith(TIMM_PREFIX):
         return name
     return BACKBONES.info(name).weights
+
+
+#: the `BackboneInfo.weights` of backbones without trained weights
+RANDOM_WEIGHTS_PREFIX = "random-init"
+
+
+def has_trained_weights(name: str, weights: str | Path | None = None) -> bool:
+    """Whether backbone `name` (with `weights`, a local file) holds trained weights, without building it."""
+    if weights is not None or name.startswith(TIMM_PREFIX):
+        return True
+    return not BACKBONES.info(name).weights.startswith(RANDOM_WEIGHTS_PREFIX)
 
 
 def canonical_backbone(name: str) -> str:
@@ -174,42 +236,59 @@ def efficientnet_lite0(pretrained: bool = True) -> Backbone:
     return _from_timm("efficientnet_lite0", lite0_timm_model(pretrained), pretrained)
 
 
-def _offline_weights(timm: Any, model_name: str) -> dict[str, str] | None:
-    """When the Hugging Face hub is unreachable, point timm at the locally cached weights file (or fail fast)."""
-    from oodml.io import can_reach
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub must not be contacted: `HF_HUB_OFFLINE=1` (or `OODML_OFFLINE=1`)."""
+    from oodml.io import is_offline
 
-    if can_reach("https://huggingface.co"):
-        return None
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on") or is_offline()
+
+
+def _cached_weights(timm: Any, model_name: str) -> dict[str, str] | None:
+    """The model's weights file in the local Hugging Face cache as a timm `pretrained_cfg_overlay`, when present
+    (then nothing is downloaded); None when absent and the hub is reachable; OodmlError when absent and offline."""
     cfg = timm.models.get_pretrained_cfg(model_name)
     hub_id = getattr(cfg, "hf_hub_id", None)
     if hub_id:
         from huggingface_hub import try_to_load_from_cache
 
-        for filename in ("model.safetensors", "pytorch_model.bin"):
+        names = [getattr(cfg, "hf_hub_filename", None), "model.safetensors", "pytorch_model.bin"]
+        for filename in filter(None, names):
             hit = try_to_load_from_cache(hub_id, filename)
             if isinstance(hit, str):
                 return {"file": hit}
-    raise OodmlError(f"pretrained weights of timm:{model_name} are not in the local Hugging Face cache and "
-                     "huggingface.co is not reachable; run once online, or use pretrained=False")
+    from oodml.io import can_reach
+
+    if not hub_offline() and can_reach("https://huggingface.co"):
+        return None
+    why = "oodml is offline (HF_HUB_OFFLINE or OODML_OFFLINE)" if hub_offline() else "huggingface.co is not reachable"
+    raise OodmlError(f"pretrained weights of timm:{model_name} are not in the local Hugging Face cache and {why}; "
+                     "pass a local weights file with --backbone-weights FILE, or run once online to cache them")
 
 
 @BACKBONES.register(BackboneInfo(TIMM_PREFIX + "<name>", "any timm model by name, e.g. timm:resnet18 (pretrained "
-                                 "weights from the Hugging Face hub or its local cache)", 224, None, "timm"))
-def timm_model(model_name: str, pretrained: bool = True) -> Backbone:
-    """A timm model by name, classifier removed."""
+                                 "weights from the local Hugging Face cache, the hub, or --backbone-weights FILE)",
+                                 224, None, "timm"))
+def timm_model(model_name: str, pretrained: bool = True, weights_file: str | Path | None = None) -> Backbone:
+    """A timm model by name, classifier removed; weights from `weights_file`, else (when `pretrained`) the Hugging
+    Face cache or hub."""
     timm = import_timm()
     if not timm.is_model(model_name):
         from oodml.errors import suggest
 
         raise OodmlError(f"unknown timm model {model_name!r}{suggest(model_name, timm.list_models())}; "
                          "timm.list_models() lists them")
-    overlay = _offline_weights(timm, model_name) if pretrained else None
+    if weights_file is not None:
+        overlay: dict[str, str] | None = {"file": str(weights_file)}
+    else:
+        overlay = _cached_weights(timm, model_name) if pretrained else None
     try:
         model = timm.create_model(model_name, pretrained=pretrained, num_classes=0, pretrained_cfg_overlay=overlay)
-    except (OSError, RuntimeError, ValueError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise OodmlError(f"cannot load pretrained weights of timm:{model_name} ({first}); go online once to cache "
-                         "them, or use pretrained=False") from None
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
+        if weights_file is not None:
+            raise OodmlError(f"--backbone-weights {str(weights_file)!r} does not fit timm:{model_name} "
+                             f"({_first_line(e)}); pass a state dict saved from that model") from None
+        raise OodmlError(f"cannot load pretrained weights of timm:{model_name} ({_first_line(e)}); go online once "
+                         "to cache them, or pass a local weights file with --backbone-weights FILE") from None
     return _from_timm(TIMM_PREFIX + model_name, model, pretrained)
 
 

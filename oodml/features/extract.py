@@ -1,6 +1,6 @@
-"""`oodml embed`: dataset images -> backbone features file (SPEC §2), batched, decoded by a worker pool, the forward
-pass on ONNX Runtime or torch (`features/runtime.py`), cached on disk by dataset content + backbone + transform +
-runtime."""
+"""`oodml embed`: dataset images -> backbone features file (docs/formats.md), batched, decoded by a worker pool, the
+forward pass on ONNX Runtime or torch (`features/runtime.py`), cached on disk by dataset content + backbone (and its
+weights) + transform + runtime."""
 
 from __future__ import annotations
 
@@ -181,12 +181,14 @@ def _version(package: str) -> str:
 
 def features_file(dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: str | Path | None = None,
                   classes: Sequence[str] = (), batch_size: int = 64, workers: int | None = None,
-                  options: Mapping[str, Any] | None = None, runtime: str = "auto") -> Path:
+                  options: Mapping[str, Any] | None = None, runtime: str = "auto",
+                  weights: str | Path | None = None) -> Path:
     """The cached features file for (dataset content, backbone, transform, runtime), computed and stored when absent.
 
     `options`: the dataset loader's options (e.g. omniglot `rotations`); they change the content hash and so the
     cache entry. `runtime`: `auto` (ONNX Runtime when it works, else torch; a cached torch file is used as it is),
-    `onnx` or `torch`; the one used is recorded in `meta.runtime`."""
+    `onnx` or `torch`; the one used is recorded in `meta.runtime`. `weights`: a local weights file for the backbone
+    (`--backbone-weights`); its sha256 is part of the cache key and recorded in `meta.weights_sha256`."""
     if batch_size < 1:
         raise OodmlError(f"--batch-size must be >= 1, got {batch_size}")
     wanted = resolve_runtime(runtime)
@@ -196,9 +198,10 @@ def features_file(dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: str
     name = canonical_backbone(backbone)
     transform = _transform_id(name)
     content = ds.content_hash()
+    weights_id = backbone_weights_id(name, weights)
 
     def cached(rt: str) -> tuple[Path, bool]:
-        path = cache_path(ds.name, name, cache_key(content, name, backbone_weights_id(name), transform, rt))
+        path = cache_path(ds.name, name, cache_key(content, name, weights_id, transform, rt))
         found = path.is_file() and bool(read_meta(path))
         if found:
             log(f"embed: using cached features {path} ({len(ds)} images of {ds.name}, {name}, {rt}); "
@@ -212,15 +215,16 @@ def features_file(dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: str
         torch_path, found = cached("torch")
         if found:
             return torch_path
-    bb = create_backbone(name)
+    bb = create_backbone(name, weights=weights)
     forward = make_forward(bb, runtime, batch_size=batch_size)
     if forward.runtime != wanted:  # auto fell back to torch (whose cache entry is absent, see above)
         path = cached(forward.runtime)[0]
     feats = compute_features(ds, bb, batch_size=batch_size, workers=workers, forward=forward)
-    meta = {"dataset": ds.name, "backbone": name, "transform": bb.transform_id(), "weights": backbone_weights_id(name),
+    meta = {"dataset": ds.name, "backbone": name, "transform": bb.transform_id(), "weights": weights_id,
             "dataset_hash": content, "classes": list(classes), "input_size": bb.input_size,
             "pretrained": bb.pretrained, "runtime": forward.runtime,
-            **({"dataset_options": dict(options)} if options else {})}
+            **({"dataset_options": dict(options)} if options else {}),
+            **({"weights_sha256": bb.weights_sha256, "weights_file": Path(weights).name} if weights else {})}
     split = np.array(ds.class_split) if ds.class_split is not None else None
     FeatureSet(feats, ds.labels, np.array(ds.class_names), np.array(ds.paths), meta, split).save(path)
     log(f"embed: wrote {path}")
@@ -230,11 +234,11 @@ def features_file(dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: str
 def embed_dataset(*, dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: str | Path | None = None,
                   classes: Sequence[str] = (), out: str | Path | None = None, batch_size: int = 64,
                   workers: int | None = None, options: Mapping[str, Any] | None = None,
-                  runtime: str = "auto") -> Path:
+                  runtime: str = "auto", weights: str | Path | None = None) -> Path:
     """The CLI's `embed`: features of every image (or of the `classes` subset); returns the written/cached file."""
     if out is not None and Path(out).suffix != ".npz":
         raise OodmlError(f"--out {str(out)!r} must end in .npz")
-    path = features_file(dataset, backbone, data_root, classes, batch_size, workers, options, runtime)
+    path = features_file(dataset, backbone, data_root, classes, batch_size, workers, options, runtime, weights)
     if out is None:
         return path
     dest = Path(out)
@@ -246,8 +250,9 @@ def embed_dataset(*, dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: 
 
 def load_or_compute_features(dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: str | Path | None = None,
                              classes: Sequence[str] = (), batch_size: int = 64, workers: int | None = None,
-                             options: Mapping[str, Any] | None = None, runtime: str = "auto") -> FeatureSet:
-    """The FeatureSet for (dataset, backbone), from the on-disk cache or computed and cached (`runtime` as in
-    `features_file`)."""
+                             options: Mapping[str, Any] | None = None, runtime: str = "auto",
+                             weights: str | Path | None = None) -> FeatureSet:
+    """The FeatureSet for (dataset, backbone), from the on-disk cache or computed and cached (`runtime` and
+    `weights` as in `features_file`)."""
     return FeatureSet.load(features_file(dataset, backbone, data_root, classes, batch_size, workers, options,
-                                         runtime))
+                                         runtime, weights))

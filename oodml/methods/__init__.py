@@ -1,14 +1,18 @@
 """Every benchmark method in one registry (`METHODS`), add-ons, hyperparameters and plugins.
 
 Importing this package registers the built-in methods; `load_plugins` adds methods from other packages (entry-point
-group `oodml.methods`, or explicit module names given with `--plugin`).
+group `oodml.methods`, or the module names and `.py` files given with `--plugin`; docs/plugins.md).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
+import sys
 from collections.abc import Mapping, Sequence
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, cast
 
 from oodml.errors import OodmlError
@@ -47,11 +51,51 @@ def load_plugins(plugins: Sequence[str] = ()) -> None:
                 raise OodmlError(f"method plugin {ep.name!r} ({ep.value}) failed to load: {type(e).__name__}: "
                                  f"{e}; fix or uninstall that package") from None
     for name in plugins:
+        if is_plugin_file(name):
+            _import_file(Path(name))
+            continue
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as e:
-            raise OodmlError(f"plugin module {name!r} not found ({e}); pass an importable module path and check "
-                             "that its package is installed or on PYTHONPATH") from None
+            raise OodmlError(f"plugin module {name!r} not found ({e}); pass a .py file path (--plugin "
+                             "path/to/my_methods.py) or a module that is installed or on PYTHONPATH") from None
+
+
+def is_plugin_file(name: str) -> bool:
+    """Whether a `--plugin` value names a Python file (ends in `.py`) rather than a module."""
+    return name.endswith(".py")
+
+
+#: resolved path of each plugin file imported in this process -> its module name
+_plugin_files: dict[str, str] = {}
+
+
+def _import_file(path: Path) -> None:
+    """Import the file `path` once per process, as module `oodml_plugin_<stem>_<path hash>` (so two files with one
+    name never collide); its errors are reported in one line."""
+    if not path.is_file():
+        raise OodmlError(f"plugin file {str(path)!r} does not exist; pass the path of a .py file that registers "
+                         "methods (docs/plugins.md)")
+    key = str(path.resolve())
+    if key in _plugin_files:
+        return
+    stem = "".join(c if c.isalnum() else "_" for c in path.stem)
+    module = f"oodml_plugin_{stem}_{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+    spec = importlib.util.spec_from_file_location(module, path)
+    if spec is None or spec.loader is None:
+        raise OodmlError(f"plugin file {str(path)!r} cannot be imported as Python")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[module] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as e:  # the plugin's own error, reported in one line
+        del sys.modules[module]
+        raise OodmlError(f"plugin file {str(path)!r} failed to load: {type(e).__name__}: {e}") from None
+    _plugin_files[key] = module
+
+
+#: appended to an unknown method's error
+PLUGIN_HINT = "a method of your own: --plugin my_methods.py (docs/plugins.md)"
 
 
 def resolve_methods(patterns: str | Sequence[str]) -> list[str]:
@@ -70,16 +114,26 @@ def resolve_methods(patterns: str | Sequence[str]) -> list[str]:
         base, _, rest = item.partition("+")
         suffix = f"+{rest}" if rest else ""
         if any(c in base for c in "*?["):
-            names = cast("list[str]", METHODS.match([base]))
+            names = cast("list[str]", _with_hint(METHODS.match, [base]))
             if suffix:
                 names = [n for n in names if METHODS.info(n).addons]
                 if not names:
                     raise OodmlError(f"pattern {base!r} matches no method that takes add-ons ({item!r})")
             specs = [canonical_spec(n + suffix) for n in names]
         else:
-            specs = [canonical_spec(item)]
+            specs = [_with_hint(canonical_spec, item)]
         out += [s for s in specs if s not in out]
     return out
+
+
+def _with_hint(fn: Any, arg: Any) -> Any:
+    """`fn(arg)`, an unknown method's error extended with PLUGIN_HINT."""
+    try:
+        return fn(arg)
+    except OodmlError as e:
+        if not str(e).startswith(("unknown method", "pattern")) or PLUGIN_HINT in str(e):
+            raise
+        raise OodmlError(f"{e}; {PLUGIN_HINT}") from None
 
 
 def method_family(spec: str) -> str:

@@ -426,13 +426,26 @@ def plot_ladder(spec: SplitSpec, path: str | Path) -> Path:
     return p
 
 
+def _check_trained(trained: bool, backbone: str, allow: bool) -> None:
+    """Refuse a ladder on features of random weights unless `allow` (then one warning line)."""
+    if trained:
+        return
+    if not allow:
+        raise OodmlError(f"backbone {backbone} has random weights: an FID ladder of its features measures no "
+                         "semantic class shift; use a trained backbone (--backbone efficientnet_lite0, "
+                         "--backbone-weights FILE), or confirm with --allow-random-weights")
+    log(f"warning: backbone {backbone} has random weights; the split file records pretrained: false")
+
+
 def make_splits_command(*, dataset: str | None, backbone: str, data_root: str | Path | None,
                         features: str | Path | None, levels: int, ks: tuple[int, ...], episodes: int,
                         ways: int | None, seed: int, out: str | Path | None,
-                        dataset_options: Mapping[str, Any] | None = None, runtime: str = "auto") -> Path:
+                        dataset_options: Mapping[str, Any] | None = None, runtime: str = "auto",
+                        weights: str | Path | None = None, allow_random_weights: bool = False) -> Path:
     """`oodml make-splits`: build the ladder from a features file or from the dataset's (cached) features, computed
-    on `runtime` when absent (`auto`, `onnx`, `torch`); write the split file and its plot (`<out>.png`). Returns the
-    split file path."""
+    on `runtime` when absent (`auto`, `onnx`, `torch`) with the backbone's weights or the local file `weights`;
+    write the split file and its plot (`<out>.png`). Returns the split file path. Features of a backbone with random
+    weights are refused unless `allow_random_weights` (their FIDs say little about class shift)."""
     cfg = LadderCfg(levels=levels, ks=tuple(ks), episodes=episodes, seed=seed, ways=ways)  # bounds before any work
     if features is not None:
         fs = FeatureSet.load(features)
@@ -443,19 +456,26 @@ def make_splits_command(*, dataset: str | None, backbone: str, data_root: str | 
                              "drop DATASET or pass the matching file")
         if not fs.dataset:
             fs.meta["dataset"] = dataset
+        _check_trained(fs.meta.get("pretrained") is not False, str(fs.meta.get("backbone", "?")),
+                       allow_random_weights)
         classes_from: dict[str, Any] = {"features_file": Path(features).name}
     else:
         if not dataset:
             raise OodmlError("make-splits needs a DATASET or --features FILE.npz")
+        from oodml.features.backbones import has_trained_weights
         from oodml.features.extract import load_or_compute_features
 
-        fs = load_or_compute_features(dataset, backbone, data_root, options=dataset_options, runtime=runtime)
+        _check_trained(has_trained_weights(backbone, weights), backbone, allow_random_weights)
+        fs = load_or_compute_features(dataset, backbone, data_root, options=dataset_options, runtime=runtime,
+                                      weights=weights)
         classes_from = {"dataset": dataset, "data_root": str(data_root) if data_root else "default data root"}
         if dataset_options:
             classes_from["dataset_options"] = dict(dataset_options)
     names = [str(c) for c in fs.class_names]
     classes_from |= {"first_class": min(names), "last_class": max(names)}
-    classes_from |= {k: fs.meta[k] for k in ("dataset_hash", "transform", "runtime") if k in fs.meta}
+    classes_from |= {k: fs.meta[k] for k in ("dataset_hash", "transform", "runtime", "weights_sha256") if k in fs.meta}
+    if fs.meta.get("pretrained") is False:
+        classes_from["pretrained"] = False
     spec = build_ladder(fs, cfg, classes_from=classes_from)
     path = Path(out) if out is not None else Path("splits") / f"{spec.dataset}.json"
     spec.save(path)

@@ -82,3 +82,119 @@ def test_lite0_classifies_the_cub_albatross_as_imagenet_146(shared_data: Path) -
     with torch.inference_mode():
         logits = bb.body(x)
     assert logits.argmax(1).tolist() == [146, 146, 146]  # albatross
+
+
+# --- own backbone: a local weights file, the Hugging Face cache, random weights ------------------------------------
+
+TINY = "test_resnet"  # a timm test model: 0.5 M parameters, 160 px
+
+
+@pytest.fixture
+def tiny_weights(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A state dict of the tiny timm model (with its classifier), saved to a temporary file."""
+    from oodml.compat import import_timm
+
+    torch.manual_seed(3)
+    state = import_timm().create_model(TINY, pretrained=False).state_dict()
+    path = tmp_path / "tiny.pth"
+    torch.save(state, path)
+    return path, state
+
+
+def test_timm_backbone_loads_a_local_weights_file(tiny_weights: tuple[Path, dict[str, torch.Tensor]]) -> None:
+    import hashlib
+
+    from oodml.features.backbones import backbone_weights_id, has_trained_weights
+
+    path, state = tiny_weights
+    bb = create_backbone(f"timm:{TINY}", weights=path)
+    assert bb.pretrained and bb.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    loaded = bb.body.state_dict()
+    assert all(torch.equal(loaded[k], state[k]) for k in loaded)  # every kept tensor is the file's
+    assert not any(k.startswith("fc.") for k in loaded)  # the classifier is dropped (num_classes=0)
+    other = create_backbone(f"timm:{TINY}", pretrained=False)
+    x = torch.randn(2, 3, bb.input_size, bb.input_size)
+    with torch.inference_mode():
+        assert not torch.allclose(bb(x), other(x))
+    assert backbone_weights_id(f"timm:{TINY}", path) == f"file:sha256:{bb.weights_sha256}"
+    assert has_trained_weights(f"timm:{TINY}", path) and not has_trained_weights("conv4")
+    assert has_trained_weights("conv4", path) and has_trained_weights("efficientnet_lite0")
+
+
+def test_weights_file_errors_are_one_clear_line(tmp_path: Path,
+                                                tiny_weights: tuple[Path, dict[str, torch.Tensor]]) -> None:
+    with pytest.raises(OodmlError, match="is not a file"):
+        create_backbone(f"timm:{TINY}", weights=tmp_path / "missing.pth")
+    with pytest.raises(OodmlError, match="does not fit timm:resnet18"):
+        create_backbone("timm:resnet18", weights=tiny_weights[0])
+    with pytest.raises(OodmlError, match="does not fit backbone conv4"):
+        create_backbone("conv4", weights=tiny_weights[0])
+
+
+def test_registered_backbone_loads_its_own_state_dict(tmp_path: Path) -> None:
+    trained = create_backbone("conv4")
+    with torch.no_grad():
+        for p in trained.body.parameters():
+            p.add_(1.0)
+    torch.save(trained.body.state_dict(), tmp_path / "conv4.pth")
+    bb = create_backbone("conv4", weights=tmp_path / "conv4.pth")
+    assert bb.pretrained and all(torch.equal(a, b) for a, b in zip(bb.body.state_dict().values(),
+                                                                   trained.body.state_dict().values()))
+
+
+def test_offline_timm_weights_come_from_the_hugging_face_cache(monkeypatch: pytest.MonkeyPatch,
+                                                               tiny_weights: tuple[Path, dict[str, torch.Tensor]]
+                                                               ) -> None:
+    import huggingface_hub
+
+    path, state = tiny_weights
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache",
+                        lambda repo, filename, **kw: str(path) if filename == "pytorch_model.bin" else None)
+    bb = create_backbone(f"timm:{TINY}")
+    loaded = bb.body.state_dict()
+    assert bb.pretrained and all(torch.equal(loaded[k], state[k]) for k in loaded)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, filename, **kw: None)
+    with pytest.raises(OodmlError, match="HF_HUB_OFFLINE.*--backbone-weights FILE"):
+        create_backbone(f"timm:{TINY}")
+
+
+def test_features_meta_records_the_weights_checksum(tmp_path: Path,
+                                                    tiny_weights: tuple[Path, dict[str, torch.Tensor]]) -> None:
+    from oodml.features.extract import embed_dataset
+    from oodml.features.io import FeatureSet
+    from tests.data.helpers import write_class_tree
+
+    tree = write_class_tree(tmp_path / "birds", {"a": 2, "b": 2})
+    path = tiny_weights[0]
+    kw: dict = dict(dataset="folder", backbone=f"timm:{TINY}", data_root=tree, workers=0, runtime="torch")
+    own = FeatureSet.load(embed_dataset(weights=path, **kw))
+    assert own.meta["weights_sha256"] == create_backbone(f"timm:{TINY}", weights=path).weights_sha256
+    assert own.meta["weights"] == f"file:sha256:{own.meta['weights_sha256']}" and own.meta["pretrained"] is True
+    torch.save({k: v + 0.5 for k, v in tiny_weights[1].items()}, tmp_path / "other.pth")
+    other = FeatureSet.load(embed_dataset(weights=tmp_path / "other.pth", **kw))  # other weights: not a cache hit
+    assert other.meta["weights_sha256"] != own.meta["weights_sha256"] and other.hash != own.hash
+
+
+def test_make_splits_refuses_random_weights_unless_allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from oodml.cli import main
+    from tests.data.helpers import write_class_tree
+
+    monkeypatch.chdir(tmp_path)
+    tree = write_class_tree(tmp_path / "shapes", {f"c{i:02d}": 3 for i in range(10)})
+    args = ["make-splits", "folder", "--data-root", str(tree), "--backbone", "conv4", "--levels", "2", "--k", "1",
+            "--episodes", "1", "--runtime", "torch"]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "random weights" in err[0] and "--allow-random-weights" in err[0]
+    assert not (tmp_path / "splits").exists()
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--allow-random-weights"])
+    assert e.value.code == 0 and "warning: backbone conv4 has random weights" in capsys.readouterr().err
+    spec = json.loads((tmp_path / "splits" / "shapes.json").read_text())
+    assert spec["dataset"] == "shapes" and spec["backbone"] == "conv4"
+    assert "pretrained" not in json.dumps(spec["levels"]) and "pretrained" in json.dumps(spec)  # recorded: false

@@ -43,7 +43,7 @@ def test_embed_writes_a_spec_features_file(tree: Path, tmp_path: Path) -> None:
         assert z["labels"].dtype == np.int64 and z["class_names"].tolist() == ["cat", "dog", "emu"]
         assert z["paths"].tolist() == sorted(z["paths"].tolist()) and z["paths"][0] == "cat/img00.png"
         meta = json.loads(str(z["meta"]))
-    assert meta["dataset"] == "folder" and meta["backbone"] == "conv4" and "Resize" in meta["transform"]
+    assert meta["dataset"] == "imgs" and meta["backbone"] == "conv4" and "Resize" in meta["transform"]
     fs = FeatureSet.load(out)
     assert fs.hash == meta["feature_hash"] and find_cached_features(fs.hash) is not None
 

@@ -42,10 +42,10 @@ def test_onnx_and_torch_features_agree_and_are_cached_apart(tree: Path) -> None:
     assert onnx.meta["runtime"] == "onnx" and torch_.meta["runtime"] == "torch"
     assert onnx.paths.tolist() == torch_.paths.tolist()
     assert _relative(onnx.features, torch_.features) <= 1e-5
-    cached = sorted((Path(rt.cache_dir()) / "features" / "folder").glob("*.npz"))
+    cached = sorted((Path(rt.cache_dir()) / "features" / "imgs").glob("*.npz"))
     assert len(cached) == 2  # one file per runtime, never the same key
     assert _embed(tree, "auto").meta["runtime"] == "onnx"  # auto: ONNX Runtime when it is installed
-    assert len(sorted((Path(rt.cache_dir()) / "features" / "folder").glob("*.npz"))) == 2  # auto hit onnx's file
+    assert len(sorted((Path(rt.cache_dir()) / "features" / "imgs").glob("*.npz"))) == 2  # auto hit onnx's file
 
 
 def test_auto_reuses_features_cached_by_torch(tree: Path) -> None:

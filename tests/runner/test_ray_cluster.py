@@ -28,12 +28,17 @@ from oodml.runner import CellStore, run_grid
 from oodml.runner.cell import store_fit_blob
 from oodml.runner.executors import _check_feasible, _sent, cell_resources
 from tests.conftest import REPO
-from tests.runner.fakes import write_inputs
+from tests.runner.fakes import fake_methods, write_inputs
 from tests.runner.test_processes import env, oodml_cmd, values
 
 PLUGIN = "tests.runner.cluster_plugin"
+FAKES = "tests.runner.fake_plugin"
 FAST = ["iterations=20", "adapt_iterations=5"]
 MiB = 2**20
+#: the worker nodes: one CPU and a custom resource of its name each; `right` says it has a GPU (CPU torch can't use
+#: it: Ray assigns it all the same)
+NODES: dict[str, dict[str, Any]] = {"left": dict(num_cpus=1, resources={"left": 1}),
+                                    "right": dict(num_cpus=1, num_gpus=1, resources={"right": 1})}
 
 
 # --- without a cluster ---------------------------------------------------------------------------------------------
@@ -166,8 +171,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespac
     os.environ.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **{cluster_plugin.GATE_ENV: str(gate)})
     c = Cluster(initialize_head=True, head_node_args=dict(num_cpus=0, include_dashboard=False,
                                                           object_store_memory=80 * MiB))
-    nodes = {name: c.add_node(num_cpus=1, resources={name: 1}, object_store_memory=80 * MiB)
-             for name in ("left", "right")}
+    nodes = {name: c.add_node(**spec, object_store_memory=80 * MiB) for name, spec in NODES.items()}
     c.wait_for_nodes()
     cluster_plugin.register()
     try:
@@ -210,9 +214,24 @@ def test_cells_go_where_their_resources_are_and_fits_cross_nodes(cluster: Simple
     assert len(adapted) == 2 and {c["node"]["ray_node_id"] for c in adapted} == {right}
     assert all(c["fit_cached"] for c in adapted) and len(list((ray_dir / "fits").glob("*.pt"))) == 2
     assert all(c["node"]["hostname"] == socket.gethostname() and c["node"]["retries"] == 0 for c in cells)
+    assert {r["device"] for c in cells for r in c["rows"]} == {"cpu"}  # no GPU asked, none used
     assert _run(files, tmp_path / "local", method="protonet,adapted_proto", workers=1,
                 **{k: v for k, v in grid.items() if k != "workers"}) == 0
     assert values(ray_dir) == values(tmp_path / "local")
+
+
+def test_a_cell_computes_on_the_gpu_ray_assigned(cluster: SimpleNamespace, files: tuple[Path, Path],
+                                                 tmp_path: Path) -> None:
+    """`--ray-resources GPU=1` sends the cell to the node with a GPU, and the cell's device is `cuda` there (the
+    row says so; `fake_proj` computes on the CPU whatever its device, so it also runs where torch has no CUDA)."""
+    _restore_nodes(cluster)
+    run = dict(method="fake_proj", shifts="1", k="0", seeds="0", executor="ray", address=cluster.cluster.address)
+    with fake_methods():
+        rc = _run(files, tmp_path / "gpu", ray_resources="GPU=1", plugins=(PLUGIN, FAKES), **run)
+    (cell,) = CellStore(tmp_path / "gpu").cells()
+    assert cell["node"]["ray_node_id"] == cluster.nodes["right"].node_id
+    assert {r["device"] for r in cell["rows"]} == {"cuda"}
+    assert rc == 0 and cell["status"] == "ok"
 
 
 def _gated_run(cluster: SimpleNamespace, files: tuple[Path, Path], results: Path, grid: list[str],
@@ -249,8 +268,7 @@ def _restore_nodes(cluster: SimpleNamespace) -> None:
     """Start a fresh node for any removed one (same name and resources)."""
     for name, node in list(cluster.nodes.items()):
         if node not in cluster.cluster.worker_nodes:
-            cluster.nodes[name] = cluster.cluster.add_node(num_cpus=1, resources={name: 1},
-                                                           object_store_memory=80 * MiB)
+            cluster.nodes[name] = cluster.cluster.add_node(**NODES[name], object_store_memory=80 * MiB)
     cluster.cluster.wait_for_nodes()
 
 

@@ -188,7 +188,7 @@ def test_make_splits_without_features_uses_the_feature_cache(monkeypatch: pytest
     calls: list[tuple] = []
 
     def fake(dataset: str, backbone: str = "efficientnet_lite0", data_root: object = None,
-             options: object = None, runtime: str = "auto") -> FeatureSet:
+             options: object = None, runtime: str = "auto", weights: object = None) -> FeatureSet:
         calls.append((dataset, backbone, data_root, options, runtime))
         return make_blobs(n_classes=20, per_class=4, dim=6, dataset=dataset)
 
