@@ -169,6 +169,7 @@ def _registry_listing(kind: str, *, plugins: tuple[str, ...] = ()) -> list[tuple
     if kind == "methods":
         rows += [(a, f"alias of {n}") for a, n in reg.aliases().items()]
         rows += [(f"+{a}", f"add-on ({ADDONS.info(a).kind}): {ADDONS.info(a).description}") for a in ADDONS.names()]
+        rows += [(f"+{a}", f"alias of +{n}") for a, n in ADDONS.aliases().items()]
     return rows
 
 

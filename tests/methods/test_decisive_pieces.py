@@ -98,7 +98,10 @@ def test_dmml_control_equals_dmml_without_the_mutual_term_bit_for_bit(data: tupl
 
 
 def test_dmml_control_name_params_and_alias() -> None:
+    from oodml.cli import _registry_listing
+
     assert canonical_spec("margin+dmml_nomutual") == "margin+dmmlctl"
+    assert ("+dmml_nomutual", "alias of +dmmlctl") in _registry_listing("methods")
     assert resolve_methods("margin+dmml,margin+dmml_nomutual,margin+dmmlctl") == ["margin+dmml", "margin+dmmlctl"]
     ctl = method_params("margin+dmmlctl", {"dmml_models": 4, "dmml_noise": 0.2})
     dmml = method_params("margin+dmml", {"dmml_models": 4, "dmml_noise": 0.2})
