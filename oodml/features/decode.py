@@ -18,7 +18,8 @@ than the target decodes exactly as with `exact`. See docs/features.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ from oodml.features.backbones import ToRGB
 
 DECODES = ("exact", "scaled")
 _JPEG_MAGIC = b"\xff\xd8"
+_DECODED_SPACES = ("YCbCr", "Gray")  # JPEG colour spaces that libjpeg-turbo turns into Pillow's RGB values
 
 
 def check_decode(decode: str) -> str:
@@ -93,27 +95,57 @@ def resized_size(steps: EvalSteps, height: int, width: int) -> tuple[int, int]:
     return int(h), int(w)
 
 
+def _horizontal_first(width: int, height: int, out_width: int, out_height: int) -> bool:
+    """Whether Pillow's resize runs its horizontal pass first (its rule since Pillow 11: the vertical pass goes first
+    only when it shrinks the height by more than twice as many pixels as the width shrinks)."""
+    dy = height - out_height
+    return not (dy > 0 and dy > (width - out_width) * 2)
+
+
+@functools.cache
+def _passes_split_exactly() -> bool:
+    """Whether this Pillow's resize equals its two passes run one after the other in the order of
+    `_horizontal_first` (checked once on small noise images of both orders; else the plain resize is used)."""
+    rng = np.random.default_rng(0)
+    for (w, h), (ow, oh) in (((40, 30), (52, 36)), ((36, 60), (30, 20)), ((50, 41), (37, 44))):
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), mode="RGB")
+        for resample in (Image.Resampling.BICUBIC, Image.Resampling.BILINEAR):
+            whole = img.resize((ow, oh), resample)
+            if _horizontal_first(w, h, ow, oh):
+                parts = img.resize((ow, h), resample).resize((ow, oh), resample)
+            else:
+                parts = img.resize((w, oh), resample).resize((ow, oh), resample)
+            if not np.array_equal(np.asarray(whole), np.asarray(parts)):
+                return False
+    return True
+
+
 def resize_and_crop(steps: EvalSteps, img: Image.Image, size: tuple[int, int] | None = None) -> Image.Image:
     """`steps.crop(steps.resize(img))`, pixel for pixel, with less work (`size`: resize to this (height, width)
-    instead of the Resize step's rule). Pillow resamples in two passes, horizontal then vertical, each rounding to
-    uint8, and each pass computes an output pixel from its own row or column alone; so the vertical pass runs only on
-    the columns that the centre crop keeps. (Resizing the crop box itself would place the filter by other
+    instead of the Resize step's rule). Pillow resamples in two passes, each rounding to uint8, and each pass computes
+    an output pixel from its own row (horizontal) or column (vertical) alone; so the second pass runs only on the
+    rows or columns that the centre crop keeps. (Resizing the crop box itself would place the filter by other
     floating-point operations: not the same pixels.)"""
     h, w = size or resized_size(steps, img.height, img.width)
     resample = import_torchvision().transforms.functional.pil_modes_mapping[steps.resize.interpolation]
     crop = steps.crop
-    ch, cw = (crop.size, crop.size) if crop is not None and isinstance(crop.size, int) else (
-        tuple(crop.size) if crop is not None else (h, w))
-    if crop is None or ch > h or cw > w:  # no crop, or one that pads: the whole resize, then torchvision's crop
+    ch, cw = (h, w) if crop is None else (crop.size, crop.size) if isinstance(crop.size, int) else crop.size
+    if crop is None or ch > h or cw > w or not _passes_split_exactly():  # torchvision's own steps
         img = img if (h, w) == (img.height, img.width) else img.resize((w, h), resample)
         return crop(img) if crop is not None else img
     top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+    if _horizontal_first(img.width, img.height, w, h):
+        if w != img.width:
+            img = img.resize((w, img.height), resample)  # the horizontal pass alone
+        img = img.crop((left, 0, left + cw, img.height))
+        if h != img.height:
+            img = img.resize((cw, h), resample)  # the vertical pass alone, on the kept columns
+        return img.crop((0, top, cw, top + ch))
+    img = img.resize((img.width, h), resample)  # the vertical pass alone
+    img = img.crop((0, top, img.width, top + ch))
     if w != img.width:
-        img = img.resize((w, img.height), resample)  # the horizontal pass alone
-    img = img.crop((left, 0, left + cw, img.height))
-    if h != img.height:
-        img = img.resize((cw, h), resample)  # the vertical pass alone, on the kept columns
-    return img.crop((0, top, cw, top + ch))
+        img = img.resize((w, ch), resample)  # the horizontal pass alone, on the kept rows
+    return img.crop((left, 0, left + cw, ch))
 
 
 def jpeg_bytes(source: ImageSource, image_id: str) -> bytes | None:
@@ -139,9 +171,6 @@ def decode_jpeg(data: bytes, min_size: tuple[int, int] | None = None) -> np.ndar
     least that; None: full size."""
     import simplejpeg
 
-    size = header_size(data)
-    if size is not None and size[0] * size[1] > 2 * (Image.MAX_IMAGE_PIXELS or size[0] * size[1]):
-        return None  # a decompression bomb: Pillow refuses it (DecompressionBombError, one error line)
     try:
         if min_size is None:
             return simplejpeg.decode_jpeg(data, colorspace="RGB")  # type: ignore[no-any-return]
@@ -159,15 +188,23 @@ def to_float(steps: EvalSteps, pixels: np.ndarray) -> np.ndarray:
     return out
 
 
-def header_size(data: bytes) -> tuple[int, int] | None:
-    """(height, width) of a JPEG from its header, or None when unreadable."""
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) of a YCbCr or grayscale JPEG from its header; None for other colour spaces (CMYK, YCCK,
+    whose conversion to RGB is Pillow's own) and unreadable headers."""
     import simplejpeg
 
     try:
-        h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+        h, w, space, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError:
         return None
-    return int(h), int(w)
+    return (int(h), int(w)) if space in _DECODED_SPACES else None
+
+
+def _bomb(height: int, width: int) -> bool:
+    """Whether Pillow would refuse an image of this size as a decompression bomb (then Pillow opens it, and the
+    dataset's one-line error says so)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return limit is not None and height * width > 2 * limit
 
 
 class EvalImages:
@@ -189,10 +226,10 @@ class EvalImages:
         step's own rule on the decoded image)."""
         assert self.steps is not None
         data = jpeg_bytes(self.ds.source, self.ds.paths[i])
+        full = jpeg_size(data) if data is not None else None
         rgb, target = None, None
-        if data is not None:
-            full = header_size(data) if self.decode == "scaled" else None
-            target = resized_size(self.steps, *full) if full else None
+        if data is not None and full is not None and not _bomb(*full):
+            target = resized_size(self.steps, *full) if self.decode == "scaled" else None
             rgb = decode_jpeg(data, target)
         if rgb is None:
             img = self.ds.open(i)
@@ -206,8 +243,3 @@ class EvalImages:
         img, target = self.pixels(i)
         img = resize_and_crop(self.steps, img, target)
         return to_float(self.steps, np.asarray(img))
-
-
-def stack(arrays: Sequence[np.ndarray]) -> torch.Tensor:
-    """One (B, 3, H, W) float32 batch tensor of per-image arrays."""
-    return torch.from_numpy(np.stack(arrays))

@@ -9,6 +9,7 @@ import contextlib
 import itertools
 import os
 import shutil
+import threading
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import metadata
@@ -23,6 +24,7 @@ from oodml.errors import OodmlError
 from oodml.features.backbones import (DEFAULT_BACKBONE, Backbone, backbone_weights_id, canonical_backbone,
                                       create_backbone)
 from oodml.features.cache import cache_key, cache_path, find_cached_features, read_meta
+from oodml.features.decode import EvalImages
 from oodml.features.io import FeatureSet
 from oodml.features.runtime import OnnxForward, TorchForward, forward_chunk, make_forward, resolve_runtime
 from oodml.io import JsonMemo, atomic_write
@@ -42,15 +44,15 @@ class _Images(torch.utils.data.Dataset):
     """(index, tensor, error) per image; an unreadable image becomes an error message instead of an exception, so
     that the main process can raise it as one clean line (DataLoader would wrap it in a traceback)."""
 
-    def __init__(self, ds: ImageDataset, transform: Any) -> None:
-        self.ds, self.transform = ds, transform
+    def __init__(self, ds: ImageDataset, transform: Any, decode: str = "exact") -> None:
+        self.ds, self.images = ds, EvalImages(ds, transform, decode)
 
     def __len__(self) -> int:
         return len(self.ds)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
-            return i, self.transform(self.ds.open(i)), None
+            return i, torch.from_numpy(self.images(i)), None
         except OodmlError as e:
             return i, None, str(e)
 
@@ -76,6 +78,17 @@ def default_decode_threads() -> int:
 
 _Batch = tuple[np.ndarray, torch.Tensor | None, str | None]
 
+#: niceness added to the decoding threads (Linux): the forward pass's threads get the cores first and decoding fills
+#: their idle gaps, instead of delaying one of them and with it each of the forward pass's parallel steps
+DECODE_NICE = 5
+
+
+def _lower_priority() -> None:
+    """Raise the calling thread's niceness by DECODE_NICE where the OS has per-thread priorities (Linux)."""
+    with contextlib.suppress(AttributeError, OSError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + DECODE_NICE)
+
 
 @contextlib.contextmanager
 def _torch_threads(n: int) -> Iterator[None]:
@@ -89,12 +102,13 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _decoded_in_threads(ds: ImageDataset, transform: Any, batch_size: int, threads: int,
+def _decoded_in_threads(ds: ImageDataset, transform: Any, batch_size: int, threads: int, decode: str = "exact",
                         ) -> Generator[_Batch, None, None]:
     """The batches of `ds` in order, decoded by `threads` threads that work ahead of the consumer (at most
-    `threads + 1` batches in flight): Pillow's decode and resize and torch's ops release the GIL, so decoding runs
-    while the caller's forward pass (which releases it too) computes. `threads=0`: decoded in the calling thread."""
-    images = _Images(ds, transform)
+    `threads + 1` batches in flight): libjpeg-turbo's and Pillow's decode, Pillow's resize and numpy's table look-up
+    release the GIL, so decoding runs while the caller's forward pass (which releases it too) computes.
+    `threads=0`: decoded in the calling thread."""
+    images = _Images(ds, transform, decode)
     starts = range(0, len(ds), batch_size)
 
     def load(s: int) -> _Batch:
@@ -103,7 +117,7 @@ def _decoded_in_threads(ds: ImageDataset, transform: Any, batch_size: int, threa
     if threads == 0:
         yield from (load(s) for s in starts)
         return
-    with ThreadPoolExecutor(threads, thread_name_prefix="oodml-decode") as pool:
+    with ThreadPoolExecutor(threads, thread_name_prefix="oodml-decode", initializer=_lower_priority) as pool:
         pending: collections.deque[Future[_Batch]] = collections.deque()
         todo = iter(starts)
         try:
@@ -120,12 +134,15 @@ def _decoded_in_threads(ds: ImageDataset, transform: Any, batch_size: int, threa
 
 
 def compute_features(ds: ImageDataset, backbone: Backbone, *, batch_size: int = 64, workers: int | None = None,
-                     forward: TorchForward | OnnxForward | None = None) -> np.ndarray:
+                     forward: TorchForward | OnnxForward | None = None, decode: str = "exact") -> np.ndarray:
     """(N, D) float32 features of every image of `ds`, in `ds.paths` order; OodmlError naming an unreadable image.
 
     `forward`: the backbone's forward pass (`make_forward`); default: torch. With ONNX Runtime, images are decoded by
-    `workers` threads (default `default_decode_threads()`) overlapping the forward pass, and torch (which only runs
-    the transforms then) computes on one thread; with torch, by `workers` processes (default `default_workers`)."""
+    `workers` threads (default `default_decode_threads()`, at a lower priority than the forward pass's threads)
+    overlapping the forward pass, and torch (which only runs the transforms then) computes on one thread; with torch,
+    by `workers` processes (default `default_workers`). `decode`: `exact` (the eval transform's values bit for bit)
+    or `scaled` (JPEGs larger than the resize target shrunk while decoding; other features), see
+    `oodml/features/decode.py` and docs/features.md."""
     if batch_size < 1:
         raise OodmlError(f"--batch-size must be >= 1, got {batch_size}")
     out = np.empty((len(ds), backbone.feature_dim), dtype=np.float32)
@@ -137,12 +154,12 @@ def compute_features(ds: ImageDataset, backbone: Backbone, *, batch_size: int = 
             kind = "threads"
             stack.enter_context(_torch_threads(1))
             batches = stack.enter_context(contextlib.closing(
-                _decoded_in_threads(ds, backbone.eval_transform, batch_size, n_workers)))
+                _decoded_in_threads(ds, backbone.eval_transform, batch_size, n_workers, decode)))
         else:
             n_workers = default_workers(len(ds)) if workers is None else workers
             kind = "workers"
             batches = torch.utils.data.DataLoader(
-                _Images(ds, backbone.eval_transform), batch_size=batch_size, shuffle=False, num_workers=n_workers,
+                _Images(ds, backbone.eval_transform, decode), batch_size=batch_size, shuffle=False, num_workers=n_workers,
                 collate_fn=_collate, worker_init_fn=_worker_init if n_workers else None,
                 prefetch_factor=4 if n_workers else None,
             )
