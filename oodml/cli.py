@@ -305,6 +305,7 @@ def run(
     runtime: Annotated[str | None, typer.Option(
         help="where the backbone runs if the features must be computed: onnx, torch, or auto (onnx when it works, "
              f"else torch) {_default('runtime')}")] = None,
+    backbone_weights: Annotated[str | None, _weights_option()] = None,
     queries: Annotated[int | None, typer.Option(
         help="most queries per k-shot episode: a random draw of this many, the same for every method and seed "
              "(default: all of them)")] = None,
@@ -317,7 +318,7 @@ def run(
         regime=regime, executor=executor, address=address, workers=workers, results=results, force=force,
         device=device, method_params=parse_param_overrides(method_param), plugins=tuple(plugin),
         data_root=data_root, dataset_options=list(dataset_option), backbone=backbone, max_cells=max_cells,
-        runtime=runtime, queries=queries, ray_resources=ray_resources,
+        runtime=runtime, queries=queries, ray_resources=ray_resources, backbone_weights=backbone_weights,
     )
     cfg = build_run_cfg(options, config)
     _check_destinations((cfg.results, "--results"))

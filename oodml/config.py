@@ -77,6 +77,9 @@ class RunCfg:
     #: `auto`, `onnx` or `torch`, as `embed --runtime`; the features file records the one used (`meta.runtime`) and
     #: the cells its hash, so it stays out of the cells' config
     runtime: str = _opt("auto", kind="text", hashed=False)
+    #: a local weights file for the backbone when `run` computes the features (`--backbone-weights`, as `embed`'s);
+    #: the features' hash, which the cells record, identifies the result, so it stays out of the cells' config
+    backbone_weights: str | None = _opt(kind="path", hashed=False)
     #: most queries per k-shot episode: an episode with more is scored on a random draw of this many, the same for
     #: every method and seed (Scott et al. test each task on a random 10,000 images); None: all of them (SPEC 3)
     queries: int | None = _opt(kind="count", omit_at_default=True)
@@ -94,6 +97,9 @@ class RunCfg:
             raise OodmlError(f"--max-cells must be >= 1, got {self.max_cells}")
         if self.queries is not None and self.queries < 1:
             raise OodmlError(f"--queries must be >= 1 (or left out for every query), got {self.queries}")
+        if self.backbone_weights and self.regime == "full":
+            raise OodmlError("--backbone-weights is for the features of the head regime; the full regime trains the "
+                             "backbone from its registered weights")
         if self.runtime not in RUNTIMES:
             raise OodmlError(f"--runtime {self.runtime!r} is not one of {', '.join(RUNTIMES)}")
         if self.shifts is not None and any(s < 1 for s in self.shifts):

@@ -99,7 +99,7 @@ def _load_features(cfg: RunCfg, spec: SplitSpec, splits_path: Path) -> tuple[Fea
 
     check_writable(cache_dir(), "the oodml cache ($OODML_CACHE), where the features will be computed,")
     fs = load_or_compute_features(spec.dataset, backbone, cfg.data_root, options=cfg.dataset_options,
-                                  runtime=cfg.runtime)
+                                  runtime=cfg.runtime, weights=cfg.backbone_weights)
     path = find_cached_features(fs.hash)
     if path is None:
         raise OodmlError(f"features for split file {str(splits_path)!r} could not be cached; "

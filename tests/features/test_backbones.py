@@ -198,3 +198,33 @@ def test_make_splits_refuses_random_weights_unless_allowed(tmp_path: Path, monke
     spec = json.loads((tmp_path / "splits" / "shapes.json").read_text())
     assert spec["dataset"] == "shapes" and spec["backbone"] == "conv4"
     assert "pretrained" not in json.dumps(spec["levels"]) and "pretrained" in json.dumps(spec)  # recorded: false
+
+
+def test_run_recomputes_features_with_the_weights_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       tiny_weights: tuple[Path, dict[str, torch.Tensor]]) -> None:
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from oodml.cli import app
+    from tests.data.helpers import write_class_tree
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OODML_CACHE", str(tmp_path / "cache"))
+    tree = write_class_tree(tmp_path / "birds", {f"c{i:02d}": 3 for i in range(10)})
+    weights = str(tiny_weights[0])
+    common = ["--backbone-weights", weights, "--runtime", "torch"]
+    r = CliRunner().invoke(app, ["make-splits", "folder", "--data-root", str(tree), "--backbone", f"timm:{TINY}",
+                                 "--levels", "2", "--k", "1", "--episodes", "1", *common])
+    assert r.exit_code == 0, r.output
+    spec = json.loads((tmp_path / "splits" / "birds.json").read_text())
+    assert spec["backbone"] == f"timm:{TINY}" and "weights_sha256" in json.dumps(spec)
+    shutil.rmtree(tmp_path / "cache" / "features")  # run must compute them again, with the same weights
+    run = ["run", "--dataset", "birds", "--data-root", str(tree), "--method", "pretrained", "--k", "0", "--seeds",
+           "0", "--shifts", "1", "--workers", "1", "--results", "results"]
+    r = CliRunner().invoke(app, [*run, *common])
+    assert r.exit_code == 0, r.output
+    cells = [json.loads(p.read_text()) for p in (tmp_path / "results" / "cells").glob("*.json")]
+    assert len(cells) == 1 and cells[0]["status"] == "ok"
+    assert {row["feature_hash"] for row in cells[0]["rows"]} == {spec["feature_hash"]}
