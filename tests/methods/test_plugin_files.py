@@ -84,3 +84,17 @@ def test_config_accepts_the_flag_name(tmp_path: Path, key: str) -> None:
     cfg.write_text("method: margin\nplugin: a.py\nplugins: b.py\n")
     with pytest.raises(OodmlError, match="both `plugin:` and `plugins:`"):
         load_yaml_config(cfg)
+
+
+def test_a_config_plugin_file_runs_only_when_confirmed(tmp_path: Path, registry_restored: None) -> None:
+    from oodml.config import build_run_cfg
+
+    path = tmp_path / "mine.py"
+    path.write_text(PLUGIN.format(name="cfg_triplet"))
+    study = tmp_path / "study.yaml"
+    study.write_text(f"method: cfg_triplet\nplugin: {path}\n")
+    with pytest.raises(OodmlError, match=f"confirm with --plugin {path}"):
+        build_run_cfg({"plugins": ()}, study)
+    assert "cfg_triplet" not in METHODS.names()  # nothing was imported
+    cfg = build_run_cfg({"plugins": (str(path),)}, study)
+    assert cfg.plugins == (str(path),) and cfg.methods == ("cfg_triplet",)
