@@ -176,7 +176,8 @@ def _registry_listing(kind: str, *, plugins: tuple[str, ...] = ()) -> list[tuple
 @app.command()
 @user_errors
 def embed(
-    dataset: Annotated[str, typer.Argument(help="registered dataset name (oodml list datasets)")],
+    dataset: Annotated[str, typer.Argument(help="registered dataset name (oodml list datasets), or `folder` with "
+                                                "--data-root DIR, or a folder dataset's name")],
     backbone: Annotated[str, typer.Option(default_factory=_default_backbone, show_default=False,
                                           help=f"registered backbone, or timm:<name> {_shown('backbone')}")],
     data_root: Annotated[Path | None, typer.Option(help="dataset folder or archive location")] = None,
@@ -209,7 +210,8 @@ def embed(
 @user_errors
 def make_splits(
     *,
-    dataset: Annotated[str | None, typer.Argument(help="dataset name (optional with --features)")] = None,
+    dataset: Annotated[str | None, typer.Argument(help="dataset name, as for `oodml embed` (optional with "
+                                                       "--features)")] = None,
     backbone: Annotated[str, typer.Option(default_factory=_default_backbone, show_default=False,
                                           help=f"backbone whose features define the FID {_shown('backbone')}")],
     data_root: Annotated[Path | None, typer.Option(help="dataset folder or archive location")] = None,
