@@ -10,7 +10,9 @@ computed with its result (`CellResult.fit_blob`), which the driver checks like a
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import resource
 import socket
 import time
@@ -186,6 +188,8 @@ def _fitted(build: Callable[[], Any], inputs: Callable[[np.ndarray], Any], lv: L
     where = "sent with the task" if task.fit_blob is not None else str(path)
     if source is not None and (task.fit_blob is not None or source.is_file()) and not task.refit:
         try:
+            if task.fit_blob is None:
+                check_fit_record(source)
             method.load_state_dict(_load_state(source, task.device))
             return method, True, None
         except Exception as e:  # noqa: BLE001 -- any unusable entry is refitted
@@ -207,9 +211,9 @@ def _fitted(build: Callable[[], Any], inputs: Callable[[np.ndarray], Any], lv: L
         torch.save(state, buf)
         return method, False, buf.getvalue()
     assert path is not None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, "wb") as f:
-        torch.save(state, f)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_fit(buf.getvalue(), path)
     return method, False, None
 
 
@@ -233,10 +237,39 @@ def store_fit_blob(blob: bytes, path: Path) -> bool:
         log(f"note: the fit returned for {path.name} failed the fit-cache checks "
             f"({' '.join(f'{type(e).__name__}: {e}'.split())[:200]}); not stored")
         return False
+    write_fit(blob, path)
+    return True
+
+
+def _record_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def write_fit(blob: bytes, path: Path) -> None:
+    """Store a fit-cache entry and its record `<entry>.json` (the fit id it was written for and the sha256 of its
+    bytes), each in one atomic step."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, "wb") as f:
         f.write(blob)
-    return True
+    record = {"fit_id": path.stem, "sha256": hashlib.sha256(blob).hexdigest()}
+    with atomic_write(_record_path(path)) as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def check_fit_record(path: Path) -> None:
+    """ValueError when the entry's record names another fit or other bytes (an entry replaced or copied from
+    another name after it was written); an entry without a record (written before records existed) passes."""
+    record_path = _record_path(path)
+    if not record_path.is_file():
+        return
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        raise ValueError(f"its record {record_path.name} is unreadable") from None
+    if not isinstance(record, dict) or record.get("fit_id") != path.stem:
+        raise ValueError(f"its record {record_path.name} names another fit")
+    if record.get("sha256") != hashlib.sha256(path.read_bytes()).hexdigest():
+        raise ValueError("its content differs from the sha256 recorded when it was written")
 
 
 def _reset_peak_rss() -> None:

@@ -72,7 +72,7 @@ def test_a_cell_reuses_its_twins_fit(tmp_path: Path) -> None:
     out = [execute(CellTask(cell=c, level=plan.levels[1], overrides=dict(cfg.method_params), fit_cache=str(fits)),
                    plan.features) for c in plan.cells]
     assert [r.status for r in out] == ["ok", "ok"], [r.error for r in out]
-    assert [r.fit_cached for r in out] == [False, True] and len(list(fits.iterdir())) == 1
+    assert [r.fit_cached for r in out] == [False, True] and len(list(fits.glob("*.pt"))) == 1
     # the shared fit gives the adapted method's zero-shot rows exactly as its own fit would
     fresh = execute(CellTask(cell=adapted, level=plan.levels[1], overrides=dict(cfg.method_params)), plan.features)
     assert fresh.metrics == out[1].metrics and not fresh.fit_cached

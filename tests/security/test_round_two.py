@@ -361,3 +361,21 @@ def test_import_splits_refuses_path_like_names(tmp_path: Path, capsys: pytest.Ca
     out = tmp_path / "s.json"
     err = one_error(capsys, ["import-splits", str(pkl), "--dataset", "cub200", "--out", str(out)])
     assert "looks like a path" in err and not out.exists()
+
+
+def test_replaced_fit_cache_entry_is_refitted(fakes: None, files: tuple[Path, Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    results = tmp_path / "r"
+    assert run(files, results) == 0
+    clean = [(r["metric"], r["value"]) for r in CellStore(results).cells()[0]["rows"]]
+    (entry,) = CellStore(results).fits_dir.glob("*.pt")
+    state = torch.load(entry, weights_only=True)
+    torch.save({k: v + 1 if torch.is_tensor(v) and v.is_floating_point() else v for k, v in state.items()}, entry)
+    for p in CellStore(results).cells_dir.glob("*.json"):
+        p.unlink()
+    capsys.readouterr()
+    assert run(files, results) == 0
+    assert "differs from the sha256 recorded" in capsys.readouterr().err
+    assert [(r["metric"], r["value"]) for r in CellStore(results).cells()[0]["rows"]] == clean
