@@ -18,8 +18,8 @@ BACKENDS = KNN_BACKENDS.names()
 LINE = np.array([[0.0], [1.0], [1.0], [2.0], [5.0], [6.0], [6.0]])
 
 
-def test_registry_lists_both_backends() -> None:
-    assert BACKENDS == ["faiss", "torch"]
+def test_registry_lists_the_backends() -> None:
+    assert BACKENDS == ["faiss", "symmetric", "torch"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -61,13 +61,14 @@ def test_integer_grid_matches_loop_order_exactly(backend: str) -> None:
 
 
 @pytest.mark.parametrize("k", [1, 5, 120])  # heap (k < 100) and reservoir (k >= 100) paths in faiss
-def test_faiss_and_torch_agree_up_to_ties(k: int) -> None:
+@pytest.mark.parametrize("backend", ["faiss", "symmetric"])
+def test_float32_backends_and_torch_agree_up_to_ties(k: int, backend: str) -> None:
     x, _ = clustered(12, 300, 16, seed=1)
     ref = knn(x, k, backend="torch")
-    new = knn(x, k, backend="faiss")
+    new = knn(x, k, backend=backend)
     check_ref_knn_with_draws(ref.distances, ref.indices, new.distances, new.indices, rtol=1e-4)
     tied = np.random.default_rng(0).integers(0, 4, size=(300, 3)).astype(np.float64)
-    ref, new = knn(tied, k, backend="torch"), knn(tied, k, backend="faiss")
+    ref, new = knn(tied, k, backend="torch"), knn(tied, k, backend=backend)
     check_ref_knn_with_draws(ref.distances, ref.indices, new.distances, new.indices)
     np.testing.assert_array_equal(ref.indices, new.indices)  # exact ties are also ordered alike
 
