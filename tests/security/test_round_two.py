@@ -32,6 +32,8 @@ from tests.report.conftest import write_grid
 from tests.runner.fakes import fake_methods, write_inputs
 from tests.security.helpers import one_error
 
+PLUGIN = "tests.runner.fake_plugin"
+
 
 @pytest.fixture
 def fakes() -> Iterator[None]:
@@ -173,6 +175,26 @@ def test_a_cell_extended_elsewhere_keeps_both_k(fakes: None, files: tuple[Path, 
     failed = {**late, "status": "error", "error": "boom", "rows": []}
     CellStore(shared).write(failed)
     assert CellStore(shared).cells()[0]["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_folder_keep_both_runs_values(files: tuple[Path, Path], tmp_path: Path) -> None:
+    """`oodml run --k 0` and `--k 2` started together on one folder (a fake method that sleeps 8 s, so both
+    have planned before either writes): both exit 0 and the cell holds both k afterwards."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    results = tmp_path / "shared"
+    env = dict(os.environ, PYTHONPATH=str(REPO), FAKE_SLOW_S="8", OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-m", "oodml", *run_args(files, results, "--k", k, "--method",
+                                                                      "fake_slow", "--plugin", PLUGIN)],
+                              env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for k in ("0", "2")]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0], [p.stderr.read() for p in procs if p.stderr]
+    (cell,) = CellStore(results).cells()
+    assert cell["config"]["ks"] == [0, 2] and {r["k_shot"] for r in cell["rows"]} == {0, 2}
 
 
 def test_folder_lock_excludes_a_second_holder(tmp_path: Path) -> None:
