@@ -32,7 +32,8 @@ from oodml.compat import RAY_INSTALL, import_ray
 from oodml.errors import OodmlError
 from oodml.progress import log
 from oodml.registry import Registry
-from oodml.runner.cell import CellResult, CellTask, execute, set_threads, store_fit_blob, warm_up
+from oodml.runner.cell import (CellResult, CellTask, check_fit_record, execute, set_threads, store_fit_blob,
+                               warm_up)
 from oodml.runner.procs import die_with_parent, mark_run
 
 
@@ -126,8 +127,8 @@ def _mp_context() -> mp.context.BaseContext:
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
     mark_run()
-    ctx.set_forkserver_preload(["oodml.runner.forkserver", "oodml.runner.cell", "oodml.methods", "oodml.eval", "faiss", "sklearn.metrics",
-                                "pytorch_metric_learning.losses", "torch._inductor"])
+    ctx.set_forkserver_preload(["oodml.runner.forkserver", "oodml.runner.cell", "oodml.methods", "oodml.eval", "faiss",
+                                "sklearn.metrics", "pytorch_metric_learning.losses", "torch._inductor"])
     return ctx
 
 
@@ -305,10 +306,17 @@ def _check_feasible(ray: Any, res: Mapping[str, float], remote: bool) -> None:
 
 
 def _sent(task: CellTask) -> CellTask:
-    """The task as a Ray task gets it: the driver's cache entry of its fit as bytes (read, not unpickled, here; the
-    task loads it with the fit cache's checks), and the instruction to return a fit it computes."""
+    """The task as a Ray task gets it: the driver's cache entry of its fit as bytes, when its record matches
+    (`check_fit_record`; read, not unpickled, here: the task loads it with the fit cache's weights-only checks), and
+    the instruction to return a fit it computes."""
     path = Path(task.fit_cache) / f"{task.cell.fit_id}.pt" if task.fit_cache else None
-    blob = path.read_bytes() if path is not None and path.is_file() and not task.refit else None
+    blob = None
+    if path is not None and path.is_file() and not task.refit:
+        try:
+            check_fit_record(path)
+            blob = path.read_bytes()
+        except (OSError, ValueError) as e:
+            log(f"note: fit cache {path} is unreadable or stale ({' '.join(str(e).split())[:200]}); fitting again")
     return dataclasses.replace(task, fit_cache=None, fit_blob=blob, return_fit=path is not None)
 
 
@@ -363,7 +371,8 @@ def run_ray(tasks: Sequence[CellTask], features: Any, opts: ExecOptions, sink: S
                 running[remote.remote(sent, features_ref, opts.threads)] = task
                 if task.cell.cell_id not in retries:
                     sink.started(task)
-            done, _ = ray.wait(list(running), num_returns=1)
+            # a bounded wait returns to Python every second, so SIGTERM and Ctrl-C are handled while cells run
+            done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
             for ref in done:
                 task = running.pop(ref)
                 computing.discard(task.cell.fit_id)

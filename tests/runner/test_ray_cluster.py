@@ -97,8 +97,11 @@ def test_fits_travel_as_checked_bytes(tmp_path: Path) -> None:
     torch.save({"w": torch.ones(2)}, buf)
     assert store_fit_blob(buf.getvalue(), tmp_path / "fits" / "a.pt")
     cell = SimpleNamespace(fit_id="a")
-    sent = _sent(CellTask(cell=cell, level=None, overrides={}, fit_cache=str(tmp_path / "fits")))  # type: ignore
+    task = CellTask(cell=cell, level=None, overrides={}, fit_cache=str(tmp_path / "fits"))  # type: ignore[arg-type]
+    sent = _sent(task)
     assert sent.fit_cache is None and sent.return_fit and sent.fit_blob == buf.getvalue()
+    torch.save({"w": torch.zeros(2)}, tmp_path / "fits" / "a.pt")  # other weights than its record's sha256
+    assert _sent(task).fit_blob is None  # refitted on the node, as the local executor would
 
     class Planted:
         def __reduce__(self) -> tuple[Any, ...]:
