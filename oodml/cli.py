@@ -193,6 +193,9 @@ def embed(
     backbone_weights: Annotated[Path | None, _weights_option()] = None,
     name: Annotated[str | None, typer.Option(
         help="name of a folder dataset (default: its folder's name); it names splits/<name>.json and results")] = None,
+    decode: Annotated[str, typer.Option(
+        help="exact: the backbone's preprocessing bit for bit; scaled: JPEGs larger than the resize target shrunk "
+             "while decoding (faster, other features; docs/features.md)")] = "exact",
 ) -> None:
     """Embed every image of a dataset with a backbone into a features file (format: docs/formats.md)."""
     from oodml.config import dataset_options
@@ -202,7 +205,7 @@ def embed(
     path = embed_dataset(dataset=dataset, backbone=backbone, data_root=data_root, classes=tuple(classes),
                          out=out, batch_size=batch_size, workers=workers,
                          options=_with_name(dataset_options(dataset_option), name), runtime=runtime,
-                         weights=backbone_weights)
+                         weights=backbone_weights, decode=decode)
     typer.echo(str(path))
 
 

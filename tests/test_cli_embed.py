@@ -32,11 +32,12 @@ def test_embed_forwards_every_option(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     monkeypatch.setattr(oodml.features.extract, "embed_dataset", fake)
     r = CliRunner().invoke(app, ["embed", "cub200", "--backbone", "resnet50", "--data-root", "/d", "--classes",
                                  "00[1-3].*", "--classes", "01*", "--out", "f.npz", "--batch-size", "8",
-                                 "--workers", "2", "--dataset-option", "rotations=true", "--runtime", "torch"])
+                                 "--workers", "2", "--dataset-option", "rotations=true", "--runtime", "torch",
+                                 "--decode", "scaled"])
     assert r.exit_code == 0, r.output
     assert seen == [dict(dataset="cub200", backbone="resnet50", data_root=Path("/d"), classes=("00[1-3].*", "01*"),
                          out=Path("f.npz"), batch_size=8, workers=2, options={"rotations": True}, runtime="torch",
-                         weights=None)]
+                         weights=None, decode="scaled")]
     assert r.output.strip() == str(tmp_path / "x.npz")
 
 

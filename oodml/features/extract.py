@@ -24,7 +24,7 @@ from oodml.errors import OodmlError
 from oodml.features.backbones import (DEFAULT_BACKBONE, Backbone, backbone_weights_id, canonical_backbone,
                                       create_backbone)
 from oodml.features.cache import cache_key, cache_path, find_cached_features, read_meta
-from oodml.features.decode import EvalImages
+from oodml.features.decode import EvalImages, check_decode
 from oodml.features.io import FeatureSet
 from oodml.features.runtime import OnnxForward, TorchForward, forward_chunk, make_forward, resolve_runtime
 from oodml.io import JsonMemo, atomic_write
@@ -199,13 +199,15 @@ def _version(package: str) -> str:
 def features_file(dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: str | Path | None = None,
                   classes: Sequence[str] = (), batch_size: int = 64, workers: int | None = None,
                   options: Mapping[str, Any] | None = None, runtime: str = "auto",
-                  weights: str | Path | None = None) -> Path:
+                  weights: str | Path | None = None, decode: str = "exact") -> Path:
     """The cached features file for (dataset content, backbone, transform, runtime), computed and stored when absent.
 
     `options`: the dataset loader's options (e.g. omniglot `rotations`); they change the content hash and so the
     cache entry. `runtime`: `auto` (ONNX Runtime when it works, else torch; a cached torch file is used as it is),
     `onnx` or `torch`; the one used is recorded in `meta.runtime`. `weights`: a local weights file for the backbone
-    (`--backbone-weights`); its sha256 is part of the cache key and recorded in `meta.weights_sha256`."""
+    (`--backbone-weights`); its sha256 is part of the cache key and recorded in `meta.weights_sha256`. `decode`:
+    `exact` or `scaled` (`compute_features`); `scaled` is part of the cache key and recorded in `meta.decode`."""
+    check_decode(decode)
     if batch_size < 1:
         raise OodmlError(f"--batch-size must be >= 1, got {batch_size}")
     wanted = resolve_runtime(runtime)
@@ -213,7 +215,7 @@ def features_file(dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: str
     if classes:
         ds = ds.subset_classes(classes)
     name = canonical_backbone(backbone)
-    transform = _transform_id(name)
+    transform = _transform_id(name) + ("" if decode == "exact" else f" decode={decode}")
     content = ds.content_hash()
     weights_id = backbone_weights_id(name, weights)
 
@@ -236,11 +238,12 @@ def features_file(dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: str
     forward = make_forward(bb, runtime, batch_size=batch_size)
     if forward.runtime != wanted:  # auto fell back to torch (whose cache entry is absent, see above)
         path = cached(forward.runtime)[0]
-    feats = compute_features(ds, bb, batch_size=batch_size, workers=workers, forward=forward)
+    feats = compute_features(ds, bb, batch_size=batch_size, workers=workers, forward=forward, decode=decode)
     meta = {"dataset": ds.name, "backbone": name, "transform": bb.transform_id(), "weights": weights_id,
             "dataset_hash": content, "classes": list(classes), "input_size": bb.input_size,
             "pretrained": bb.pretrained, "runtime": forward.runtime,
             **({"dataset_options": dict(options)} if options else {}),
+            **({"decode": decode} if decode != "exact" else {}),
             **({"weights_sha256": bb.weights_sha256, "weights_file": Path(weights).name} if weights else {})}
     split = np.array(ds.class_split) if ds.class_split is not None else None
     FeatureSet(feats, ds.labels, np.array(ds.class_names), np.array(ds.paths), meta, split).save(path)
@@ -251,11 +254,12 @@ def features_file(dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: str
 def embed_dataset(*, dataset: str, backbone: str = DEFAULT_BACKBONE, data_root: str | Path | None = None,
                   classes: Sequence[str] = (), out: str | Path | None = None, batch_size: int = 64,
                   workers: int | None = None, options: Mapping[str, Any] | None = None,
-                  runtime: str = "auto", weights: str | Path | None = None) -> Path:
+                  runtime: str = "auto", weights: str | Path | None = None, decode: str = "exact") -> Path:
     """The CLI's `embed`: features of every image (or of the `classes` subset); returns the written/cached file."""
     if out is not None and Path(out).suffix != ".npz":
         raise OodmlError(f"--out {str(out)!r} must end in .npz")
-    path = features_file(dataset, backbone, data_root, classes, batch_size, workers, options, runtime, weights)
+    path = features_file(dataset, backbone, data_root, classes, batch_size, workers, options, runtime, weights,
+                         decode)
     if out is None:
         return path
     dest = Path(out)

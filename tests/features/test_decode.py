@@ -145,3 +145,32 @@ def test_compute_features_gives_the_same_rows_as_the_transform(folder: Path, mon
     monkeypatch.setattr(decode, "eval_steps", lambda transform: None)
     plain = compute_features(ds, bb, batch_size=3, workers=1, forward=Pixels())  # type: ignore[arg-type]
     assert np.array_equal(fast, plain) and len(np.unique(fast, axis=0)) == len(ds)
+
+
+def test_embed_with_scaled_decoding_is_its_own_cache_entry(folder: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from oodml.features.extract import embed_dataset
+    from oodml.features.io import FeatureSet
+
+    monkeypatch.setenv("OODML_CACHE", str(tmp_path / "cache"))
+    kw: dict[str, Any] = dict(dataset="folder", backbone="efficientnet_lite0", data_root=folder,
+                              classes=["b"], batch_size=4, workers=0, runtime="torch")
+    exact, scaled = embed_dataset(**kw), embed_dataset(**kw, decode="scaled")
+    assert exact != scaled
+    a, b = FeatureSet.load(exact), FeatureSet.load(scaled)
+    assert "decode" not in a.meta and b.meta["decode"] == "scaled"
+    large = a.paths.tolist().index("b/large.jpg")
+    others = [i for i in range(len(a.paths)) if i != large]
+    assert np.array_equal(a.features[others], b.features[others])  # not larger than the target: decoded in full
+    assert not np.array_equal(a.features[large], b.features[large])
+    with pytest.raises(OodmlError, match="--decode 'fast'"):
+        embed_dataset(**kw, decode="fast")
+
+
+def test_cli_embed_takes_decode(folder: Path) -> None:
+    from typer.testing import CliRunner
+
+    from oodml.cli import app
+
+    result = CliRunner().invoke(app, ["embed", "folder", "--data-root", str(folder), "--decode", "fast"])
+    assert result.exit_code == 2 and "--decode 'fast' is not one of exact, scaled" in result.output
