@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +23,10 @@ from oodml.io import atomic_write, safe_dir, safe_name, safe_path, write_text_at
 from oodml.progress import log
 from oodml.report import curves, document as doc, intervals as iv
 from oodml.report.leaderboard import (ADAPTED_FAMILIES, choose_metrics, error_counts, error_reduction,
-                                      few_shot_gain, leaderboard, level_stats, levels_table, ok_rows, seed_values)
+                                      few_shot_gain, leaderboard, level_stats, levels_table, ok_rows, seed_values,
+                                      unadapted_of)
 from oodml.report.stats import DEFAULT_BOOTSTRAP
+from oodml.report.series import relabel
 from oodml.report.store import Store, grid_entries, read_store
 from oodml.schema import ROW_COLUMNS, STATUSES
 
@@ -57,6 +59,7 @@ class DatasetTables:
     units: pd.DataFrame
     coverage: iv.Coverage
     n_boot: int
+    same_at_zero: dict[str, str] = field(default_factory=dict)
 
 
 def build_report(*, results: Path, metric: str | None = None, bootstrap: int = DEFAULT_BOOTSTRAP) -> list[Path]:
@@ -75,7 +78,7 @@ def build_report(*, results: Path, metric: str | None = None, bootstrap: int = D
         OodmlError: missing/empty results folder (run `oodml run` first), a corrupt cell file, an unknown metric.
     """
     t0 = time.perf_counter()
-    store = read_store(Path(results))
+    store = relabel(read_store(Path(results)))  # one series per configuration (oodml.report.series)
     for dataset in store.datasets:  # a name from the cell files becomes a folder: safe, and writable, before output
         check_writable(safe_path(results, check_name(dataset, f"cell files in {str(results)!r} name a dataset")),
                        "report folder")
@@ -96,7 +99,7 @@ def aggregate(store: Store, dataset: str, metric: str | None, bootstrap: int = D
     rows = store.rows[store.rows["dataset"] == dataset].reset_index(drop=True)
     cells = store.cells[store.cells["dataset"] == dataset].reset_index(drop=True)
     units = store.units[store.units["dataset"] == dataset].reset_index(drop=True)
-    levels = levels_table(rows)
+    levels = levels_table(rows, dataset)
     seeds = seed_values(ok_rows(rows))
     stats = level_stats(seeds)
     grid = grid_entries(store, dataset)
@@ -107,11 +110,15 @@ def aggregate(store: Store, dataset: str, metric: str | None, bootstrap: int = D
     coverage = iv.Coverage()
     boards: dict[int, pd.DataFrame] = {}
     frames = {k: iv.unit_frame(units, seeds, k=k, metric=m) for k, m in metric_by_k.items()}
+    same_at_zero: dict[str, str] = {}
     for k, m in metric_by_k.items():
-        fams = ran[ran["k_shot"] == k].groupby("method")["method_family"].first()
-        iv.coverage_notes(frames[k], k, coverage)
-        boards[k] = leaderboard(stats, seeds, levels, errors, k=k, metric=m,
-                                methods={str(a): str(b) for a, b in fams.items()}, frame=frames[k])
+        fams = {str(a): str(b) for a, b in ran[ran["k_shot"] == k].groupby("method")["method_family"].first().items()}
+        if k == 0:  # nothing is adapted at k = 0: adapted_X is X there, not a method of its own
+            same_at_zero = {a: u for a, f in fams.items()
+                            if f in ADAPTED_FAMILIES and (u := unadapted_of(a, set(fams))) is not None}
+            fams = {a: f for a, f in fams.items() if a not in same_at_zero}
+        iv.coverage_notes(frames[k][~frames[k]["method"].isin(list(same_at_zero) if k == 0 else [])], k, coverage)
+        boards[k] = leaderboard(stats, seeds, levels, errors, k=k, metric=m, methods=fams, frame=frames[k])
     stats = level_stats(seeds, _level_ci(boards, metric_by_k))
     gain_metric = metric if metric is not None else metric_by_k.get(0, "recall@1")
     families = {str(a): str(b) for a, b in ran.groupby("method")["method_family"].first().items()}
@@ -120,7 +127,7 @@ def aggregate(store: Store, dataset: str, metric: str | None, bootstrap: int = D
     gain = few_shot_gain({k: f for k, f in gain_frames.items() if len(f)}, families, levels, gain_metric)
     return DatasetTables(dataset, rows, cells, grid, errors, levels, stats, metric_by_k, boards, gain,
                          gain_metric if len(gain) else None, error_reduction(stats, levels, metric_by_k), units,
-                         coverage, bootstrap)
+                         coverage, bootstrap, same_at_zero)
 
 
 def _level_ci(boards: dict[int, pd.DataFrame], metric_by_k: dict[int, str]) -> pd.DataFrame:
@@ -291,6 +298,9 @@ def report_blocks(t: DatasetTables, figures: list[tuple[Path, str]]) -> list[doc
         blocks.append(doc.text("Nothing to rank: no cell of this dataset finished with `ok` or `error`."))
     for k, board in t.leaderboards.items():
         blocks.append(doc.heading(f"{_panel_title(k)}: {t.metric_by_k[k]}", level=3))
+        if k == 0 and t.same_at_zero:
+            blocks.append(doc.text("Left out at k = 0, where nothing is adapted (each equals its source model): "
+                                   + ", ".join(f"`{a}` = `{u}`" for a, u in sorted(t.same_at_zero.items())) + "."))
         errors = t.errors[t.errors["k_shot"] == k]
         blocks.append(doc.table(board_display(board, errors), f"`leaderboard_k{k}.csv`, metric `{t.metric_by_k[k]}`"))
     blocks.append(doc.heading("Degradation curves"))

@@ -20,6 +20,7 @@ from oodml.io import atomic_write, safe_dir, safe_path
 from oodml.report import document as doc, intervals as iv, stats as st
 from oodml.report.leaderboard import DEFAULT_METRIC_ORDER, ok_rows, seed_values
 from oodml.report.stats import DEFAULT_BOOTSTRAP
+from oodml.report.series import check_series_name, relabel
 from oodml.report.store import Store, read_store
 
 #: Columns of `compare_<A>_vs_<B>_<metric>_k<K>.csv`.
@@ -57,10 +58,11 @@ def compare_command(*, results: Path, a: str, b: str, ks: tuple[int, ...] | None
     Raises:
         OodmlError: unknown method or metric, a k or level one method lacks, or unpaired cells.
     """
-    store = read_store(Path(results))
+    store = relabel(read_store(Path(results)))
     ok = ok_rows(store.rows)
     have = {str(m) for m in ok["method"].unique()}
     for name in (a, b):
+        check_series_name(name, have, str(results))
         if name not in have:
             raise OodmlError(f"method {name!r} has no ok rows in {str(results)!r}{suggest(name, have)}; methods "
                              f"there: {', '.join(sorted(have))}")

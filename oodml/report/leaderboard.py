@@ -16,6 +16,7 @@ import pandas as pd
 from oodml.errors import OodmlError, suggest
 from oodml.progress import log
 from oodml.report import intervals as iv, stats as st
+from oodml.report.series import check_one_split
 from oodml.report.stats import ALPHA, area_under_curve
 
 #: Default leaderboard metric per k: the first of these that the results hold at that k.
@@ -65,16 +66,17 @@ def choose_metrics(ok: pd.DataFrame, ks: list[int], metric: str | None) -> dict[
     return out
 
 
-def levels_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """`level, fid, n_train_classes, n_test_classes, split_hash`: one row per split level in the rows."""
+def levels_table(rows: pd.DataFrame, dataset: str = "") -> pd.DataFrame:
+    """`level, fid, n_train_classes, n_test_classes, split_hash`: one row per split level in the rows.
+
+    Raises:
+        OodmlError: a level holds rows of two split files (`series.check_one_split`).
+    """
     cols = ["split_level", "split_fid", "n_train_classes", "n_test_classes", "split_hash"]
     known = rows[cols].dropna(subset=["split_fid"])
     table = known.groupby("split_level", sort=True).first()
     table = table.reindex(sorted(rows["split_level"].unique())).reset_index()
-    multi = known.groupby("split_level")["split_hash"].nunique()
-    if (multi > 1).any():
-        log(f"report: level(s) {', '.join(map(str, multi.index[multi > 1]))} hold rows from more than one split "
-            "(different split_hash); they are averaged together: use one results folder per split file")
+    check_one_split(rows, dataset)
     return table.rename(columns={"split_level": "level", "split_fid": "fid"})
 
 
@@ -255,7 +257,7 @@ def few_shot_gain(frames: Mapping[int, pd.DataFrame], families: Mapping[str, str
 def error_reduction(stats: pd.DataFrame, levels: pd.DataFrame, metric_by_k: Mapping[int, str]) -> pd.DataFrame:
     """Scott et al.'s table: relative reduction of error (1 - metric) of each adapted method vs the best other one.
 
-    For every k and level: `(err_best - err) / err_best`, where `err_best` is the error of the non-adapted method
+    For every k > 0 and level (at k = 0 nothing is adapted): `(err_best - err) / err_best`, where `err_best` is the error of the non-adapted method
     with the highest mean there (family not in `ADAPTED_FAMILIES`). NaN where that error is 0.
 
     Returns columns `k_shot, split_level, fid, metric, method, method_family, mean, reference_method,
@@ -268,7 +270,7 @@ def error_reduction(stats: pd.DataFrame, levels: pd.DataFrame, metric_by_k: Mapp
     best = others.loc[others.groupby(["k_shot", "split_level"])["mean"].idxmax()]
     best = best[["k_shot", "split_level", "method", "mean"]].rename(
         columns={"method": "reference_method", "mean": "reference_mean"})
-    out = sub[adapted][["k_shot", "split_level", "metric", "method", "method_family", "mean"]]
+    out = sub[adapted & (sub["k_shot"] > 0)][["k_shot", "split_level", "metric", "method", "method_family", "mean"]]
     out = out.merge(best, on=["k_shot", "split_level"], how="inner")
     ref_err = 1.0 - out["reference_mean"].to_numpy(float)
     with np.errstate(invalid="ignore", divide="ignore"):
