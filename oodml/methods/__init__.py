@@ -168,7 +168,8 @@ def resolve_params(spec: str, overrides: Mapping[str, Any] = {}) -> tuple[Any, d
     """(method params dataclass or None, {add-on: params}) for `spec` with overrides applied and validated.
 
     Overrides: `name=value` applies to every method having the field `name` (an error if no method or add-on has
-    it); `method.name=value` applies to that method (name, alias or full spec) only and wins over `name=value`.
+    it); `method.name=value` applies to that method (name, alias or full spec) and to the methods that fit as it
+    (`adapted_X` for `X.name=value`), and wins over `name=value`; `adapted_X.name=value` wins over `X.name=value`.
     """
     name, addons = parse_spec(spec)
     canonical = "+".join((name, *addons))
@@ -180,23 +181,27 @@ def resolve_params(spec: str, overrides: Mapping[str, Any] = {}) -> tuple[Any, d
         classes[a] = ADDONS.info(a).params
     known = set().union(*(field_names(c) for c in classes.values())) if classes else set()
     bare: dict[str, Any] = {}
+    inherited: dict[str, Any] = {}  # `X.name=value` reaches `adapted_X` (it fits as X); its own `adapted_X.name` wins
     specific: dict[str, Any] = {}
+    fits = tuple(f for f in (info.fits_as, "+".join((info.fits_as, *addons)) if info.fits_as else None) if f)
     for key, value in overrides.items():
         if "." in key:
             target, field = _targets(key), key.rsplit(".", 1)[1]
-            if target not in (name, canonical):
+            if target not in (name, canonical, *fits):
                 continue
             if field not in known:
+                if target in fits:
+                    continue  # a field of X that adapted_X lacks
                 fields = ", ".join(sorted(known)) or "none"
                 raise OodmlError(f"method {canonical!r} has no hyperparameter {field!r} (--method-param {key}); "
                                  f"its fields: {fields}")
-            specific[field] = value
+            (inherited if target in fits else specific)[field] = value
         elif key in known:
             bare[key] = value
         elif key not in _all_fields():
             raise OodmlError(f"no method has a hyperparameter {key!r} (--method-param {key}=...); "
                              f"`oodml list methods` shows the methods, their fields are in docs/plugins.md")
-    values = {**bare, **specific}
+    values = {**bare, **inherited, **specific}
     built = {k: build_params(c, {f: v for f, v in values.items() if f in field_names(c)}, what=canonical)
              for k, c in classes.items()}
     return built.pop("", None), built
@@ -238,12 +243,19 @@ def applicable_params(specs: Sequence[str], overrides: Mapping[str, Any]) -> dic
     for key, value in overrides.items():
         if "." in key:
             target = _targets(key)
-            keep = any(target in (parse_spec(s)[0], canonical_spec(s)) for s in specs)
+            keep = any(target in (parse_spec(s)[0], canonical_spec(s), *_fits_names(s)) for s in specs)
         else:
             keep = key not in _all_fields() or any(key in _spec_fields(s) for s in specs)
         if keep:
             out[key] = value
     return out
+
+
+def _fits_names(spec: str) -> tuple[str, ...]:
+    """The method a spec fits as, alone and with the spec's add-ons (empty when it fits as itself)."""
+    name, addons = parse_spec(spec)
+    fits = METHODS.info(name).fits_as
+    return (fits, "+".join((fits, *addons))) if fits else ()
 
 
 def validate_overrides(specs: Sequence[str], overrides: Mapping[str, Any]) -> None:

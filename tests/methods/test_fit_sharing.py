@@ -76,3 +76,13 @@ def test_a_cell_reuses_its_twins_fit(tmp_path: Path) -> None:
     # the shared fit gives the adapted method's zero-shot rows exactly as its own fit would
     fresh = execute(CellTask(cell=adapted, level=plan.levels[1], overrides=dict(cfg.method_params)), plan.features)
     assert fresh.metrics == out[1].metrics and not fresh.fit_cached
+
+
+def test_a_method_param_of_x_reaches_adapted_x() -> None:
+    from oodml.methods import method_params
+
+    over = {"margin.lr": 0.005}
+    assert method_params("adapted_margin", over)["lr"] == 0.005 == method_params("margin", over)["lr"]
+    assert method_params("adapted_margin", {**over, "adapted_margin.lr": 0.002})["lr"] == 0.002
+    assert method_params("adapted_margin+sec", {"margin+sec.lr": 0.004})["lr"] == 0.004
+    assert method_params("adapted_margin", {"multisimilarity.lr": 0.004})["lr"] != 0.004
