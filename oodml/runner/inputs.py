@@ -161,7 +161,8 @@ def _check_equivalent_features(spec: SplitSpec, fs: FeatureSet, levels: Sequence
     where = "another kind of CPU or another runtime (ONNX Runtime / torch)"
     log(f"note: {mismatch}; the same images and backbone computed on {where}, most likely: the level "
         f"FIDs agree to {worst:.1e} (relative), so the run goes on, but its numbers match results made on the split "
-        "file's own features only to about that precision, not bit for bit")
+        "file's own features only to about that precision, not bit for bit: its cells carry these features' hash in "
+        "their ids and are stored beside, never in place of, cells on the split file's own features")
 
 
 def check_full_regime(cfg: RunCfg, spec: SplitSpec, fs: FeatureSet) -> None:
