@@ -60,7 +60,10 @@ def moments_of(means: np.ndarray) -> Moments:
     if n <= d:
         factor = centred.T / np.sqrt(n - 1)
         return Moments(n, mu, float(np.einsum("ij,ij->", factor, factor)), factor=factor)
-    cov = centred.T @ centred / (n - 1)
+    from scipy.linalg.blas import dsyrk
+
+    cov = dsyrk(1.0 / (n - 1), centred, trans=1, lower=1)  # half the flops of centredᵀ centred
+    cov += np.tril(cov, -1).T
     return Moments(n, mu, float(np.trace(cov)), cov=cov)
 
 
@@ -175,3 +178,116 @@ def frechet_distance(means_a: np.ndarray, means_b: np.ndarray) -> float:
         a, b = b, a
     with one_blas_thread():
         return frechet_from_moments(moments_of(a), moments_of(b))
+
+
+# --- Tr (Σ_a Σ_b)^½ for the ladder search when both sides have more classes than dimensions --------------------------
+#
+# Both routes below give the value of `trace_sqrt_product` on covariance-form moments to float64 rounding (about
+# 1e-13 relative), by other arithmetic:
+# - `trace_sqrt_cov`: LAPACK's symmetric congruence (`dsygst`, Lᵀ Σ_b L in one call, half the flops of two
+#   triangular products) and the eigenvalues of its lower triangle;
+# - `JointDiag` + `trace_sqrt_update`: the eigen-decomposition of a base pair (W Wᵀ = Σ_a, Wᵀ Σ_b W = Λ) and the
+#   change of Σ √λ when the pair moves by a low-rank update, from a Stieltjes integral evaluated through Woodbury
+#   identities on k × k matrices (k = the update's rank): O(N D k²) for N quadrature nodes instead of O(D³).
+
+
+def trace_sqrt_cov(cov_a: np.ndarray, cov_b: np.ndarray) -> float:
+    """Tr (Σ_a Σ_b)^½ of two D × D covariances (only their lower triangles are read), Σ_a positive definite: the
+    eigenvalues of Lᵀ Σ_b L (L the Cholesky factor of Σ_a) from `dsygst`. Falls back to `_congruence` when Σ_a is not
+    positive definite."""
+    from scipy.linalg.lapack import dsygst
+
+    try:
+        low = np.linalg.cholesky(cov_a)
+    except np.linalg.LinAlgError:
+        full_a, full_b = np.tril(cov_a) + np.tril(cov_a, -1).T, np.tril(cov_b) + np.tril(cov_b, -1).T
+        inner = _congruence(full_a, full_b)
+        return _sqrt_sum(np.linalg.eigvalsh((inner + inner.T) / 2))
+    inner, info = dsygst(np.asfortranarray(cov_b), low, itype=2, lower=1)
+    if info != 0:  # pragma: no cover - dsygst fails only on bad arguments
+        raise OodmlError(f"LAPACK dsygst failed (info {info})")
+    return _sqrt_sum(np.linalg.eigvalsh(inner, UPLO="L"))
+
+
+@dataclass(frozen=True)
+class JointDiag:
+    """A factor W of Σ_a that diagonalises Σ_b: W Wᵀ = Σ_a, Wᵀ Σ_b W = diag(lam), W = L Q (L the Cholesky factor of
+    Σ_a, Q the eigenvectors of Lᵀ Σ_b L). Σ √lam = Tr (Σ_a Σ_b)^½."""
+
+    low: np.ndarray
+    vec: np.ndarray
+    lam: np.ndarray
+    sqrt_sum: float
+
+    @classmethod
+    def of(cls, cov_a: np.ndarray, cov_b: np.ndarray) -> JointDiag | None:
+        """The decomposition of a pair of covariances (lower triangles read); None when Σ_a is not positive
+        definite or Lᵀ Σ_b L is not (then the low-rank route does not apply)."""
+        from scipy.linalg.lapack import dsygst
+
+        try:
+            low = np.linalg.cholesky(cov_a)
+        except np.linalg.LinAlgError:
+            return None
+        inner, info = dsygst(np.asfortranarray(cov_b), low, itype=2, lower=1)
+        if info != 0:  # pragma: no cover
+            return None
+        lam, vec = np.linalg.eigh(inner, UPLO="L")
+        if lam[0] <= lam[-1] * len(lam) * np.finfo(np.float64).eps * 1e3:
+            return None
+        return cls(low, vec, lam, float(np.sqrt(lam).sum()))
+
+    def whiten(self, u: np.ndarray) -> np.ndarray:
+        """W⁻¹ u (columns)."""
+        from scipy.linalg import solve_triangular
+
+        return self.vec.T @ solve_triangular(self.low, u, lower=True)  # type: ignore[no-any-return]
+
+    def project(self, u: np.ndarray) -> np.ndarray:
+        """Wᵀ u (columns)."""
+        return self.vec.T @ (self.low.T @ u)  # type: ignore[no-any-return]
+
+
+def trace_sqrt_update(base: JointDiag, p: np.ndarray, c_a: np.ndarray, y: np.ndarray, c_b: np.ndarray,
+                      *, stretch: float = 2.5, step: float = 0.12) -> float | None:
+    """Σ √t over the eigenvalues t of (I + P C_a Pᵀ)(Λ + Y C_b Yᵀ), the whitened pair after a low-rank update of
+    `base` (P = W⁻¹ U_a, Y = Wᵀ U_b, C symmetric, the updated covariances positive semi-definite); None when the
+    quadrature's own error check fails.
+
+    With X = [Y, P] and Z = [Y C_b, (Λ P + Y C_b Yᵀ P) C_a] the product is Λ + X Zᵀ, and
+
+        Σ √t − Σ √λ = (1/π) ∫₀^∞ s^{-1/2} φ(s) ds,  φ(s) = s Tr[(I + Zᵀ Λ_s⁻¹ X)⁻¹ Zᵀ Λ_s⁻² X],  Λ_s = Λ + s I
+
+    (√x = (1/π) ∫ x / (x + s) s^{-1/2} ds and Woodbury's identity for Tr (Λ_s + X Zᵀ)⁻¹); all nodes' k × k matrices
+    come from two GEMMs. τ s / (s + σ)² (τ = Tr X Zᵀ, whose integral is known) is subtracted so that both tails decay
+    like e^{-1.5|u|} in u = log s; the integrand is analytic in the strip |Im u| < π, and the trapezoid rule in v,
+    u = log σ + `stretch` sinh v, converges geometrically in 1/`step` with double-exponentially decaying tails (about
+    55 nodes for 1e-16 where 145 equally spaced ones in u were needed). The sum on every other node is the error
+    check (its error is about the square root of the full sum's).
+    """
+    lam = base.lam
+    bp = lam[:, None] * p + y @ (c_b @ (y.T @ p))
+    x = np.concatenate([y, p], axis=1)
+    z = np.concatenate([y @ c_b, bp @ c_a.T], axis=1)
+    k = x.shape[1]
+    tau = float(np.einsum("ij,ij->", x, z))
+    sigma = float(np.sqrt(lam[0] * lam[-1]))
+    reach = 0.5 * float(np.log(lam[-1] / lam[0])) + 26.0  # past the spectrum, the tails are below 1e-17
+    half = int(np.ceil(np.arcsinh(reach / stretch) / step))
+    v = step * np.arange(-half, half + 1)
+    s = sigma * np.exp(stretch * np.sinh(v))
+    weight = step * stretch * np.cosh(v)
+    n_nodes = len(s)
+    inv = 1.0 / (lam[None, :] + s[:, None])  # (nodes, D)
+    outer = (z[:, :, None] * x[:, None, :]).reshape(len(lam), k * k)  # row j: z_j x_jᵀ
+    k1 = (inv @ outer).reshape(n_nodes, k, k)  # Zᵀ Λ_s⁻¹ X at every node, as one GEMM
+    k2 = ((inv * inv) @ outer).reshape(n_nodes, k, k)
+    k1[:, np.arange(k), np.arange(k)] += 1.0
+    values = s * np.trace(np.linalg.solve(k1, k2), axis1=1, axis2=2)
+    g = weight * np.sqrt(s) * (values - tau * s / (s + sigma) ** 2)
+    fine = g.sum() / np.pi
+    coarse = 2 * g[::2].sum() / np.pi
+    scale = base.sqrt_sum
+    if not np.isfinite(fine) or abs(fine - coarse) > 1e-7 * scale or max(abs(g[0]), abs(g[-1])) > 1e-16 * scale:
+        return None
+    return base.sqrt_sum + tau / (2 * np.sqrt(sigma)) + fine
