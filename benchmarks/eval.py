@@ -1,18 +1,24 @@
 """Benchmark: oodml.eval.retrieval_metrics vs pytorch-metric-learning's AccuracyCalculator on the same data.
 
-SOP-sized test set (60,502 x 512, ~11.3k classes of ~5 images), random but clustered, L2-normalised. Both run in this
-process on the same arrays; the script prints the time ratio (PML / oodml), recall@1 and MAP@R of both, and the peak
-resident memory each step added. Then the same for many small episode-sized calls (the runner's per-call overhead).
+SOP-sized test set (60,502 x 512, ~11.3k classes of ~5 images), random but clustered, L2-normalised. In one process
+on the same arrays, interleaved and repeated: oodml as it runs by default (self-retrieval by symmetric blocks,
+`oodml.eval.knn.symmetric_self_knn`), oodml's previous path (faiss IndexFlatL2 for every query batch) and PML. It
+prints the CPU and wall time ratios (PML / oodml, previous / oodml), the load average, recall@1 and MAP@R of all
+three, whether oodml's per-query values and neighbour lists equal the previous path's, and the peak resident memory
+each step added. Then the same for many small episode-sized calls (the runner's per-call overhead).
 
-    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python benchmarks/eval.py [--n 60502] [--dim 512]
+    .venv/bin/python benchmarks/eval.py [--n 60502] [--dim 512] [--threads 1] [--repeat 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +112,28 @@ def pml_metrics(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     return {"recall@1": float(out["precision_at_1"]), "map@r": float(out["mean_average_precision_at_r"])}
 
 
+@contextmanager
+def previous_path() -> Iterator[None]:
+    """oodml's kNN as before the symmetric blocks: the faiss backend searches IndexFlatL2 for every query batch."""
+    knn_module: Any = importlib.import_module("oodml.eval.knn")  # the package attribute `oodml.eval.knn` is a function
+    saved = knn_module.SYMMETRIC_MIN_ROWS
+    knn_module.SYMMETRIC_MIN_ROWS = 1 << 62
+    try:
+        yield
+    finally:
+        knn_module.SYMMETRIC_MIN_ROWS = saved
+
+
+def best(timings: list[Timing]) -> Timing:
+    """The fastest wall and CPU time of repeated runs (waiting on a shared machine only adds time), the largest peak."""
+    return Timing(min(t.wall for t in timings), min(t.cpu for t in timings), max(t.peak_mb for t in timings))
+
+
+def load() -> str:
+    """The 1, 5 and 15 minute load averages."""
+    return "load average " + " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
 def main() -> None:
     """Run the comparison and print the figures."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -113,6 +141,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--mean-class", type=float, default=5.35)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="faiss/BLAS/torch threads (default 1)")
     ap.add_argument("--episodes", type=int, default=200, help="small calls for the per-call overhead figure")
     ap.add_argument("--repeat", type=int, default=1, help="interleaved repetitions; the best time of each is shown")
     args = ap.parse_args()
@@ -120,35 +149,61 @@ def main() -> None:
     import faiss
     import pytorch_metric_learning.utils.accuracy_calculator  # noqa: F401  (imports outside the timings)
     import torch
+    from threadpoolctl import threadpool_limits
 
-    from oodml.eval import retrieval_metrics
+    from oodml.eval import knn, retrieval_metrics
+    from oodml.eval.retrieval import retrieval_per_query
 
+    faiss.omp_set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    threadpool_limits(args.threads)
     x, y = sop_like(args.n, args.dim, args.mean_class, args.seed)
     print(f"data: {x.shape[0]} x {x.shape[1]} float32, {len(np.unique(y))} classes, largest {np.bincount(y).max()}; "
-          f"faiss {faiss.__version__}, torch {torch.__version__}, {faiss.omp_get_max_threads()} OpenMP threads")
+          f"faiss {faiss.__version__}, torch {torch.__version__}, {faiss.omp_get_max_threads()} OpenMP threads; "
+          f"{load()}", flush=True)
 
-    runs: list[tuple[Timing, Timing]] = []
-    for _ in range(args.repeat):  # interleaved, best of each: waiting on a shared machine inflates wall time
-        ours, t_o = timed(lambda: retrieval_metrics(x, y))
-        pml, t_p = timed(lambda: pml_metrics(x, y))
-        runs.append((t_o, t_p))
-    t_ours, t_pml = (Timing(min(r[i].wall for r in runs), min(r[i].cpu for r in runs), max(r[i].peak_mb for r in runs))
-                     for i in (0, 1))
-    print(f"best of {args.repeat} interleaved run(s):")
-    print(f"oodml retrieval_metrics: {t_ours}  knn_k={ours['knn_k']}  recall@1={ours['recall@1']:.6f}  "
-          f"map@r={ours['map@r']:.6f}")
-    print(f"PML AccuracyCalculator:  {t_pml}  recall@1={pml['recall@1']:.6f}  map@r={pml['map@r']:.6f}")
-    diff = {m: abs(ours[m] - pml[m]) for m in ("recall@1", "map@r")}
-    print(f"ratio PML / oodml: cpu {t_pml.cpu / t_ours.cpu:.2f}x, wall {t_pml.wall / t_ours.wall:.2f}x; "
+    def previous() -> Any:
+        with previous_path():
+            return retrieval_per_query(x, y)
+
+    steps: dict[str, Callable[[], Any]] = {"oodml": lambda: retrieval_per_query(x, y), "previous": previous,
+                                           "PML": lambda: pml_metrics(x, y)}
+    times: dict[str, list[Timing]] = {name: [] for name in steps}
+    out: dict[str, Any] = {}
+    for rep in range(args.repeat):  # interleaved: a busy spell on the shared machine hits every step alike
+        for name, fn in steps.items():
+            out[name], t = timed(fn)
+            times[name].append(t)
+            print(f"  run {rep + 1} {name:8s} {t}  {load()}", flush=True)
+    t_new, t_prev, t_pml = (best(times[name]) for name in steps)
+    new, prev = out["oodml"].summary(), out["previous"].summary()
+    pml = out["PML"]
+    print(f"best of {args.repeat} interleaved run(s), {load()}:")
+    print(f"oodml (symmetric blocks): {t_new}  knn_k={new['knn_k']}  recall@1={new['recall@1']:.6f}  "
+          f"map@r={new['map@r']:.6f}")
+    print(f"oodml previous (faiss):   {t_prev}  recall@1={prev['recall@1']:.6f}  map@r={prev['map@r']:.6f}")
+    print(f"PML AccuracyCalculator:   {t_pml}  recall@1={pml['recall@1']:.6f}  map@r={pml['map@r']:.6f}")
+    same_values = bool(np.array_equal(out["oodml"].values, out["previous"].values))
+    new_nb = knn(x, new["knn_k"])
+    with previous_path():
+        prev_nb = knn(x, new["knn_k"])
+    differ = int((new_nb.indices != prev_nb.indices).any(axis=1).sum())
+    diff = {m: abs(new[m] - pml[m]) for m in ("recall@1", "map@r")}
+    print(f"ratio PML / oodml: cpu {t_pml.cpu / t_new.cpu:.2f}x, wall {t_pml.wall / t_new.wall:.2f}x; "
           f"|diff| recall@1 {diff['recall@1']:.1e}, map@r {diff['map@r']:.1e}")
-    print(f"oodml result: {ours}")
+    print(f"ratio previous / oodml: cpu {t_prev.cpu / t_new.cpu:.2f}x, wall {t_prev.wall / t_new.wall:.2f}x; "
+          f"per-query values identical: {same_values}; neighbour lists that differ: {differ} of {len(x)}")
+    print(f"memory: oodml +{t_new.peak_mb:.0f} MiB, previous +{t_prev.peak_mb:.0f} MiB, PML +{t_pml.peak_mb:.0f} MiB "
+          f"(oodml / PML = {t_new.peak_mb / max(t_pml.peak_mb, 1e-9):.3f})")
+    print(f"oodml result: {new}")
 
     # the runner's case: many calls on episode-sized query sets
     ex, ey = sop_like(500, args.dim, 5.0, args.seed + 1)
     _, small = timed(lambda: [retrieval_metrics(ex, ey) for _ in range(args.episodes)])
     _, small_pml = timed(lambda: [pml_metrics(ex, ey) for _ in range(args.episodes)])
     print(f"per call on 500 x {args.dim} ({args.episodes} calls): oodml cpu {small.cpu / args.episodes * 1e3:.2f} ms, "
-          f"PML cpu {small_pml.cpu / args.episodes * 1e3:.2f} ms (ratio {small_pml.cpu / small.cpu:.1f}x)")
+          f"PML cpu {small_pml.cpu / args.episodes * 1e3:.2f} ms (ratio {small_pml.cpu / small.cpu:.1f}x); {load()}")
+
 
 if __name__ == "__main__":
     main()
