@@ -36,12 +36,14 @@ BATCH_BYTES = 256 << 20
 PROGRESS_PAIRS = 500_000_000
 #: Rows per block of the symmetric self-kNN: one block pair is a (BLOCK, BLOCK) float32 product (16 MiB).
 SYMMETRIC_BLOCK = 2048
-#: The faiss backend hands a self-retrieval over at least this many rows (and at least half of them as queries)
-#: to the symmetric blocks: one thread, 512-d, k = 8: 0.99x faiss' time at 1,000 rows, 1.16x at 2,000, 1.5x at
-#: 6,000, 1.8x at 60,502 (benchmarks/eval.py).
+#: The faiss backend hands a self-retrieval over at least this many rows to the symmetric blocks (`use_symmetric`).
+#: Speed-up over IndexFlatL2, one thread, 512-d, k = 8 (CPU time): 1.0x at 1,000 rows, 1.16x at 2,000, 1.5x at
+#: 6,000, 1.9x at 60,502 (benchmarks/eval.py); at 8,000 rows it is 1.0-1.3x at 128-d, 1.5-1.8x at 512-1,280-d.
 SYMMETRIC_MIN_ROWS = 2048
 #: Rows per sub-block of a diagonal block (at least 4 k): small diagonal sub-blocks start every row's list cheaply.
 DIAG_SUB = 256
+#: A one-bound screen that passes more than 1/LOOSE_SCREEN of a block is redone with each row's and column's bound.
+LOOSE_SCREEN = 64
 #: Relative spread of the row norms up to which the symmetric path filters candidates on the inner products alone.
 NORM_SPREAD = 1e-4
 #: A neighbour key: float32 distance bits (high 32 bits) and reference index (low 32): ordering keys is ordering by
@@ -200,7 +202,7 @@ def faiss_search(reference: np.ndarray, queries: np.ndarray, k: int, exclude: np
     float32 distance formula and (distance, index) order, each pair's distance computed once. IndexFlatL2 computes
     d(i, j) and d(j, i) separately, and they can differ in the last bit, so neighbours within one ulp may swap.
     """
-    if exclude is not None and use_symmetric(len(reference), len(exclude), k):
+    if exclude is not None and use_symmetric(len(reference), len(exclude), k, reference.shape[1]):
         yield from symmetric_search(reference, queries, k, exclude, rows)
         return
     import faiss
@@ -251,11 +253,12 @@ def torch_search(reference: np.ndarray, queries: np.ndarray, k: int, exclude: np
                 p.update(e - s)
 
 
-def use_symmetric(n: int, m: int, k: int) -> bool:
-    """Whether a self-retrieval of `m` of `n` rows at `k` neighbours runs faster by symmetric blocks: big enough,
-    most rows are queries (every row's list is built), k well below a block, and the (n, k) neighbour state
-    within the batch budget."""
-    return n >= SYMMETRIC_MIN_ROWS and 2 * m >= n and 4 * k <= SYMMETRIC_BLOCK and n * k * 8 <= BATCH_BYTES
+def use_symmetric(n: int, m: int, k: int, dim: int) -> bool:
+    """Whether a self-retrieval of `m` of `n` rows of dimension `dim` at `k` neighbours runs faster by symmetric
+    blocks: enough rows, most of them queries (every row's list is built), the product (not the merging) the larger
+    cost (dim >= 128, k <= dim / 4, k well below a block), and the (n, k) neighbour keys within the batch budget."""
+    return (n >= SYMMETRIC_MIN_ROWS and 2 * m >= n and dim >= 128 and 4 * k <= min(dim, SYMMETRIC_BLOCK)
+            and n * k * 8 <= BATCH_BYTES)
 
 
 @KNN_BACKENDS.register(KnnBackendInfo("symmetric", "self-retrieval by symmetric blocks: each pair of row blocks "
@@ -357,17 +360,23 @@ class _Lists:
         h, w = ip.shape
         na, nb = self.norms[a0:a0 + h], self.norms[b0:b0 + w]
         wa, wb = self.worst[a0:a0 + h], self.worst[b0:b0 + w]
-        # one screen for both sides: the loosest row or column bound (a whole block's candidates while some row
-        # holds fewer than k neighbours), then each candidate's exact distance against its row's and column's bound
+        # screen the block by the rows' and columns' bounds (all of it while some row holds fewer than k
+        # neighbours), then test each candidate's exact distance against its row's and its column's bound
         if self.by_ip:
             # d <= t implies ip >= (|a|^2 + |b|^2 - t) / 2 - slack (float32 rounding of d, ~1e-7 relative)
-            lo = min(_ip_bound(na, float(nb.min()), float(nb.max()), wa).min(),
-                     _ip_bound(nb, float(na.min()), float(na.max()), wb).min())
-            r, c = _nonzero(ip >= lo)
+            lo_a = _ip_bound(na, float(nb.min()), float(nb.max()), wa)
+            lo_b = _ip_bound(nb, float(na.min()), float(na.max()), wb)
+            mask = ip >= min(lo_a.min(), lo_b.min())  # one pass with the loosest bound: enough when bounds are alike
+            if np.count_nonzero(mask) > mask.size // LOOSE_SCREEN:
+                mask = np.greater_equal(ip, lo_a[:, None], out=mask)
+                mask |= ip >= lo_b
+            r, c = _nonzero(mask)
             d = _distances(ip[r, c], na[r], nb[c])
         else:
             dist = _distances(ip, na, nb)
-            r, c = _nonzero(dist <= max(wa.max(), wb.max()))
+            mask = dist <= wa[:, None]
+            mask |= dist <= wb
+            r, c = _nonzero(mask)
             d = dist[r, c]
         keep = d <= wb[c]  # the column side first, before the row side lowers any bound
         order = np.argsort(c[keep], kind="stable")

@@ -119,7 +119,7 @@ def test_query_ids_and_batches_take_rows_of_the_full_search(blocks: int) -> None
 def test_faiss_backend_hands_large_self_retrievals_over(monkeypatch: pytest.MonkeyPatch) -> None:
     """Above SYMMETRIC_MIN_ROWS the faiss backend runs the symmetric blocks: same neighbours and metric values as
     IndexFlatL2 on these data, recorded as faiss."""
-    x, y = clustered(40, 400, 12, seed=5)
+    x, y = clustered(40, 400, 128, seed=5)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     flat = retrieval_per_query(x, y)
     flat_nb = knn(x, 9)
@@ -132,8 +132,9 @@ def test_faiss_backend_hands_large_self_retrievals_over(monkeypatch: pytest.Monk
     assert calls and blocked.knn_backend == "faiss"
     np.testing.assert_array_equal(blocked.values, flat.values)
     np.testing.assert_array_equal(knn(x, 9).indices, flat_nb.indices)
-    assert knn_module.use_symmetric(400, 400, 9) and not knn_module.use_symmetric(400, 100, 9)
-    assert not knn_module.use_symmetric(99, 99, 9) and not knn_module.use_symmetric(400, 400, 17)
+    assert knn_module.use_symmetric(400, 400, 9, 128) and not knn_module.use_symmetric(400, 100, 9, 128)
+    assert not knn_module.use_symmetric(99, 99, 9, 128) and not knn_module.use_symmetric(400, 400, 17, 128)
+    assert not knn_module.use_symmetric(400, 400, 9, 32) and not knn_module.use_symmetric(400, 400, 40, 128)
 
 
 def test_keys_order_by_distance_then_index() -> None:
@@ -144,3 +145,22 @@ def test_keys_order_by_distance_then_index() -> None:
     dd, ii = knn_module.decode_keys(np.sort(keys[perm]))
     np.testing.assert_array_equal(dd, d)
     np.testing.assert_array_equal(ii, i)
+
+
+def test_screens_with_outliers(blocks: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tight clusters and far outliers on the unit sphere (rows' k-th distances differ by orders of magnitude): the
+    one-bound screen kept or redone per row and column gives the same bits, and the neighbours of the reference."""
+    rng = np.random.default_rng(11)
+    centers = rng.normal(size=(8, 32))
+    tight = centers[rng.integers(0, 8, 150)] + 0.05 * rng.normal(size=(150, 32))
+    x = np.concatenate([tight, rng.normal(size=(20, 32))])
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True))[rng.permutation(170)].astype(np.float32)
+    runs = []
+    for loose in (1, 10**9):  # never / always redone
+        monkeypatch.setattr(knn_module, "LOOSE_SCREEN", loose)
+        runs.append(knn(x, 6, backend="symmetric"))
+    np.testing.assert_array_equal(runs[0].indices, runs[1].indices)
+    np.testing.assert_array_equal(runs[0].distances.view(np.uint32), runs[1].distances.view(np.uint32))
+    ref = knn(x, 6, backend="torch")
+    # rtol: the float32 expansion's error is a few ulps of |a|^2 + |b|^2 = 2, ~1e-4 of these small distances
+    check_ref_knn_with_draws(ref.distances, ref.indices, runs[0].distances, runs[0].indices, rtol=1e-3)
