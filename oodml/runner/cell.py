@@ -206,13 +206,11 @@ def _fitted(build: Callable[[], Any], inputs: Callable[[np.ndarray], Any], lv: L
     state = method.state_dict() if path is not None or task.return_fit else None
     if not state:
         return method, False, None
-    if task.return_fit:
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        return method, False, buf.getvalue()
-    assert path is not None
     buf = io.BytesIO()
     torch.save(state, buf)
+    if task.return_fit:  # a Ray task: the driver stores it (`store_fit_blob`)
+        return method, False, buf.getvalue()
+    assert path is not None
     write_fit(buf.getvalue(), path)
     return method, False, None
 
