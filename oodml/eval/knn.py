@@ -1,4 +1,4 @@
-"""Exact k-nearest-neighbour search: faiss (default) and a torch brute-force reference, in bounded memory.
+"""Exact k-nearest-neighbour search: faiss (default), symmetric blocks, a torch brute-force reference; bounded memory.
 
 Distances are squared Euclidean on the embeddings as given. The neighbour order is defined the same way in every
 backend: by the backend's distance, then by reference index (smallest first), so ties are deterministic. When the
@@ -8,7 +8,7 @@ column: with duplicated vectors another item may come before the query itself.
 Self-retrieval over (most of) the reference set is a symmetric problem: the `symmetric` backend computes each pair
 of row blocks once (one BLAS product X_i X_j^T) and merges that block into the neighbour lists of both its rows and
 its columns, half of faiss' arithmetic for the same (distance, index) order; the `faiss` backend hands large
-self-retrievals to it (`SYMMETRIC_MIN_ROWS`). See docs/architecture.md.
+self-retrievals to it (`use_symmetric`). See docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -91,7 +91,8 @@ def knn(reference: Any, k: int, *, queries: Any = None, query_ids: Any = None, b
         queries: (M, D) separate query embeddings; nothing is excluded. Mutually exclusive with `query_ids`.
         query_ids: reference rows to use as queries (self-retrieval, each excluded by index); default: all rows
             when `queries` is None.
-        backend: a name in `KNN_BACKENDS` ("faiss" or "torch").
+        backend: a name in `KNN_BACKENDS`: "faiss" (default; large self-retrievals by symmetric blocks), "symmetric"
+            (self-retrieval always by symmetric blocks) or "torch" (float64 reference).
         batch_size: queries per search batch; default: a 256 MiB budget per batch.
 
     Returns:
