@@ -38,7 +38,7 @@ def test_run_computes_missing_features_on_the_chosen_runtime(tmp_path: Path, mon
         main(["run", "--method", "pretrained", "--splits", str(split), "--results", str(tmp_path / "r"),
               "--config", str(config), "--runtime", runtime, "--workers", "1"])
     assert done.value.code == 0
-    assert calls == [{"dataset": "synthetic", "backbone": "conv4", "options": {}, "runtime": runtime}]
+    assert calls == [{"dataset": "synthetic", "backbone": "conv4", "options": {}, "runtime": runtime, "weights": None}]
     calls.clear()
     with pytest.raises(SystemExit):  # now cached under the split's feature hash: nothing computed
         main(["run", "--method", "pretrained", "--splits", str(split), "--results", str(tmp_path / "r"),
