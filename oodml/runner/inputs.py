@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from oodml.config import RunCfg
 from oodml.errors import OodmlError, check_writable
 from oodml.features.io import FeatureSet
@@ -158,11 +160,42 @@ def _check_equivalent_features(spec: SplitSpec, fs: FeatureSet, levels: Sequence
         if worst > FEATURE_FID_TOLERANCE:
             raise OodmlError(f"{mismatch}, on which level {lv.level} has FID {fid:.6g}, not the file's "
                              f"{lv.fid:.6g}; {fix}")
+    _check_against_own(spec, fs, mismatch, fix)
     where = "another kind of CPU or another runtime (ONNX Runtime / torch)"
     log(f"note: {mismatch}; the same images and backbone computed on {where}, most likely: the level "
         f"FIDs agree to {worst:.1e} (relative), so the run goes on, but its numbers match results made on the split "
         "file's own features only to about that precision, not bit for bit: its cells carry these features' hash in "
         "their ids and are stored beside, never in place of, cells on the split file's own features")
+
+
+#: relative distance between an image's feature row and the split file's own row above which they are other images
+ROW_TOLERANCE = 1e-3
+
+
+def _check_against_own(spec: SplitSpec, fs: FeatureSet, mismatch: str, fix: str) -> None:
+    """When the split file's own features are in the feature cache, every image both files hold must have the same
+    row up to rounding (`ROW_TOLERANCE`): image ids renamed or shuffled within their classes keep every class mean
+    (and so every FID), and only a row-by-row comparison tells them apart."""
+    from oodml.features.extract import find_cached_features
+
+    cached = find_cached_features(spec.feature_hash)
+    if cached is None:
+        return
+    try:
+        own = FeatureSet.load(cached)
+    except OodmlError:
+        return
+    rows = {str(p): i for i, p in enumerate(own.paths)}
+    pairs = [(i, rows[str(p)]) for i, p in enumerate(fs.paths) if str(p) in rows]
+    if not pairs:
+        return
+    mine, theirs = (np.asarray(x, dtype=np.int64) for x in zip(*pairs))
+    a, b = fs.features[mine].astype(np.float64), own.features[theirs].astype(np.float64)
+    far = np.linalg.norm(a - b, axis=1) > ROW_TOLERANCE * np.maximum(np.linalg.norm(b, axis=1), 1e-12)
+    if far.any():
+        raise OodmlError(f"{mismatch}: the features of {int(far.sum()):,} of {len(pairs):,} images differ from the "
+                         f"split file's own (cached in {str(cached)!r}) by more than rounding, e.g. "
+                         f"{str(fs.paths[mine[far][0]])!r} (image ids renamed or shuffled?); {fix}")
 
 
 def check_full_regime(cfg: RunCfg, spec: SplitSpec, fs: FeatureSet) -> None:

@@ -401,3 +401,20 @@ def test_replaced_fit_cache_entry_is_refitted(fakes: None, files: tuple[Path, Pa
     assert run(files, results) == 0
     assert "differs from the sha256 recorded" in capsys.readouterr().err
     assert [(r["metric"], r["value"]) for r in CellStore(results).cells()[0]["rows"]] == clean
+
+
+def test_features_shuffled_within_classes_are_refused_when_the_own_are_cached(
+        fakes: None, files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fs = FeatureSet.load(files[0])
+    cache = tmp_path / "cache"
+    (cache / "features" / "synthetic").mkdir(parents=True)
+    (cache / "features" / "synthetic" / "own.npz").write_bytes(files[0].read_bytes())
+    monkeypatch.setenv("OODML_CACHE", str(cache))
+    paths = fs.paths.copy()
+    for label in np.unique(fs.labels):  # the class means (and every FID) stay, the images move
+        rows = np.flatnonzero(fs.labels == label)
+        paths[rows] = paths[np.roll(rows, 1)]
+    shuffled = FeatureSet(fs.features, fs.labels, fs.class_names, paths, dict(fs.meta)).save(tmp_path / "sh.npz")
+    with pytest.raises(OodmlError, match=r"features of \d+ of \d+ images differ from the split file's own"):
+        run((shuffled, files[1]), tmp_path / "r")
+    assert not (tmp_path / "r").exists()
