@@ -79,8 +79,8 @@ def main() -> None:
                     f.write(dumps_cell(c))
 
         w_locked, w_plain = timed(locked), timed(unlocked)
-        print(f"write, {len(payloads):,} cell files: CellStore.write (lock, merge, link checks) {w_locked[0]:.2f} cpu s "
-              f"({w_locked[1]:.2f} wall), plain atomic_write {w_plain[0]:.2f} cpu s ({w_plain[1]:.2f} wall); ratio "
+        print(f"write, {len(payloads):,} cell files: CellStore.write (lock, merge, link checks) {w_locked[0]:.2f} "
+              f"cpu s ({w_locked[1]:.2f} wall), plain atomic_write {w_plain[0]:.2f} cpu s ({w_plain[1]:.2f} wall); ratio "
               f"{w_locked[0] / w_plain[0]:.3f}")
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
