@@ -7,7 +7,9 @@ are not cached here: the export and the speed are the same) it prints images/s o
 - `embed torch`: the same with the torch forward (channels_last, chunked: the path before ONNX Runtime);
 - `bare ort`: `session.run` alone on the already decoded and transformed images, same batch size and threads;
 - `bare ort spin`: the same on a session whose idle threads spin (ONNX Runtime's default, oodml's before 2026-11-29);
-- `decode`: decode + transform alone in this process (one core);
+- `embed before`: `embed onnx` as before `oodml/features/decode.py` (the transform as it is, Pillow decoding,
+  decoding threads at normal priority); its features must equal `embed onnx`'s (printed);
+- `decode`: decode + transform alone in this process (one core), now and before;
 and the ratios `embed onnx / embed torch` (goal >= 2.5) and `embed onnx / bare ort` (goal >= 0.9; also against the
 faster of the two bare passes).
 
@@ -37,6 +39,7 @@ import torch
 from oodml.data import ImageDataset, load_dataset
 from oodml.errors import OodmlError
 from oodml.features import decode as decode_mod
+from oodml.features import extract
 from oodml.features.backbones import Backbone, create_backbone
 from oodml.features.extract import compute_features, default_decode_threads, default_workers
 from oodml.features.runtime import OnnxForward, TorchForward, _session
@@ -69,14 +72,15 @@ def best_rate(fn: Any, n: int, repeats: int) -> float:
 
 
 def legacy_embed(ds: ImageDataset, bb: Backbone, batch: int, fwd: OnnxForward) -> np.ndarray:
-    """`compute_features` with the backbone's transform run as it is (torchvision's ToTensor and Normalize on Pillow's
-    decode: oodml's path before the table decode of `oodml/features/decode.py`)."""
-    steps = decode_mod.eval_steps
+    """`compute_features` as before `oodml/features/decode.py`: the backbone's transform run as it is (Pillow's decode
+    and resize, torchvision's ToTensor and Normalize) by decoding threads at the forward pass's priority."""
+    steps, nice = decode_mod.eval_steps, extract.DECODE_NICE
     decode_mod.eval_steps = lambda transform: None  # type: ignore[assignment]
+    extract.DECODE_NICE = 0  # decoding threads at the forward pass's priority, as before
     try:
         return compute_features(ds, bb, batch_size=batch, forward=fwd)
     finally:
-        decode_mod.eval_steps = steps
+        decode_mod.eval_steps, extract.DECODE_NICE = steps, nice
 
 
 def bench(name: str, ds: ImageDataset, batch: int, repeats: int, with_torch: bool = True) -> None:
@@ -87,9 +91,7 @@ def bench(name: str, ds: ImageDataset, batch: int, repeats: int, with_torch: boo
     onnx = OnnxForward(bb)  # exports (or loads the cached export) once
     export_s = time.perf_counter() - t0
     torch_fwd = TorchForward(bb, batch)
-    decode_before = best_rate(lambda: [bb.eval_transform(ds.open(i)) for i in range(n)], n, 1)
     images = decode_mod.EvalImages(ds, bb.eval_transform)
-    decode = best_rate(lambda: [images(i) for i in range(n)], n, 1)
     same = np.array_equal(legacy_embed(ds, bb, batch, onnx), compute_features(ds, bb, batch_size=batch, forward=onnx))
     x = torch.stack([bb.eval_transform(ds.open(i)) for i in range(n)])
     batches = [x[s:s + batch] for s in range(0, n, batch)]
@@ -104,6 +106,10 @@ def bench(name: str, ds: ImageDataset, batch: int, repeats: int, with_torch: boo
             rates[label] = max(rates.get(label, 0.0), rate)
         rate = best_rate(lambda: legacy_embed(ds, bb, batch, onnx), n, 1)
         rates["embed before"] = max(rates.get("embed before", 0.0), rate)
+        for label, one in (("decode before", lambda i: bb.eval_transform(ds.open(i))), ("decode", images)):
+            with extract._torch_threads(1):  # as in compute_features: the transforms' tensor ops on one thread
+                rate = best_rate(lambda: [one(i) for i in range(n)], n, 1)
+            rates[label] = max(rates.get(label, 0.0), rate)
         feed = [np.ascontiguousarray(b.numpy()) for b in batches]
         for label, session in (("bare ort", onnx.session), ("bare ort spin", spinning)):
             rate = best_rate(lambda: [session.run(None, {onnx.input_name: f}) for f in feed], n, 1)
@@ -114,7 +120,8 @@ def bench(name: str, ds: ImageDataset, batch: int, repeats: int, with_torch: boo
     for label in ("embed onnx", "embed before", "embed torch", "bare ort", "bare ort spin"):
         if label in rates:
             print(f"  {label:12s} {rates[label]:8.1f} img/s")
-    print(f"  {'decode':12s} {decode:8.1f} img/s (decode + transform, one thread; before: {decode_before:.1f})")
+    print(f"  {'decode':12s} {rates['decode']:8.1f} img/s (decode + transform, one thread; before: "
+          f"{rates['decode before']:.1f})")
     print(f"  features of embed onnx and embed before identical: {same}")
     if "embed torch" in rates:
         print(f"  embed onnx / embed torch = x{rates['embed onnx'] / rates['embed torch']:.2f} (goal >= 2.5)")

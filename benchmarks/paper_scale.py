@@ -141,9 +141,9 @@ def main() -> None:
 
 def _normalisation(bb: object) -> tuple[list[float], list[float]]:
     """The backbone's Normalize mean/std (from its eval transform), else 0.5/0.5."""
-    from oodml.features.decode import _flatten
+    from oodml.features.decode import flatten_transform
 
-    for t in _flatten(getattr(bb, "eval_transform", None)):
+    for t in flatten_transform(getattr(bb, "eval_transform", None)):
         if type(t).__name__ == "Normalize":
             return [float(v) for v in t.mean], [float(v) for v in t.std]
     return [0.5] * 3, [0.5] * 3
