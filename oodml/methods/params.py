@@ -353,8 +353,7 @@ class DmmlCohortParams:
 
 @dataclass(frozen=True)
 class DmmlParams(DmmlCohortParams):
-    """Diversified mutual metric learning (Park et al. 2020): the cohort (`DmmlCohortParams`) plus `dmml_weight`,
-    the weight of the relational mutual loss."""
+    """Diversified mutual metric learning (Park et al. 2020): `DmmlCohortParams` plus the mutual loss's weight."""
 
     dmml_weight: float = 1.0
 
