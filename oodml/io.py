@@ -54,8 +54,8 @@ def safe_name(name: str) -> str:
 
 
 def _link_error(path: Path, root: Path) -> OodmlError:
-    return OodmlError(f"{str(path)!r} is a symbolic link inside {str(root)!r}; oodml does not write through links in "
-                      "a results folder (a shared folder could point them anywhere): remove the link and rerun")
+    return OodmlError(f"{str(path)!r} is a symbolic link inside {str(root)!r}; oodml does not write through links "
+                      "below a destination (a shared folder could point them anywhere): remove the link and rerun")
 
 
 def safe_path(root: str | Path, *parts: str) -> Path:
