@@ -418,3 +418,14 @@ def test_features_shuffled_within_classes_are_refused_when_the_own_are_cached(
     with pytest.raises(OodmlError, match=r"features of \d+ of \d+ images differ from the split file's own"):
         run((shuffled, files[1]), tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+def test_compare_never_writes_through_a_linked_dataset_folder(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    results = tmp_path / "results"
+    write_grid(results, levels=(1, 2), seeds=(0, 1))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (results / "synthetic").symlink_to(outside)
+    err = one_error(capsys, ["compare", "margin", "transfer", "--results", str(results), "--bootstrap", "0"])
+    assert "symbolic link" in err and files_under(outside) == []
