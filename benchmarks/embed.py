@@ -20,7 +20,12 @@ beside a non-spinning session (now) 22.7 = 1.00 of the bare spinning pass, 0.84 
 which the load favours); features identical. Decoding is not the limit (~3 ms per image on one core); the spinning
 ORT threads and torch's 2-thread transform ops on a busy machine were.
 
+Measured 2026-12-07 16:00-16:06 UTC, same machine and settings, load average 8.3 -> 7.9 (other jobs), best of 3
+interleaved runs, `--skip-torch`: embed onnx 22.9 img/s = 0.92 of the bare forward pass (25.0); the path before
+(`embed before`) 21.2 = 0.85; features identical. At load 15-20 the same comparison gave 0.80-0.86 for both.
+
     python benchmarks/embed.py [--images 256] [--batch 64] [--repeats 1] [--backbones efficientnet_lite0,resnet50]
+                               [--skip-torch]
 
 Images: the first N of the CUB-200 subset under $OODML_DATA/cub200_subset (else omniglot_small, packaged).
 """
