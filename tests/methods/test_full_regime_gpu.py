@@ -110,3 +110,17 @@ def test_full_regime_cell_on_cuda_agrees_with_cpu(spec: str, images: ImageDatase
         return float((classes[(e @ means.T).argmax(1)] == labels).mean())
 
     assert abs(accuracy(cpu) - accuracy(gpu)) <= 0.1  # at most 3 of the 30 target images
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_augmentation_on_cuda_equals_the_cpu_tensors() -> None:
+    """`oodml/features/gpu.py` on CUDA: the same boxes and flips (from the same Generator) give the CPU values."""
+    from oodml.features.gpu import random_resized_crop_flip
+
+    x = torch.randint(0, 256, (6, 3, 64, 64), dtype=torch.uint8)
+    mean, std = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+    cpu = random_resized_crop_flip(x, 48, np.random.default_rng(0), mean, std)
+    gpu = random_resized_crop_flip(x.cuda(), 48, np.random.default_rng(0), mean, std)
+    assert gpu.device.type == "cuda" and gpu.shape == (6, 3, 48, 48)
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=0)
