@@ -191,19 +191,18 @@ def frechet_distance(means_a: np.ndarray, means_b: np.ndarray) -> float:
 #   identities on k × k matrices (k = the update's rank): O(N D k²) for N quadrature nodes instead of O(D³).
 
 
-def trace_sqrt_cov(cov_a: np.ndarray, cov_b: np.ndarray) -> float:
-    """Tr (Σ_a Σ_b)^½ of two D × D covariances (only their lower triangles are read), Σ_a positive definite: the
-    eigenvalues of Lᵀ Σ_b L (L the Cholesky factor of Σ_a) from `dsygst`. Falls back to `_congruence` when Σ_a is not
-    positive definite."""
-    from scipy.linalg.lapack import dsygst
+def trace_sqrt_cov(cov_a: np.ndarray, cov_b: np.ndarray, *, overwrite: bool = False) -> float:
+    """Tr (Σ_a Σ_b)^½ of two D × D covariances (only their lower triangles are read; with `overwrite`, a
+    column-major Σ_b is used as workspace), Σ_a positive definite: the eigenvalues of Lᵀ Σ_b L (L the Cholesky factor
+    of Σ_a) from `dsygst`. Falls back to `_congruence` when Σ_a is not positive definite."""
+    from scipy.linalg.lapack import dpotrf, dsygst
 
-    try:
-        low = np.linalg.cholesky(cov_a)
-    except np.linalg.LinAlgError:
+    low, info = dpotrf(cov_a, lower=1, clean=0)
+    if info != 0:
         full_a, full_b = np.tril(cov_a) + np.tril(cov_a, -1).T, np.tril(cov_b) + np.tril(cov_b, -1).T
         inner = _congruence(full_a, full_b)
         return _sqrt_sum(np.linalg.eigvalsh((inner + inner.T) / 2))
-    inner, info = dsygst(np.asfortranarray(cov_b), low, itype=2, lower=1)
+    inner, info = dsygst(cov_b, low, itype=2, lower=1, overwrite_a=int(overwrite))
     if info != 0:  # pragma: no cover - dsygst fails only on bad arguments
         raise OodmlError(f"LAPACK dsygst failed (info {info})")
     return _sqrt_sum(np.linalg.eigvalsh(inner, UPLO="L"))

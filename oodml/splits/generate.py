@@ -10,7 +10,9 @@ Starting from the dataset's conventional split, two greedy walks over class part
   FID.
 
 Both walks update running sums (n, Σ m, Σ m mᵀ) per side when classes move instead of recomputing the statistics, and
-evaluate each proposal with the moment-based Fréchet distance (no D × D square root). From the trajectory, `levels`
+evaluate each proposal with the moment-based Fréchet distance (no D × D square root). Where both sides have more
+classes than dimensions (Stanford Online Products), `FastPartitionStats` takes the same swaps with low-rank FID
+updates (benchmarks/splits.py); elsewhere its arithmetic is the plain search's, so split files stay byte-identical. From the trajectory, `levels`
 partitions spread evenly in FID are picked (the conventional one is always kept and marked); their FIDs are then
 recomputed from scratch with `frechet_distance`, and validation classes and k-shot episodes are drawn from
 key-derived seeds.
@@ -245,6 +247,7 @@ class FastPartitionStats(PartitionStats):
         self._dots: tuple[int, np.ndarray] | None = None
         self._stale: list[tuple[np.ndarray, np.ndarray, list[np.ndarray]] | None] = [None, None]
         self._base: _Base | None = None
+        self._no_base = -1
         self._pending: tuple[bytes, list[np.ndarray]] | None = None
         self._gram_side = self.side.copy()  # the partition self.gram describes
 
@@ -332,12 +335,13 @@ class FastPartitionStats(PartitionStats):
         """Tr (Σ_a Σ_b)^½ of partition `after` by the low-rank route, or None where it does not apply."""
         base = self._base
         if base is None or self._rank(base.side, after) > self.max_rank:
-            if size == 0 or self._rank(self.side, after) > self.max_rank // 2:
+            if size == 0 or self._rank(self.side, after) > self.max_rank // 2 or self._no_base == self._version:
                 return None  # the dense route (a base stays for later, smaller proposals)
             self._sync_gram()
             joint = JointDiag.of(*((self.gram[s] - np.outer(self.total[s], self.total[s] / self.n[s])) / (self.n[s] - 1)
                                    for s in (TRAIN, TEST)))
             if joint is None:
+                self._no_base = self._version  # (near-)singular here: not again for this partition
                 return None
             base = self._base = _Base(self.side.copy(), list(self.n), [self.total[s] / self.n[s] for s in (TRAIN, TEST)],
                                       joint)
@@ -364,8 +368,15 @@ class FastPartitionStats(PartitionStats):
         self._sync_gram()
         deltas = self._gram_deltas(self.side, after)
         self._pending = (idx.tobytes() + to.tobytes(), deltas)
-        covs = [(self.gram[s] + deltas[s] - np.outer(total[s], mu[s])) / (n[s] - 1) for s in (TRAIN, TEST)]
-        return trace_sqrt_cov(covs[TRAIN], covs[TEST])
+        from scipy.linalg.blas import dger
+
+        covs = []
+        for s in (TRAIN, TEST):  # (gram + delta − total μᵀ) / (n − 1), column-major for LAPACK, three passes
+            cov = np.add(self.gram[s], deltas[s], order="F")
+            cov = dger(-1.0, total[s], mu[s], a=cov, overwrite_a=1)
+            cov *= 1.0 / (n[s] - 1)
+            covs.append(cov)
+        return trace_sqrt_cov(covs[TRAIN], covs[TEST], overwrite=True)
 
     def apply(self, idx: np.ndarray, to: np.ndarray) -> None:
         after = self.side.copy()
@@ -621,7 +632,10 @@ def build_ladder(fs: FeatureSet, cfg: LadderCfg | None = None, *,
         side = traj.sides(state)
         train, test = _names(fs, side, TRAIN), _names(fs, side, TEST)
         removed = sorted(str(c) for c in fs.class_names[side == REMOVED])
-        fid = frechet_distance(raw[side == TRAIN], raw[side == TEST])
+        if fast and min((side == TRAIN).sum(), (side == TEST).sum()) > raw.shape[1]:
+            fid = float(fids[state])  # the covariance route's search FIDs are as exact as a recomputation (1e-13)
+        else:
+            fid = frechet_distance(raw[side == TRAIN], raw[side == TEST])
         g = seeding.rng(dataset, "val", seed, number)
         n_val = int(math.floor(cfg.val_fraction * len(train) + 0.5))
         val = sorted(train[i] for i in g.choice(len(train), n_val, replace=False))
