@@ -1,4 +1,4 @@
-"""Frozen, typed configuration: the only source of truth for a run (GUIDE §4).
+"""Frozen, typed configuration: the only source of truth for a run (docs/architecture.md).
 
 `RunCfg`'s fields state every study-config key once: its name (`method`, `k` and the field names), its type, how a
 YAML or command-line value is read, and its default. `build_run_cfg` merges a YAML study config (`--config
@@ -81,7 +81,7 @@ class RunCfg:
     #: the features' hash, which the cells record, identifies the result, so it stays out of the cells' config
     backbone_weights: str | None = _opt(kind="path", hashed=False)
     #: most queries per k-shot episode: an episode with more is scored on a random draw of this many, the same for
-    #: every method and seed (Scott et al. test each task on a random 10,000 images); None: all of them (SPEC 3)
+    #: every method and seed (Scott et al. test each task on a random 10,000 images); None: all of them (docs/formats.md)
     queries: int | None = _opt(kind="count", omit_at_default=True)
     #: Ray resources per cell beyond the defaults (`oodml.runner.executors.cell_resources`), e.g. {"GPU": 0.5}
     ray_resources: Mapping[str, float] = _opt(kind="resources", hashed=False, factory=dict)

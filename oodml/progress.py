@@ -1,8 +1,8 @@
-"""Progress for long steps: a rich bar on a terminal, one line per stage otherwise (SPEC §1).
+"""Progress for long steps: a rich bar on a terminal, one line per stage otherwise (README.md).
 
 Off a terminal a stage can run for an hour (a source fit on a CPU) between its two lines; `OODML_PROGRESS_EVERY=S`
 (seconds) adds a line every S seconds at most while it runs (done / total, rate, time left). Unset, the output is
-SPEC §1's one line per stage.
+one line per stage (README.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Parsing of the integer-list options `--shifts`, `--k`, `--seeds` (SPEC §1): `3`, `1,3,5`, `1..8`, `2..4,7`, `all`."""
+"""Parsing of the integer-list options `--shifts`, `--k`, `--seeds` (README.md): `3`, `1,3,5`, `1..8`, `2..4,7`, `all`."""
 
 from __future__ import annotations
 

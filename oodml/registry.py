@@ -1,4 +1,4 @@
-"""A small generic registry: exact names plus fnmatch patterns, typed metadata, aliases (GUIDE §3)."""
+"""A small generic registry: exact names plus fnmatch patterns, typed metadata, aliases (docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The tidy result-row schema shared by the runner (writer) and the reporter (reader): GUIDE §5, SPEC §4."""
+"""The tidy result-row schema shared by the runner (writer) and the reporter (reader): docs/formats.md, results folder."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The metrics: pure per-query functions of the neighbour-label matrix (GUIDE §1.4) and the METRICS registry.
+"""The metrics: pure per-query functions of the neighbour-label matrix (hand-computed tests in tests/eval) and the METRICS registry.
 
 `knn_labels[i, j]` is the label of query i's (j+1)-th nearest other item; `query_labels[i]` is query i's label.
 Every function takes only these arrays (and R), so each can be checked against a table worked out by hand.

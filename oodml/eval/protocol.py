@@ -81,7 +81,7 @@ class EvalData:
 
     `max_queries` caps a k-shot episode's queries: an episode with more keeps a random draw of that many (in
     test-row order), the draw derived from `query_key`, k and the episode number only, so every method and seed of
-    a level is scored on the same queries (paired comparisons stay paired). None keeps them all (SPEC 3).
+    a level is scored on the same queries (paired comparisons stay paired). None keeps them all (docs/formats.md).
     """
 
     labels: np.ndarray

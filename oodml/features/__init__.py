@@ -1,1 +1,1 @@
-"""Backbones and feature extraction: dataset images -> cached features file (SPEC §2)."""
+"""Backbones and feature extraction: dataset images -> cached features file (docs/formats.md)."""

@@ -1,4 +1,4 @@
-"""The features file (SPEC §2): one `.npz` with features, labels, class names, image ids and a JSON `meta`."""
+"""The features file (docs/formats.md): one `.npz` with features, labels, class names, image ids and a JSON `meta`."""
 
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ class FeatureSet:
             with np.load(p, allow_pickle=False) as z:
                 missing = [k for k in REQUIRED_KEYS if k not in z.files]
                 if missing:
-                    raise OodmlError(f"features file {str(p)!r} lacks keys {missing} (SPEC §2)")
+                    raise OodmlError(f"features file {str(p)!r} lacks keys {missing} (docs/formats.md)")
                 data = {k: z[k] for k in z.files}
         except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
             raise OodmlError(f"features file {str(p)!r} is corrupt or not an .npz: {e}") from None
@@ -151,14 +151,14 @@ class FeatureSet:
         wrong = [k for k, ok in kinds.items() if data[k].dtype.kind not in ok]
         if wrong:
             raise OodmlError(f"features file {str(p)!r}: `{wrong[0]}` has dtype {data[wrong[0]].dtype}, not the "
-                             "one SPEC §2 gives; re-create it with `oodml embed`")
+                             "one docs/formats.md describes; re-create it with `oodml embed`")
         try:
             meta = json.loads(str(data["meta"]))
         except (json.JSONDecodeError, RecursionError):
             raise OodmlError(f"features file {str(p)!r} has a `meta` that is not JSON") from None
         if not isinstance(meta, dict):
             raise OodmlError(f"features file {str(p)!r} has a `meta` that is a JSON {type(meta).__name__}, not an "
-                             "object (SPEC §2)")
+                             "object (docs/formats.md)")
         if meta.get("dataset") not in (None, ""):
             check_name(meta["dataset"], f"features file {str(p)!r}: meta.dataset")
         try:

@@ -1,4 +1,4 @@
-"""Add-ons composed onto embedding methods with `+`, one registry entry each (`ADDONS`, GUIDE §3):
+"""Add-ons composed onto embedding methods with `+`, one registry entry each (`ADDONS`, docs/architecture.md):
 
 - `+sec` (Zhang et al. 2020), an embedding regularizer added to the method's objective;
 - `+dmml` (Park et al. 2020), a cohort of models trained together with a relational mutual loss;

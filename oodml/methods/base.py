@@ -1,4 +1,4 @@
-"""The method protocol (GUIDE §2-3): `fit` on source classes, `adapt` on a k-shot support set, `embed`.
+"""The method protocol (docs/architecture.md): `fit` on source classes, `adapt` on a k-shot support set, `embed`.
 
 Inputs are abstracted so that one method runs in both regimes:
 - `head`: `FeatureInputs` over cached backbone features (the backbone is frozen; methods train a head);
@@ -25,7 +25,7 @@ FAMILIES = ("reference", "baseline", "transfer", "dml", "fewshot", "adapted")
 
 @dataclass(frozen=True)
 class MethodInfo:
-    """Registry metadata for a method (GUIDE §3)."""
+    """Registry metadata for a method (docs/architecture.md)."""
 
     name: str
     family: str

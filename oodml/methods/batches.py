@@ -1,4 +1,4 @@
-"""Batch samplers: row indices of the next training batch, drawn from an explicit numpy Generator (GUIDE §1.9)."""
+"""Batch samplers: row indices of the next training batch, drawn from an explicit numpy Generator (every sampler takes an explicit numpy Generator)."""
 
 from __future__ import annotations
 

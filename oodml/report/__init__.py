@@ -1,4 +1,4 @@
-"""The reporter (SPEC §4): leaderboards, degradation curves and report.md/html from the result store.
+"""The reporter (docs/formats.md): leaderboards, degradation curves and report.md/html from the result store.
 
 It reads only `<results>/cells/*.json` and computes no metric; it groups, averages and plots what the runner stored.
 """

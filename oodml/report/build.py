@@ -1,4 +1,4 @@
-"""`oodml report`: turn a results folder into per-dataset tables, plots and a report (SPEC §4).
+"""`oodml report`: turn a results folder into per-dataset tables, plots and a report (docs/formats.md).
 
 Per dataset, under `<results>/<dataset>/`: `all.csv`, `levels.csv`, `leaderboard_k<k>.csv`, `curves_<metric>.png/.svg`,
 `gain_<metric>.png/.svg` and `.csv` (few-shot gain), `error_reduction.csv`, `report.md`, `report.html`.
@@ -30,7 +30,7 @@ from oodml.report.series import relabel
 from oodml.report.store import Store, grid_entries, read_store
 from oodml.schema import ROW_COLUMNS, STATUSES
 
-#: Columns of `all.csv`: the GUIDE §5 row columns, then the unit columns (empty on the aggregate rows).
+#: Columns of `all.csv`: the result-row columns (docs/formats.md), then the unit columns (empty on the aggregate rows).
 ALL_COLUMNS: tuple[str, ...] = (*ROW_COLUMNS, "episode", "class")
 #: Columns a unit row of `all.csv` fills (the rest stay empty: join on `cell_id` for them).
 UNIT_ROW_COLUMNS: tuple[str, ...] = ("cell_id", "dataset", "method", "method_family", "split_level", "split_fid",
@@ -63,7 +63,7 @@ class DatasetTables:
 
 
 def build_report(*, results: Path, metric: str | None = None, bootstrap: int = DEFAULT_BOOTSTRAP) -> list[Path]:
-    """Aggregate `<results>/cells/*.json` and write the SPEC §4 files for every dataset in it.
+    """Aggregate `<results>/cells/*.json` and write the files docs/formats.md lists for every dataset in it.
 
     Args:
         results: the folder `oodml run --results` wrote.

@@ -1,4 +1,4 @@
-"""Degradation curves: metric (or few-shot gain) vs. FID of each split level, one panel per k (SPEC §4).
+"""Degradation curves: metric (or few-shot gain) vs. FID of each split level, one panel per k (docs/formats.md).
 
 Figures are built on `matplotlib.figure.Figure` with the Agg canvas (no pyplot, no display, no global backend
 change). Families are told apart by colour, methods by marker; the legend sits outside the panels. The lines carry

@@ -1,4 +1,4 @@
-"""Aggregate stored rows into tables: per-level statistics, leaderboards, few-shot gain, error reduction (SPEC §4).
+"""Aggregate stored rows into tables: per-level statistics, leaderboards, few-shot gain, error reduction (docs/formats.md).
 
 Everything here is a pandas group-by or pivot over the tidy rows; nothing computes a metric. Values are first
 averaged per seed (a seed's row already aggregates its episodes), then over seeds per level, then over levels.
@@ -112,7 +112,7 @@ def error_counts(grid: pd.DataFrame) -> pd.DataFrame:
 
 def leaderboard(stats: pd.DataFrame, seeds: pd.DataFrame, levels: pd.DataFrame, errors: pd.DataFrame, *, k: int,
                 metric: str, methods: Mapping[str, str], frame: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The SPEC §4 leaderboard of one k: `rank, method, family, metric, mean, ci_low, ci_high, auc, auc_ci_low,
+    """The leaderboard (docs/results.md) of one k: `rank, method, family, metric, mean, ci_low, ci_high, auc, auc_ci_low,
     auc_ci_high, n_seeds, interval_note, vs_best_p, vs_best_p_holm, tied_with_best`, `L..`, `L.._ci_low`,
     `L.._ci_high`, then `n_errors`, `n_levels` (levels with a value: `mean` and `auc` cover only those) and `n_L..`
     (seeds per level).

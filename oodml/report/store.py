@@ -1,4 +1,4 @@
-"""Read the result store: every `<results>/cells/*.json` into one validated tidy DataFrame (GUIDE §5, SPEC §4).
+"""Read the result store: every `<results>/cells/*.json` into one validated tidy DataFrame (docs/formats.md, results folder).
 
 Rows keep the order of the (sorted) file names, then their order within each file. Reading is built for large
 stores (100,000 cell files, 7.6 million per-unit values): the files are parsed in chunks (orjson; the stdlib parser
@@ -548,7 +548,7 @@ def _from_config(config: Any, col: str) -> Any:
 
 
 def _validate(rows: pd.DataFrame, row_cell: np.ndarray, table: pd.DataFrame) -> None:
-    """Statuses are known; ok rows have a metric and a value in [0, 1] (GUIDE §5)."""
+    """Statuses are known; ok rows have a metric and a value in [0, 1] (docs/formats.md)."""
     bad_cell = ~table["status"].isin(STATUSES).to_numpy()
     if bad_cell.any():
         i = int(np.flatnonzero(bad_cell)[0])

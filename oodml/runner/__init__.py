@@ -1,4 +1,4 @@
-"""The runner: methods x shift levels x k x seeds, stored one cell file at a time, resumable (SPEC §1, §4).
+"""The runner: methods x shift levels x k x seeds, stored one cell file at a time, resumable (README.md, docs/formats.md).
 
 `run_grid(cfg)` validates everything first (bad input: OodmlError, exit 2, nothing written), skips finished cells,
 runs the rest on the chosen executor and writes each result as it arrives. It returns 0, or 1 when a cell failed.

@@ -90,7 +90,7 @@ def execute(task: CellTask, features: Any) -> CellResult:
         status = "skipped" if statuses == {"skipped"} else "ok"
         result = CellResult(task.cell.cell_id, status, metrics=metrics, episodes=episodes, classes=classes,
                             fit_cached=cached, training=training, fit_blob=blob)
-    except Exception as e:  # one failing cell must not stop the grid (GUIDE §1.11)
+    except Exception as e:  # one failing cell must not stop the grid
         msg = " ".join(f"{type(e).__name__}: {e}".split())
         result = CellResult(task.cell.cell_id, "error", error=msg, traceback=traceback.format_exc())
     result.wall_time_s = round(time.perf_counter() - t0, 3)

@@ -1,5 +1,5 @@
 """Progress of a grid: a live view (done / running / failed, ETA) on a terminal, one line per finished cell
-otherwise (SPEC §1)."""
+otherwise (README.md)."""
 
 from __future__ import annotations
 

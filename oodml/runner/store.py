@@ -1,4 +1,4 @@
-"""The results store: one JSON file per cell, `<results>/cells/<cell_id>.json`, written atomically (SPEC §4).
+"""The results store: one JSON file per cell, `<results>/cells/<cell_id>.json`, written atomically (docs/formats.md).
 
 The parent process is the only writer of its run. A file appears complete or not at all (temp file in the same
 folder, fsync, rename), so killing a run at any moment loses at most the cells that were running. Several runs may

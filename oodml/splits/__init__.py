@@ -1,4 +1,4 @@
-"""Split ladders: Fréchet distance, greedy class-swap generator, k-shot episodes, ooDML import (SPEC §3)."""
+"""Split ladders: Fréchet distance, greedy class-swap generator, k-shot episodes, ooDML import (docs/formats.md)."""
 
 from oodml.splits.episodes import sample_episodes
 from oodml.splits.frechet import frechet_distance

@@ -1,4 +1,4 @@
-"""k-shot episodes: per test class, k support image ids drawn from an explicit, key-derived Generator (GUIDE §1.9)."""
+"""k-shot episodes: per test class, k support image ids drawn from an explicit, key-derived Generator (every sampler takes an explicit numpy Generator)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`oodml import-splits`: convert a published ooDML split pickle into a split file (SPEC §3) without running its code.
+"""`oodml import-splits`: convert a published ooDML split pickle into a split file (docs/formats.md) without running its code.
 
 The pickles (`datasplits/*_splits.pkl` of the ooDML repository) map a split id to a dict with `train`, `test`, `fid`,
 `split_train`, `split_val` and `test_episodes` (shots -> episode -> test class -> support image file names). Their

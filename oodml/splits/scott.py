@@ -10,8 +10,8 @@ Read from tylersco/adapted_deep_embeddings `data/omniglot/read_omniglot.py`, `da
   training; target = digits 5-9 pooled, k random support images per digit.
 
 A replication is one split level here (its own source and target classes, validation images and support sets);
-levels are numbered by increasing FID as SPEC §3 requires, so their order carries no meaning of its own. Every draw
-comes from a Generator derived from an explicit key (GUIDE §1.9).
+levels are numbered by increasing FID as the split file requires (docs/formats.md), so their order carries no meaning of its own. Every draw
+comes from a Generator derived from an explicit key (every sampler takes an explicit numpy Generator).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _sorted_ids(ids: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
 
 
 def _numbered(levels: list[Level]) -> list[Level]:
-    """Levels sorted by FID and numbered 1..L (SPEC §3); OodmlError when two draws tie (FID must increase)."""
+    """Levels sorted by FID and numbered 1..L (docs/formats.md); OodmlError when two draws tie (FID must increase)."""
     levels = sorted(levels, key=lambda lv: lv.fid)
     if any(a.fid >= b.fid for a, b in zip(levels, levels[1:])):
         raise OodmlError("two replications have the same FID; draw again with another seed")

@@ -1,4 +1,4 @@
-"""SplitSpec: the versioned split file (SPEC §3), written deterministically."""
+"""SplitSpec: the versioned split file (docs/formats.md), written deterministically."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class Level:
     val_images: dict[str, list[str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form, keys in SPEC order."""
+        """JSON form, keys in the documented order (docs/formats.md)."""
         d: dict[str, Any] = {
             "level": int(self.level),
             "fid": float(self.fid),
@@ -77,7 +77,7 @@ class Level:
         )
 
     def check(self) -> None:
-        """Check this level's own invariants (SPEC §3); OodmlError naming the first violation."""
+        """Check this level's own invariants (docs/formats.md); OodmlError naming the first violation."""
         i = self.level
         tr, te, rm = set(self.train_classes), set(self.test_classes), set(self.removed_classes)
         if tr & te or tr & rm or te & rm:
@@ -122,7 +122,7 @@ class SplitSpec:
     schema_version: int = SCHEMA_VERSION
 
     def validate(self) -> None:
-        """Check SPEC §3 invariants; raises OodmlError naming the first violation."""
+        """Check the split file's invariants (docs/formats.md); raises OodmlError naming the first violation."""
         if self.schema_version != SCHEMA_VERSION:
             raise OodmlError(f"split file schema_version {self.schema_version!r} is not one this oodml reads "
                              f"({SCHEMA_VERSION}); regenerate the file with this version of oodml")
@@ -154,7 +154,7 @@ class SplitSpec:
         return self.levels[n - 1]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form in SPEC key order."""
+        """JSON form in the documented key order (docs/formats.md)."""
         d: dict[str, Any] = {
             "schema_version": self.schema_version,
             "dataset": self.dataset,
