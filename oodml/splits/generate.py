@@ -239,6 +239,7 @@ class FastPartitionStats(PartitionStats):
 
     def __init__(self, means: np.ndarray, side: np.ndarray) -> None:
         super().__init__(means, side)
+        self._lower = True  # self.gram: lower triangles, column-major (see _to_full)
         self._reset()
 
     def _reset(self) -> None:
@@ -248,23 +249,31 @@ class FastPartitionStats(PartitionStats):
         self._stale: list[tuple[np.ndarray, np.ndarray, list[np.ndarray]] | None] = [None, None]
         self._base: _Base | None = None
         self._no_base = -1
-        self._pending: tuple[bytes, list[np.ndarray]] | None = None
+        self._pending: tuple[bytes, list[tuple[np.ndarray | None, np.ndarray | None]]] | None = None
         self._gram_side = self.side.copy()  # the partition self.gram describes
+
+    def _to_full(self) -> None:
+        """Where a side has no more classes than dimensions the plain search's code takes over: its Gram matrices
+        are full and symmetric (here they are lower triangles, column-major) and kept up to date by it."""
+        if self._lower:
+            self._sync_gram()
+            self.gram = [np.ascontiguousarray(g + np.tril(g, -1).T) for g in self.gram]
+            self._lower = False
 
     @staticmethod
     def _gram_of(m: np.ndarray) -> np.ndarray:
+        """Lower triangle of Σ m mᵀ, column-major (`dsyrk`); the upper triangle stays 0."""
         from scipy.linalg.blas import dsyrk
 
-        gram = dsyrk(1.0, m, trans=1, lower=1)
-        gram += gram.T
-        gram.flat[::len(gram) + 1] /= 2
-        return gram  # type: ignore[no-any-return]
+        return dsyrk(1.0, m, trans=1, lower=1)  # type: ignore[no-any-return]
 
     def copy(self) -> FastPartitionStats:
-        self._sync_gram()
+        if self._lower:
+            self._sync_gram()
         other = super().copy()
         assert isinstance(other, FastPartitionStats)
         other._reset()
+        other.gram, other._lower = [g.copy(order="K") for g in self.gram], self._lower
         return other
 
     def _large(self, n: tuple[int, int] | list[int]) -> bool:
@@ -282,29 +291,31 @@ class FastPartitionStats(PartitionStats):
             return np.zeros((self.means.shape[1],) * 2)
         return dsyrk(1.0, self.means[rows], trans=1, lower=1)  # type: ignore[no-any-return]
 
-    def _gram_deltas(self, before: np.ndarray, after: np.ndarray) -> list[np.ndarray]:
-        """Lower triangles of Σ m mᵀ(after) − Σ m mᵀ(before) per side; a product shared by both sides is made once."""
+    def _products(self, before: np.ndarray, after: np.ndarray) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
+        """Per side, Σ m mᵀ (lower triangle) over the classes that join it and over those that leave it between two
+        partitions (None for none); a product shared by both sides of a swap is made once."""
         products: dict[bytes, np.ndarray] = {}
 
-        def gram_of(rows: np.ndarray) -> np.ndarray:
+        def gram_of(rows: np.ndarray) -> np.ndarray | None:
+            if len(rows) == 0:
+                return None
             key = rows.tobytes()
             if key not in products:
                 products[key] = self._syrk(rows)
             return products[key]
 
-        return [gram_of(add) - gram_of(rem) for add, rem in (self._moved(s, before, after) for s in (TRAIN, TEST))]
+        return [(gram_of(add), gram_of(rem)) for add, rem in (self._moved(s, before, after) for s in (TRAIN, TEST))]
 
-    def _sync_gram(self, deltas: list[np.ndarray] | None = None) -> None:
-        """Bring self.gram up to the current partition (with `deltas` when they are already known)."""
-        if deltas is None:
+    def _sync_gram(self, products: list[tuple[np.ndarray | None, np.ndarray | None]] | None = None) -> None:
+        """Bring self.gram (lower triangles) up to the current partition, with `products` when they are known."""
+        if products is None:
             if np.array_equal(self._gram_side, self.side):
                 return
-            deltas = self._gram_deltas(self._gram_side, self.side)
-        for s in (TRAIN, TEST):
-            delta = deltas[s]  # lower triangle only
-            self.gram[s] += delta
-            self.gram[s] += delta.T
-            self.gram[s].flat[::len(delta) + 1] -= np.diagonal(delta)
+            products = self._products(self._gram_side, self.side)
+        for s, (add, rem) in zip((TRAIN, TEST), products):
+            for part, op in ((add, np.add), (rem, np.subtract)):
+                if part is not None:
+                    op(self.gram[s], part if self._lower else part + np.tril(part, -1).T, out=self.gram[s])
         self._gram_side = self.side.copy()
 
     def fid(self, idx: np.ndarray | None = None, to: np.ndarray | None = None) -> float:
@@ -314,7 +325,7 @@ class FastPartitionStats(PartitionStats):
         after[idx] = to
         n = [int((after == s).sum()) for s in (TRAIN, TEST)]
         if not (self._large(self.n) and self._large(n)):
-            self._sync_gram()
+            self._to_full()
             return super().fid(idx, to)
         old = self.side[idx]
         total = [self.total[s] + self.means[idx[(to == s) & (old != s)]].sum(axis=0)
@@ -365,25 +376,25 @@ class FastPartitionStats(PartitionStats):
     def _dense_root(self, idx: np.ndarray, to: np.ndarray, after: np.ndarray, n: list[int], total: list[np.ndarray],
                     mu: list[np.ndarray]) -> float:
         """Tr (Σ_a Σ_b)^½ of partition `after` from the Gram matrices updated by the moved classes."""
-        self._sync_gram()
-        deltas = self._gram_deltas(self.side, after)
-        self._pending = (idx.tobytes() + to.tobytes(), deltas)
         from scipy.linalg.blas import dger
 
+        self._sync_gram()
+        products = self._products(self.side, after)
+        self._pending = (idx.tobytes() + to.tobytes(), products)
         covs = []
-        for s in (TRAIN, TEST):  # (gram + delta − total μᵀ) / (n − 1), column-major for LAPACK, three passes
-            cov = np.add(self.gram[s], deltas[s], order="F")
-            cov = dger(-1.0, total[s], mu[s], a=cov, overwrite_a=1)
-            cov *= 1.0 / (n[s] - 1)
-            covs.append(cov)
-        return trace_sqrt_cov(covs[TRAIN], covs[TEST], overwrite=True)
+        for s, (add, rem) in zip((TRAIN, TEST), products):  # (n − 1) Σ' = gram + add − rem − total μᵀ, in place
+            cov = self.gram[s] + add if add is not None else self.gram[s].copy(order="F")
+            if rem is not None:
+                cov -= rem
+            covs.append(dger(-1.0, total[s], mu[s], a=cov, overwrite_a=1))
+        return trace_sqrt_cov(covs[TRAIN], covs[TEST], overwrite=True) / math.sqrt((n[TRAIN] - 1) * (n[TEST] - 1))
 
     def apply(self, idx: np.ndarray, to: np.ndarray) -> None:
         after = self.side.copy()
         after[idx] = to
         n = [int((after == s).sum()) for s in (TRAIN, TEST)]
         if not (self._large(self.n) and self._large(n)):
-            self._sync_gram()
+            self._to_full()
             super().apply(idx, to)
             self._gram_side = self.side.copy()
         else:
