@@ -58,14 +58,7 @@ def compare_command(*, results: Path, a: str, b: str, ks: tuple[int, ...] | None
     Raises:
         OodmlError: unknown method or metric, a k or level one method lacks, or unpaired cells.
     """
-    store = relabel(read_store(Path(results)))
-    ok = ok_rows(store.rows)
-    have = {str(m) for m in ok["method"].unique()}
-    for name in (a, b):
-        check_series_name(name, have, str(results))
-        if name not in have:
-            raise OodmlError(f"method {name!r} has no ok rows in {str(results)!r}{suggest(name, have)}; methods "
-                             f"there: {', '.join(sorted(have))}")
+    store, ok = read_pair(results, a, b)
     datasets = [d for d in store.datasets if {a, b} <= {str(m) for m in ok[ok["dataset"] == d]["method"].unique()}]
     if not datasets:
         raise OodmlError(f"{a!r} and {b!r} ran on no common dataset in {str(results)!r}; compare methods of one study")
@@ -80,6 +73,23 @@ def compare_command(*, results: Path, a: str, b: str, ks: tuple[int, ...] | None
                 part.to_csv(f, index=False, lineterminator="\n")
             out.append(Comparison(dataset, part, path, verdict_line(part)))
     return out
+
+
+def read_pair(results: Path, a: str, b: str) -> tuple[Store, pd.DataFrame]:
+    """(the store with one series per configuration, its ok rows), after checking that both series ran there.
+
+    Raises:
+        OodmlError: a name is ambiguous (several configurations) or has no ok rows.
+    """
+    store = relabel(read_store(Path(results)))
+    ok = ok_rows(store.rows)
+    have = {str(m) for m in ok["method"].unique()}
+    for name in (a, b):
+        check_series_name(name, have, str(results))
+        if name not in have:
+            raise OodmlError(f"method {name!r} has no ok rows in {str(results)!r}{suggest(name, have)}; methods "
+                             f"there: {', '.join(sorted(have))}")
+    return store, ok
 
 
 def _safe(name: str) -> str:

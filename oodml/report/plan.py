@@ -18,10 +18,8 @@ import pandas as pd
 
 from oodml.errors import OodmlError
 from oodml.report import intervals as iv, stats as st
-from oodml.report.compare import _metric, _paired_levels
-from oodml.report.leaderboard import ok_rows, seed_values
-from oodml.report.series import check_series_name, relabel
-from oodml.report.store import read_store
+from oodml.report.compare import _metric, _paired_levels, read_pair
+from oodml.report.leaderboard import seed_values
 
 #: Unit multipliers the plan shows (more episodes: `oodml make-splits --episodes`; classes are fixed by the split).
 UNIT_FACTORS = (1, 2, 5)
@@ -82,14 +80,7 @@ def plan_command(*, results: Path, a: str, b: str, k: int, metric: str | None = 
     Raises:
         OodmlError: unknown methods, fewer than 2 pilot seeds, unpaired cells.
     """
-    store = relabel(read_store(Path(results)))
-    ok = ok_rows(store.rows)
-    have = {str(m) for m in ok["method"].unique()}
-    for name in (a, b):
-        check_series_name(name, have, str(results))
-        if name not in have:
-            raise OodmlError(f"method {name!r} has no ok rows in {str(results)!r}; methods there: "
-                             f"{', '.join(sorted(have))}")
+    store, ok = read_pair(Path(results), a, b)
     out = []
     for dataset in store.datasets:
         rows = ok[(ok["dataset"] == dataset) & ok["method"].isin([a, b]) & (ok["k_shot"] == k)]
