@@ -80,7 +80,8 @@ def _load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def _timed_walk(cls: type[PartitionStats], centred: np.ndarray, side: np.ndarray, steps: int) -> tuple[list[Move], float]:
+def _timed_walk(cls: type[PartitionStats], centred: np.ndarray, side: np.ndarray,
+                steps: int) -> tuple[list[Move], float]:
     """`steps` accepted single swaps of the harder walk; (moves, seconds per step, setup excluded)."""
     stats = cls(centred, side)
     fid0 = stats.fid()

@@ -1,4 +1,4 @@
-"""Exact Fréchet distance between the Gaussians of two sets of class means (SPEC §3), without eps and without sqrtm.
+"""Exact Fréchet distance between the Gaussians of two sets of class means (docs/formats.md), no eps and no sqrtm.
 
 FID = ‖μ_a − μ_b‖² + Tr Σ_a + Tr Σ_b − 2 Tr (Σ_a Σ_b)^½, with Σ = cov(means, ddof=1).
 
@@ -154,7 +154,7 @@ def _canonical_rows(m: np.ndarray) -> np.ndarray:
 
 
 def frechet_distance(means_a: np.ndarray, means_b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to two sets of class means (rows), SPEC §3.
+    """Fréchet distance between Gaussians fitted to two sets of class means (rows), as docs/formats.md defines it.
 
     Sample mean and `np.cov(rowvar=False)` (ddof 1) per set; exact to float64 rounding, no eps. Identical sets (in
     any row order) give exactly 0.0, and swapping the arguments gives exactly the same value. BLAS runs on one

@@ -1,4 +1,5 @@
-"""The FID ladder (`oodml make-splits`): train/test class partitions of rising distribution shift (ooDML, SPEC §3).
+"""The FID ladder (`oodml make-splits`): train/test class partitions of rising distribution shift (ooDML; the split
+file: docs/formats.md).
 
 Starting from the dataset's conventional split, two greedy walks over class partitions are made:
 
@@ -12,9 +13,10 @@ Starting from the dataset's conventional split, two greedy walks over class part
 Both walks update running sums (n, Σ m, Σ m mᵀ) per side when classes move instead of recomputing the statistics, and
 evaluate each proposal with the moment-based Fréchet distance (no D × D square root). Where both sides have more
 classes than dimensions (Stanford Online Products), `FastPartitionStats` takes the same swaps with low-rank FID
-updates (benchmarks/splits.py); elsewhere its arithmetic is the plain search's, so split files stay byte-identical. From the trajectory, `levels`
-partitions spread evenly in FID are picked (the conventional one is always kept and marked); their FIDs are then
-recomputed from scratch with `frechet_distance`, and validation classes and k-shot episodes are drawn from
+updates (benchmarks/splits.py); elsewhere its arithmetic is the plain search's, so split files stay byte-identical.
+From the trajectory, `levels` partitions spread evenly in FID are picked (the conventional one is always kept and
+marked); their FIDs are then recomputed from scratch with `frechet_distance` (where both sides exceed the dimensions,
+the search's own FIDs are kept: as exact, about 1e-13), and validation classes and k-shot episodes are drawn from
 key-derived seeds.
 """
 
@@ -53,7 +55,7 @@ class LadderCfg:
     Attributes:
         levels: number of levels to pick from the trajectory.
         ks: shots for the episodes.
-        episodes: episodes per k and level. 10, as in SPEC.md and the ooDML code: on the CUB subset it resolves a
+        episodes: episodes per k and level. 10, as in the ooDML code: on the CUB subset it resolves a
             2-point paired gain at level 1 (half-width <= 0.009 with 3 seeds), and where it does not (level 8) no
             episode count does: there the seeds set the width. 25 narrows a 3-seed interval by about 10% more
             (results/README.md, "Episodes: how many are enough"); pass `--episodes 25` for that.
@@ -354,8 +356,8 @@ class FastPartitionStats(PartitionStats):
             if joint is None:
                 self._no_base = self._version  # (near-)singular here: not again for this partition
                 return None
-            base = self._base = _Base(self.side.copy(), list(self.n), [self.total[s] / self.n[s] for s in (TRAIN, TEST)],
-                                      joint)
+            mus = [self.total[s] / self.n[s] for s in (TRAIN, TEST)]
+            base = self._base = _Base(self.side.copy(), list(self.n), mus, joint)
         cols, cores, scale = [], [], 1.0
         for s in (TRAIN, TEST):
             add, rem = self._moved(s, base.side, after)
