@@ -26,7 +26,6 @@ flips its sign) is given beside it, a check that needs no normality. Nothing is 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -287,14 +286,6 @@ def area_under_curve(fids: np.ndarray, values: np.ndarray) -> np.ndarray:
     return out
 
 
-def level_contrasts(n_levels: int, fids: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Named coefficient vectors over `n_levels` levels: `mean` (1/L each) and, with `fids`, `auc`."""
-    out = {"mean": np.full(n_levels, 1.0 / max(n_levels, 1))}
-    if fids is not None:
-        out["auc"] = area_weights(np.asarray(fids, float))
-    return out
-
-
 # --- per-unit values (the planner's within-seed variance, and the values behind each seed's mean) ---------------
 
 
@@ -357,20 +348,6 @@ def unit_grid(units: pd.DataFrame, *, series: str = "method", unit: str = "unit"
     with np.errstate(invalid="ignore", divide="ignore"):
         values = np.where(weights > 0, wv / weights, 0.0)
     return UnitGrid(names, levels, seeds, values, weights)
-
-
-def seed_means(grid: UnitGrid) -> np.ndarray:
-    """(series, level, seed): each seed's weighted unit mean, NaN where the seed has no unit."""
-    total = grid.weights.sum(axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, (grid.weights * grid.values).sum(axis=-1) / total, np.nan)
-
-
-def level_means(grid: UnitGrid) -> np.ndarray:
-    """(series, level): the mean over seeds of each seed's weighted unit mean; NaN where a level has no unit."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN levels stay NaN
-        return np.nanmean(seed_means(grid), axis=-1)
 
 
 def within_seed_variance(grid: UnitGrid) -> np.ndarray:
