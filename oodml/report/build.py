@@ -26,7 +26,7 @@ from oodml.report.leaderboard import (ADAPTED_FAMILIES, choose_metrics, error_co
                                       few_shot_gain, leaderboard, level_stats, levels_table, ok_rows, seed_values,
                                       unadapted_of)
 from oodml.report.stats import DEFAULT_BOOTSTRAP
-from oodml.report.series import relabel
+from oodml.report.series import random_weight_cells, relabel
 from oodml.report.store import Store, grid_entries, read_store
 from oodml.schema import ROW_COLUMNS, STATUSES
 
@@ -224,8 +224,12 @@ def provenance(t: DatasetTables) -> list[str]:
     counts = t.cells["status"].value_counts()
     ladder = "\n".join(f"{int(r.level)}:{r.split_hash}" for r in t.levels.itertuples())
     created = t.rows["created_at"].dropna().astype(str)
+    random = random_weight_cells(t.rows)
+    weights = (" (random weights: no ImageNet training; its frozen-features rows are `random_features`)"
+               if random and len(random) == t.rows["cell_id"].nunique() else
+               f" ({len(random)} cell(s) on random weights)" if random else "")
     return [
-        f"dataset: `{t.dataset}`; backbone: {_values('backbone')}; features: {_values('feature_hash')}",
+        f"dataset: `{t.dataset}`; backbone: {_values('backbone')}{weights}; features: {_values('feature_hash')}",
         f"split ladder hash: `{hashlib.sha1(ladder.encode()).hexdigest()[:16]}` over {len(t.levels)} level(s) "
         "(per-level `split_hash` in levels.csv)",
         f"results written by oodml {_values('oodml_version')} (git {_values('git_sha')}), "

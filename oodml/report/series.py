@@ -77,13 +77,32 @@ def series_labels(rows: pd.DataFrame, cells: pd.DataFrame) -> dict[str, str]:
     return out
 
 
+#: The frozen-features baseline's name, and what its rows are called when the backbone had random weights.
+FROZEN, FROZEN_RANDOM = "pretrained", "random_features"
+
+
+def random_weight_cells(rows: pd.DataFrame) -> set[str]:
+    """cell_ids whose features came from a backbone with random weights (their config records
+    `backbone_weights: random`)."""
+    if rows.empty or "config_json" not in rows:
+        return set()
+    first = rows.drop_duplicates("cell_id")
+    hit = first["config_json"].astype(str).str.contains('"backbone_weights":"random"', regex=False)
+    return set(first.loc[hit, "cell_id"].astype(str))
+
+
 def relabel(store: Store) -> Store:
     """The store with `method` replaced by its series label in rows, cells and units (cells of methods with one
-    configuration unchanged); an embedding variant joins the settings (`m[ens]` -> `m[ens,lr=0.1]`)."""
+    configuration unchanged); an embedding variant joins the settings (`m[ens]` -> `m[ens,lr=0.1]`). The frozen
+    features of a backbone with random weights are `random_features`, never `pretrained`."""
     labels = series_labels(store.rows, store.cells)
+    spec = dict(zip(store.cells["cell_id"].astype(str), store.cells["method"].astype(str)))
+    for cid in random_weight_cells(store.rows):
+        label = labels.get(cid) or spec.get(cid, "")
+        if label.split("[")[0] == FROZEN:
+            labels[cid] = FROZEN_RANDOM + label[len(FROZEN):]
     if not labels:
         return store
-    spec = dict(zip(store.cells["cell_id"].astype(str), store.cells["method"].astype(str)))
 
     def _apply(frame: pd.DataFrame) -> pd.DataFrame:
         if frame.empty or "cell_id" not in frame:

@@ -126,6 +126,10 @@ class Plan:
             device=self.device, method_params=dict(self.params[cell.method]),
             method_overrides=dict(self.cfg.method_params),
         )
+        if self.features.meta.get("pretrained") is False:
+            # recorded only for random weights, so that every trained backbone's config (and hash) is unchanged;
+            # the report names such a frozen-features row `random_features`, never `pretrained`
+            d["backbone_weights"] = "random"
         return d
 
 

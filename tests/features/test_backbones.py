@@ -198,6 +198,24 @@ def test_make_splits_refuses_random_weights_unless_allowed(tmp_path: Path, monke
     spec = json.loads((tmp_path / "splits" / "shapes.json").read_text())
     assert spec["dataset"] == "shapes" and spec["backbone"] == "conv4"
     assert "pretrained" not in json.dumps(spec["levels"]) and "pretrained" in json.dumps(spec)  # recorded: false
+    # its frozen-features rows never say `pretrained` (issue 28): the report and compare call them random_features
+    for seed in ("0", "1"):
+        with pytest.raises(SystemExit) as e:
+            main(["run", "--dataset", "shapes", "--method", "pretrained,margin", "--k", "0", "--seeds", seed,
+                  "--workers", "1", "--results", "results", "--method-param", "margin.iterations=5"])
+        assert e.value.code == 0
+    cell = json.loads(next((tmp_path / "results" / "cells").glob("*.json")).read_text())
+    assert cell["config"]["backbone_weights"] == "random"
+    with pytest.raises(SystemExit) as e:
+        main(["report", "--results", "results", "--bootstrap", "0"])
+    assert e.value.code == 0
+    board = (tmp_path / "results" / "shapes" / "leaderboard_k0.csv").read_text()
+    assert "random_features" in board and "pretrained" not in board
+    assert "random weights" in (tmp_path / "results" / "shapes" / "report.md").read_text()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["compare", "margin", "random_features", "--results", "results", "--k", "0"])
+    assert e.value.code == 0 and "random_features" in capsys.readouterr().out
 
 
 def test_run_recomputes_features_with_the_weights_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
