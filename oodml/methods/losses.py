@@ -37,14 +37,20 @@ def relational_mutual_loss(e: torch.Tensor, others: list[torch.Tensor]) -> torch
         e: (B, d) embeddings of this model.
         others: embeddings of the same batch from the other models (each (B, d'), any d').
     """
-    if not others:
+    if not others or e.shape[0] < 2:
         return e.new_zeros(())
-    b = e.shape[0]
-    if b < 2:
-        return e.new_zeros(())
-    off = ~torch.eye(b, dtype=torch.bool, device=e.device)
-    d = pairwise_distances(e)[off]
-    return torch.stack([((d - pairwise_distances(o)[off]) ** 2).mean() for o in others]).mean()
+    return distance_matching_loss(pairwise_distances(e), [pairwise_distances(o) for o in others])
+
+
+def distance_matching_loss(d: torch.Tensor, others: list[torch.Tensor]) -> torch.Tensor:
+    """`relational_mutual_loss` from the (B, B) distance matrices: this model's `d` and the others' (a cohort
+    computes each model's matrix once per batch and passes the others' detached)."""
+    b = d.shape[0]
+    if not others or b < 2:
+        return d.new_zeros(())
+    off = ~torch.eye(b, dtype=torch.bool, device=d.device)
+    mine = d[off]
+    return torch.stack([((mine - o[off]) ** 2).mean() for o in others]).mean()
 
 
 def episode_split(labels: torch.Tensor, shots: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -97,6 +97,31 @@ def test_dmml_control_equals_dmml_without_the_mutual_term_bit_for_bit(data: tupl
     assert isinstance(ctl, EmbeddingMethod) and ctl.n_models == 3
 
 
+def test_dmml_term_computes_each_distance_matrix_once_and_trains_bit_for_bit_as_the_plain_loss(
+        data: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cohort's mutual term reuses each model's distance values within a batch (5 matrices per step for 3
+    models instead of 9) and still trains exactly as `relational_mutual_loss` per model does."""
+    from oodml.methods import cohort, losses
+
+    calls = []
+    real = losses.pairwise_distances
+
+    def counted(e: torch.Tensor) -> torch.Tensor:
+        calls.append(e.shape)
+        return real(e)
+
+    monkeypatch.setattr(cohort, "pairwise_distances", counted)
+    cached = _fit("margin+dmml", data, iterations=3)
+    assert len(calls) == 3 * 5
+
+    def plain(self: cohort.MutualTerm, m: int, outs: Any) -> torch.Tensor | None:
+        others = [o[1].detach() for n, o in enumerate(outs) if n != m]
+        return self.weight * losses.relational_mutual_loss(outs[m][1], others)
+
+    monkeypatch.setattr(cohort.MutualTerm, "term", plain)
+    assert _state_bytes(_fit("margin+dmml", data, iterations=3)) == _state_bytes(cached)
+
+
 def test_dmml_control_name_params_and_alias() -> None:
     from oodml.cli import _registry_listing
 
