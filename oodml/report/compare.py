@@ -116,10 +116,10 @@ def _compare_dataset(store: Store, dataset: str, a: str, b: str, ks: tuple[int, 
                                  "pass --k with a shared value")
     parts = []
     for k in ks:
-        m = _metric(rows, k, metric, a, b, dataset)
+        m = pair_metric(rows, k, metric, a, b, dataset)
         frame = iv.unit_frame(units, seeds, k=k, metric=m)
         frame = frame[frame["method"].isin([a, b])]
-        frame = _paired_levels(frame, rows[(rows["k_shot"] == k) & (rows["metric"] == m)], a, b, k, levels, dataset,
+        frame = paired_levels(frame, rows[(rows["k_shot"] == k) & (rows["metric"] == m)], a, b, k, levels, dataset,
                                iv.unit_labels(units, k=k, metric=m))
         d = iv.paired_differences(frame, {f"{a} - {b}": (a, b)}, fids, bootstrap)
         parts.append(pd.DataFrame({
@@ -135,7 +135,9 @@ def _ints(values: set[int]) -> str:
     return ",".join(map(str, sorted(values))) or "none"
 
 
-def _metric(rows: pd.DataFrame, k: int, metric: str | None, a: str, b: str, dataset: str) -> str:
+def pair_metric(rows: pd.DataFrame, k: int, metric: str | None, a: str, b: str, dataset: str) -> str:
+    """The metric to compare a and b on at k: `metric` when both store it (else OodmlError with the shared ones),
+    otherwise the first of the default order that both store."""
     at_k = rows[rows["k_shot"] == k]
     both = set(at_k[at_k["method"] == a]["metric"]) & set(at_k[at_k["method"] == b]["metric"])
     if metric is not None:
@@ -151,8 +153,8 @@ def _metric(rows: pd.DataFrame, k: int, metric: str | None, a: str, b: str, data
     return sorted(both)[0]
 
 
-def _paired_levels(frame: pd.DataFrame, rows: pd.DataFrame, a: str, b: str, k: int, levels: tuple[int, ...] | None,
-                   dataset: str, labels: dict[int, str]) -> pd.DataFrame:
+def paired_levels(frame: pd.DataFrame, rows: pd.DataFrame, a: str, b: str, k: int, levels: tuple[int, ...] | None,
+                  dataset: str, labels: dict[int, str]) -> pd.DataFrame:
     """The frame restricted to `levels`, after checking that a and b are paired there; OodmlError naming the first
     difference otherwise (`labels`: unit code -> label, for the message)."""
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from oodml.errors import OodmlError
 from oodml.report import intervals as iv, stats as st
-from oodml.report.compare import _metric, _paired_levels, read_pair
+from oodml.report.compare import pair_metric, paired_levels, read_pair
 from oodml.report.leaderboard import seed_values
 
 #: Unit multipliers the plan shows (more episodes: `oodml make-splits --episodes`; classes are fixed by the split).
@@ -87,10 +87,10 @@ def plan_command(*, results: Path, a: str, b: str, k: int, metric: str | None = 
         rows = rows.astype({"method": str, "metric": str})
         if set(rows["method"]) != {a, b}:
             continue
-        m = _metric(rows, k, metric, a, b, dataset)
+        m = pair_metric(rows, k, metric, a, b, dataset)
         units = store.units[(store.units["dataset"] == dataset) & store.units["method"].isin([a, b])]
         frame = iv.unit_frame(units, seed_values(rows), k=k, metric=m)
-        frame = _paired_levels(frame, rows[rows["metric"] == m], a, b, k, (level,) if level else None, dataset,
+        frame = paired_levels(frame, rows[rows["metric"] == m], a, b, k, (level,) if level else None, dataset,
                                iv.unit_labels(units, k=k, metric=m))
         out.append(_plan(frame, a, b, dataset, k, m, delta, level, power))
     if not out:
