@@ -1,0 +1,45 @@
+"""The decisive CUB-200 study (results/oodml_cub200_decisive): its committed cells are what its config computes.
+
+The `pretrained` level-1 seed-0 cell is recomputed from the config and compared with the committed cell file, row by
+row: same cell id (config hash), same values. It needs the CUB-200 Lite0 features of `splits/cub200.json`, which a
+fresh machine computes once from ../shared/data (minutes); where they are not in the feature cache the test is skipped
+and says so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from oodml.features.cache import find_cached_features
+from oodml.splits.spec import SplitSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "baselines" / "oodml_cub200_decisive.yaml"
+CELLS = ROOT / "results" / "oodml_cub200_decisive" / "cells"
+
+
+def test_pretrained_level_1_cell_recomputes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from oodml.cli import main
+
+    spec = SplitSpec.load(ROOT / "splits" / "cub200.json")
+    if find_cached_features(spec.feature_hash) is None:
+        pytest.skip(f"CUB-200 features {spec.feature_hash[:12]} are not in the feature cache")
+    (committed,) = CELLS.glob("pretrained_L1_s0_*.json")
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--config", str(CONFIG), "--method", "pretrained", "--shifts", "1", "--seeds", "0",
+              "--workers", "1", "--results", str(tmp_path / "r")])
+    assert e.value.code == 0
+    (fresh,) = (tmp_path / "r" / "cells").glob("pretrained_L1_s0_*.json")
+    assert fresh.name == committed.name  # the same cell id: the same resolved configuration
+    old, new = json.loads(committed.read_text()), json.loads(fresh.read_text())
+    assert new["status"] == old["status"] == "ok"
+
+    def values(cell: dict) -> dict[tuple, float]:
+        return {(r["method"], r["k_shot"], r["metric"]): r["value"] for r in cell["rows"]}
+
+    assert values(new) == values(old) and len(values(old)) >= 3
+    assert new["episodes"] == old["episodes"] and new["classes"] == old["classes"]
