@@ -185,7 +185,8 @@ def embed(
     out: Annotated[Path | None, typer.Option(help="features file to write (.npz)")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="images per forward pass")] = 64,
     workers: Annotated[int | None, typer.Option(
-        min=0, help="image-decoding workers: threads beside ONNX Runtime, processes beside torch")] = None,
+        min=0, help="image-decoding workers: with ONNX Runtime N threads beside one session (default: one lane per "
+                    "ONNX Runtime thread, each decoding and running its own batches); with torch N processes")] = None,
     dataset_option: Annotated[list[str], typer.Option(
         help="dataset loader option NAME=VALUE, e.g. rotations=true for omniglot (oodml list datasets)")] = [],
     runtime: Annotated[str, typer.Option(

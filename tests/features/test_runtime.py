@@ -132,3 +132,24 @@ def test_lite0_real_weights_onnx_matches_torch_on_cub(shared_data: Path) -> None
     assert onnx.shape == ref.shape == (len(ds), 1280)
     assert _relative(onnx, ref) <= 1e-5
     assert float(np.abs(onnx - ref).max() / np.abs(ref).max()) <= 1e-5
+
+
+def test_lanes_give_the_same_features_as_one_session_and_name_an_unreadable_image(tree: Path) -> None:
+    """The default ONNX path (lanes: each thread decodes a batch and runs it on a single-threaded session) computes
+    exactly what one session with decoding threads beside it computes, in order; a bad image still stops it with one
+    line naming the file."""
+    from oodml.data import load_dataset
+    from oodml.features.extract import compute_features
+
+    ds = load_dataset("folder", tree)
+    bb = create_backbone("conv4")
+    fwd = rt.OnnxForward(bb, threads=2)
+    lanes = compute_features(ds, bb, batch_size=4, forward=fwd)  # 2 lanes of 2 images
+    assert fwd._single is not None  # the lanes' single-threaded session ran
+    beside = compute_features(ds, bb, batch_size=4, workers=1, forward=fwd)
+    alone = compute_features(ds, bb, batch_size=5, workers=0, forward=rt.OnnxForward(bb, threads=1))
+    assert lanes.shape == (12, bb.feature_dim) and np.array_equal(lanes, beside) and np.array_equal(lanes, alone)
+    (tree / "emu" / "img03.png").write_bytes(b"garbage")
+    with pytest.raises(OodmlError) as e:
+        compute_features(load_dataset("folder", tree), bb, batch_size=4, forward=fwd)
+    assert "emu/img03.png" in str(e.value) and "\n" not in str(e.value)
