@@ -14,7 +14,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Se
 from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -77,6 +77,7 @@ def default_decode_threads() -> int:
 
 
 _Batch = tuple[np.ndarray, torch.Tensor | None, str | None]
+_T = TypeVar("_T")
 
 #: niceness added to the decoding threads (Linux): the forward pass's threads get the cores first and decoding fills
 #: their idle gaps, instead of delaying one of them and with it each of the forward pass's parallel steps
@@ -118,19 +119,26 @@ def _decoded_in_threads(ds: ImageDataset, transform: Any, batch_size: int, threa
         yield from (load(s) for s in starts)
         return
     with ThreadPoolExecutor(threads, thread_name_prefix="oodml-decode", initializer=_lower_priority) as pool:
-        pending: collections.deque[Future[_Batch]] = collections.deque()
-        todo = iter(starts)
-        try:
-            for s in itertools.islice(todo, threads + 1):
-                pending.append(pool.submit(load, s))
-            while pending:
-                batch = pending.popleft().result()
-                for s in itertools.islice(todo, 1):
-                    pending.append(pool.submit(load, s))
-                yield batch
-        finally:
-            for f in pending:
-                f.cancel()
+        yield from _in_order(pool, load, starts, threads + 1)
+
+
+def _in_order(pool: ThreadPoolExecutor, fn: Callable[[int], _T], items: Iterable[int], ahead: int,
+              ) -> Generator[_T, None, None]:
+    """fn(item) for each item, computed on `pool` with at most `ahead` calls in flight, yielded in order; calls not
+    started when the consumer stops are cancelled."""
+    pending: collections.deque[Future[_T]] = collections.deque()
+    todo = iter(items)
+    try:
+        for s in itertools.islice(todo, ahead):
+            pending.append(pool.submit(fn, s))
+        while pending:
+            done = pending.popleft().result()
+            for s in itertools.islice(todo, 1):
+                pending.append(pool.submit(fn, s))
+            yield done
+    finally:
+        for f in pending:
+            f.cancel()
 
 
 def _in_lanes(ds: ImageDataset, transform: Any, batch_size: int, lanes: int, decode: str,
@@ -149,19 +157,7 @@ def _in_lanes(ds: ImageDataset, transform: Any, batch_size: int, lanes: int, dec
         return idx, forward_one(x)
 
     with ThreadPoolExecutor(lanes, thread_name_prefix="oodml-embed") as pool:
-        pending: collections.deque[Future[tuple[np.ndarray, np.ndarray]]] = collections.deque()
-        todo = iter(range(0, len(ds), batch_size))
-        try:
-            for s in itertools.islice(todo, 2 * lanes):
-                pending.append(pool.submit(task, s))
-            while pending:
-                done = pending.popleft().result()
-                for s in itertools.islice(todo, 1):
-                    pending.append(pool.submit(task, s))
-                yield done
-        finally:
-            for f in pending:
-                f.cancel()
+        yield from _in_order(pool, task, range(0, len(ds), batch_size), 2 * lanes)
 
 
 def _forwarded(batches: Iterable[_Batch], run: TorchForward | OnnxForward) -> Iterator[tuple[np.ndarray, np.ndarray]]:
