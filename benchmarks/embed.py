@@ -33,7 +33,9 @@ two runs at load ~8 only: on this shared machine the load decides more than the 
 Measured 2026-12-07 18:31 UTC on quiet cores (load 0.7 -> 1.3), same settings, best of 3: embed onnx 105.4 img/s =
 0.76 of the bare forward pass (138.5); before 0.78; decode alone 457 img/s on one thread; features identical. The bare
 forward leaves about 0.16 of the 2 cores idle, so a perfect packing would reach about 0.99 (printed at the end as the
-bound; docs/features.md).
+bound; docs/features.md). With lanes (one single-threaded forward per core, each after its own decoding), 19:06 and
+19:13 UTC, quiet cores (the study paused): 111.4 and 126.1 img/s = 0.93 and 1.10 of the bare 2-thread forward, 0.86
+and 0.99 of the bare lanes alone; features identical.
 
     python benchmarks/embed.py [--images 256] [--batch 64] [--repeats 1] [--backbones efficientnet_lite0,resnet50]
                                [--skip-torch]
@@ -164,8 +166,9 @@ def bench(name: str, ds: ImageDataset, batch: int, repeats: int, with_torch: boo
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     need = (cpu + 1.0 / rates["decode"]) / cores
     print(f"  bare ort: {wall * 1e3:.2f} ms wall and {cpu * 1e3:.2f} ms CPU per image (cores busy {cpu / wall:.2f} of "
-          f"{cores}); decode {1e3 / rates['decode']:.2f} ms CPU per image; so no pipeline on {cores} cores beats "
-          f"x{wall / max(wall, need):.2f} of the bare forward with this decoding")
+          f"{cores}); decode {1e3 / rates['decode']:.2f} ms CPU per image; so with this session no pipeline on {cores} "
+          f"cores beats x{wall / max(wall, need):.2f} of it (the lanes' single-threaded sessions use less CPU per "
+          "image and can)")
 
 
 def main() -> None:
