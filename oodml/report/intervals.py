@@ -10,7 +10,7 @@ its value what it is. A value on one seed gets no interval (`stats.ONE_SEED`), a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -130,22 +130,33 @@ def seed_table(frame: pd.DataFrame, series: str = "method") -> tuple[tuple[str, 
                                                                       tuple[int, ...], np.ndarray]:
     """(series names, levels, seeds, values (series, level, seed)): each seed's weighted mean of its units in a unit
     frame (or a `paired_frame`), NaN where a seed has none."""
+    names, levels, seeds, tables = seed_tables(frame, series, ("value",))
+    return names, levels, seeds, tables["value"]
+
+
+def seed_tables(frame: pd.DataFrame, series: str, columns: Sequence[str]) -> tuple[
+        tuple[str, ...], tuple[int, ...], tuple[int, ...], dict[str, np.ndarray]]:
+    """`seed_table` of several value columns of one frame in one pass: column -> (series, level, seed) array."""
     if frame.empty:
-        return (), (), (), np.zeros((0, 0, 0))
+        return (), (), (), {c: np.zeros((0, 0, 0)) for c in columns}
     w = frame["weight"].to_numpy(float)
     g = pd.DataFrame({"s": frame[series].astype(str).to_numpy(), "l": frame["split_level"].to_numpy(np.int64),
-                      "d": frame["seed"].to_numpy(np.int64), "wv": w * frame["value"].to_numpy(float), "w": w})
-    agg = g.groupby(["s", "l", "d"], sort=True)[["wv", "w"]].sum()
+                      "d": frame["seed"].to_numpy(np.int64), "w": w,
+                      **{f"wv{i}": w * frame[c].to_numpy(float) for i, c in enumerate(columns)}})
+    agg = g.groupby(["s", "l", "d"], sort=True)[["w", *(f"wv{i}" for i in range(len(columns)))]].sum()
     names = tuple(sorted(agg.index.get_level_values(0).unique()))
     levels = tuple(sorted(int(v) for v in agg.index.get_level_values(1).unique()))
     seeds = tuple(sorted(int(v) for v in agg.index.get_level_values(2).unique()))
-    out = np.full((len(names), len(levels), len(seeds)), np.nan)
     i = np.searchsorted(names, agg.index.get_level_values(0).to_numpy(str))
     j = np.searchsorted(levels, agg.index.get_level_values(1).to_numpy(np.int64))
     d = np.searchsorted(seeds, agg.index.get_level_values(2).to_numpy(np.int64))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out[i, j, d] = np.where(agg["w"].to_numpy() > 0, agg["wv"].to_numpy() / agg["w"].to_numpy(), np.nan)
-    return names, levels, seeds, out
+    tables = {}
+    for k, c in enumerate(columns):
+        out = np.full((len(names), len(levels), len(seeds)), np.nan)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[i, j, d] = np.where(agg["w"].to_numpy() > 0, agg[f"wv{k}"].to_numpy() / agg["w"].to_numpy(), np.nan)
+        tables[c] = out
+    return names, levels, seeds, tables
 
 
 def seed_counts(frame: pd.DataFrame, series: str = "method") -> pd.Series:
@@ -249,9 +260,8 @@ def paired_differences(frame: pd.DataFrame, pairs: Mapping[str, tuple[str, str]]
     diffs = paired_frame(frame, pairs)
     if diffs.empty:
         return pd.DataFrame(columns=list(DIFF_COLUMNS))
-    names, levels, _, d = seed_table(diffs, series="pair")
-    _, _, _, ya = seed_table(diffs.assign(value=diffs["value_a"]), series="pair")
-    _, _, _, yb = seed_table(diffs.assign(value=diffs["value_b"]), series="pair")
+    names, levels, _, tables = seed_tables(diffs, "pair", ("value", "value_a", "value_b"))
+    d, ya, yb = tables["value"], tables["value_a"], tables["value_b"]
     flip = not tests_only
     each = st.contrast(d[:, :, None, :], np.ones(1), flip=flip, n_resamples=n_resamples)
     n_units = diffs.groupby(["pair", "split_level"])["unit"].count()
