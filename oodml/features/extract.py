@@ -142,7 +142,8 @@ def _in_order(pool: ThreadPoolExecutor, fn: Callable[[int], _T], items: Iterable
 
 
 def _in_lanes(ds: ImageDataset, transform: Any, batch_size: int, lanes: int, decode: str,
-              forward_one: Callable[[torch.Tensor], np.ndarray]) -> Generator[tuple[np.ndarray, np.ndarray], None, None]:
+              forward_one: Callable[[torch.Tensor], np.ndarray],
+              ) -> Generator[tuple[np.ndarray, np.ndarray], None, None]:
     """(indices, features) of the batches of `ds` in order: `lanes` threads each decode a whole batch and run it
     through `forward_one` (a single-threaded forward pass; at most 2 x `lanes` batches in flight). Decoding, the
     transform and ONNX Runtime release the GIL, so the lanes compute side by side with no thread waiting for another
@@ -150,22 +151,26 @@ def _in_lanes(ds: ImageDataset, transform: Any, batch_size: int, lanes: int, dec
     images = _Images(ds, transform, decode)
 
     def task(s: int) -> tuple[np.ndarray, np.ndarray]:
-        idx, x, error = _collate([images[i] for i in range(s, min(len(ds), s + batch_size))])
-        if error is not None:
-            raise OodmlError(error)
-        assert x is not None
+        idx, x = _pixels(_collate([images[i] for i in range(s, min(len(ds), s + batch_size))]))
         return idx, forward_one(x)
 
     with ThreadPoolExecutor(lanes, thread_name_prefix="oodml-embed") as pool:
         yield from _in_order(pool, task, range(0, len(ds), batch_size), 2 * lanes)
 
 
+def _pixels(batch: _Batch) -> tuple[np.ndarray, torch.Tensor]:
+    """(indices, images) of a decoded batch; OodmlError naming an unreadable image."""
+    idx, x, error = batch
+    if error is not None:
+        raise OodmlError(error)
+    assert x is not None
+    return idx, x
+
+
 def _forwarded(batches: Iterable[_Batch], run: TorchForward | OnnxForward) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(indices, features) of each decoded batch; OodmlError naming an unreadable image."""
-    for idx, x, error in batches:
-        if error is not None:
-            raise OodmlError(error)
-        assert x is not None
+    for batch in batches:
+        idx, x = _pixels(batch)
         yield idx, run(x)
 
 
@@ -175,10 +180,10 @@ def compute_features(ds: ImageDataset, backbone: Backbone, *, batch_size: int = 
 
     `forward`: the backbone's forward pass (`make_forward`); default: torch. With ONNX Runtime and `workers` None
     (the default), the forward's `threads` lanes each decode a batch of `batch_size / threads` images and run it on
-    a single-threaded session (`OnnxForward.single_threaded`: the same values); with `workers` given, images are decoded by `workers` threads
-    (0: the calling thread) at a lower priority beside the forward pass's own threads. torch (which only runs the
-    transforms then) computes on one thread. With the torch forward, images are decoded by `workers` processes
-    (default `default_workers`). `decode`: `exact` (the eval transform's values bit for bit)
+    a single-threaded session (`OnnxForward.single_threaded`: the same values); with `workers` given, images are
+    decoded by `workers` threads (0: the calling thread) at a lower priority beside the forward pass's own threads.
+    torch (which only runs the transforms then) computes on one thread. With the torch forward, images are decoded
+    by `workers` processes (default `default_workers`). `decode`: `exact` (the eval transform's values bit for bit)
     or `scaled` (JPEGs larger than the resize target shrunk while decoding; other features), see
     `oodml/features/decode.py` and docs/features.md."""
     if batch_size < 1:
@@ -187,8 +192,9 @@ def compute_features(ds: ImageDataset, backbone: Backbone, *, batch_size: int = 
     run = forward or TorchForward(backbone, batch_size)
     results: Iterable[tuple[np.ndarray, np.ndarray]]
     with contextlib.ExitStack() as stack:
-        if isinstance(run, OnnxForward) and workers is None and run.threads > 1:
+        if run.runtime == "onnx":  # torch only runs the transforms' small tensor ops then
             stack.enter_context(_torch_threads(1))
+        if isinstance(run, OnnxForward) and workers is None and run.threads > 1:
             # the batch shared out: `threads` lanes of batch_size / threads images in flight at a time (on 2 cores,
             # 2 lanes of 32 images keep decoding and the forward passes apart better than 2 of 64: 0.94 vs 0.79 of
             # the bare forward, benchmarks/embed.py)
@@ -201,7 +207,6 @@ def compute_features(ds: ImageDataset, backbone: Backbone, *, batch_size: int = 
             if run.runtime == "onnx":
                 n_workers = default_decode_threads() if workers is None else workers
                 kind = "threads"
-                stack.enter_context(_torch_threads(1))
                 batches = stack.enter_context(contextlib.closing(
                     _decoded_in_threads(ds, backbone.eval_transform, batch_size, n_workers, decode)))
             else:
