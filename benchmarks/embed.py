@@ -62,6 +62,7 @@ from oodml.features import extract
 from oodml.features.backbones import Backbone, create_backbone
 from oodml.features.extract import compute_features, default_decode_threads, default_workers
 from oodml.features.runtime import OnnxForward, TorchForward, _session
+from oodml.runner import cpu_count
 
 
 def images(n: int) -> ImageDataset:
@@ -163,7 +164,7 @@ def bench(name: str, ds: ImageDataset, batch: int, repeats: int, with_torch: boo
     for f in feed:
         onnx.session.run(None, {onnx.input_name: f})
     wall, cpu = (time.perf_counter() - t0) / n, (time.process_time() - c0) / n
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = cpu_count()
     need = (cpu + 1.0 / rates["decode"]) / cores
     print(f"  bare ort: {wall * 1e3:.2f} ms wall and {cpu * 1e3:.2f} ms CPU per image (cores busy {cpu / wall:.2f} of "
           f"{cores}); decode {1e3 / rates['decode']:.2f} ms CPU per image; so with this session no pipeline on {cores} "
